@@ -1,0 +1,1 @@
+"""daVinci-MagiHuman generation engine: usable without any UI."""

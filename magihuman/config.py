@@ -1,0 +1,216 @@
+"""Typed configuration for every component, in one place.
+
+The numbers here are the specification (spec/model.md §1-2, §6-8 and spec/pipeline.md §1.2). Other modules
+and the UI read sizes, ranges and defaults from here instead of re-typing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+CoordsStyle = Literal["v1", "v2"]
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. The DiT
+# ---------------------------------------------------------------------------------------------------------
+
+FULL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
+# 1080p-SR: every layer is frame-local except 3, 7, ..., 31 (spec/model.md §2).
+FULL_LOCAL_ATTN_LAYERS = tuple(i for i in range(40) if not (i % 4 == 3 and i < 32))
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of the single-stream DiT. Defaults are the full 15B model (spec/model.md §1)."""
+
+    num_layers: int = 40
+    hidden_size: int = 5120
+    head_dim: int = 128
+    num_heads_kv: int = 8
+    mm_layers: tuple[int, ...] = FULL_MM_LAYERS  # 3 experts (video, audio, text)
+    gelu7_layers: tuple[int, ...] = (0, 1, 2, 3)  # ungated gelu7 MLP; all others swiglu7
+    local_attn_layers: tuple[int, ...] = ()  # frame-local attention (1080p SR only)
+    frame_receptive_field: int = 11  # latent frames on each side, for local layers
+    coords_style: CoordsStyle = "v2"  # v2: base/distill, v1: super-resolution
+    swiglu_intermediate_size: int = 13652
+    gelu7_intermediate_size: int = 20480
+    video_in_channels: int = 192
+    audio_in_channels: int = 64
+    text_in_channels: int = 3584
+    latent_channels: int = 48
+    patch_size_thw: tuple[int, int, int] = (1, 2, 2)
+    norm_eps: float = 1e-6
+    rope_temperature: float = 10000.0
+    text_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.head_dim:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of head_dim {self.head_dim}")
+        if self.num_heads_q % self.num_heads_kv:
+            raise ValueError(f"{self.num_heads_q} query heads cannot share {self.num_heads_kv} KV heads")
+        if self.head_dim % 8:
+            raise ValueError("head_dim must be a multiple of 8 (3 RoPE axes x 2 halves)")
+        for name in ("mm_layers", "gelu7_layers", "local_attn_layers"):
+            bad = [i for i in getattr(self, name) if not 0 <= i < self.num_layers]
+            if bad:
+                raise ValueError(f"{name} names layers {bad} outside 0..{self.num_layers - 1}")
+        pt, ph, pw = self.patch_size_thw
+        if self.latent_channels * pt * ph * pw != self.video_in_channels:
+            raise ValueError("video_in_channels must equal latent_channels x patch volume")
+
+    @property
+    def num_heads_q(self) -> int:
+        return self.hidden_size // self.head_dim
+
+    @property
+    def rope_bands_per_axis(self) -> int:
+        return self.head_dim // 8
+
+    @property
+    def rope_rotary_dims(self) -> int:
+        return 6 * self.rope_bands_per_axis
+
+    @property
+    def token_width(self) -> int:
+        """Width of a packed input token: every modality is zero-padded to the widest one."""
+        return max(self.video_in_channels, self.audio_in_channels, self.text_in_channels)
+
+    def num_experts(self, layer: int) -> int:
+        return 3 if layer in self.mm_layers else 1
+
+    def mlp_intermediate_size(self, layer: int) -> int:
+        return self.gelu7_intermediate_size if layer in self.gelu7_layers else self.swiglu_intermediate_size
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DiTConfig:
+        """Build from a JSON-like dict (e.g. a golden fixture's config); unknown and derived keys are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {}
+        for key, value in values.items():
+            if key in known:
+                kwargs[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+
+FULL_DIT = DiTConfig()
+
+# Small enough to run the whole pipeline on a CPU in seconds, while keeping every code path of the full
+# model: 3-expert sandwich layers at both ends, shared layers, GQA (4 query heads on 2 KV heads), gelu7
+# and swiglu7 MLPs, and (in the 1080p-SR preset) local and global attention layers.
+TINY_DIT = DiTConfig(
+    num_layers=6,
+    hidden_size=64,
+    head_dim=16,
+    num_heads_kv=2,
+    mm_layers=(0, 1, 5),
+    gelu7_layers=(0, 1),
+    swiglu_intermediate_size=168,
+    gelu7_intermediate_size=256,
+    text_in_channels=64,
+)
+TINY_LOCAL_ATTN_LAYERS = (0, 1, 2, 4, 5)  # layer 3 stays global, as in the full model's pattern
+TINY_FRAME_RECEPTIVE_FIELD = 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Checkpoints: one DiT configuration per official weight folder
+# ---------------------------------------------------------------------------------------------------------
+
+DiTName = Literal["base", "distill", "sr-540p", "sr-1080p"]
+ModelSize = Literal["full", "tiny"]
+
+
+@dataclass(frozen=True)
+class DiTPreset:
+    """One official DiT checkpoint: where it lives in the hub repository and how it is built."""
+
+    name: DiTName
+    subfolder: str  # folder inside the GAIR/daVinci-MagiHuman repository
+    dit: DiTConfig
+
+
+def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
+    """The four official checkpoints; base, distill and 540p-SR share one architecture (spec/model.md §8)."""
+    if size == "full":
+        base, local, window = FULL_DIT, FULL_LOCAL_ATTN_LAYERS, FULL_DIT.frame_receptive_field
+    elif size == "tiny":
+        base, local, window = TINY_DIT, TINY_LOCAL_ATTN_LAYERS, TINY_FRAME_RECEPTIVE_FIELD
+    else:
+        raise ValueError(f"unknown model size {size!r}; expected 'full' or 'tiny'")
+    sr = replace(base, coords_style="v1")
+    return {
+        "base": DiTPreset("base", "base", base),
+        "distill": DiTPreset("distill", "distill", base),
+        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr),
+        "sr-1080p": DiTPreset(
+            "sr-1080p", "1080p_sr", replace(sr, local_attn_layers=local, frame_receptive_field=window)
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Sampling (spec/model.md §6-8)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Step counts, the sigma grid and guidance of the three sampling stages."""
+
+    distill_steps: int = 8
+    base_steps: int = 32
+    sr_steps: int = 5
+    shift: float = 5.0
+    sigma_max: float = 0.999  # start of the scheduler's training grid (stored as fp32)
+    num_train_timesteps: int = 1000
+    video_guidance_high: float = 5.0  # while timestep > guidance_switch_timestep
+    video_guidance_low: float = 2.0
+    guidance_switch_timestep: int = 500
+    audio_guidance: float = 5.0
+    sr_zsnr_index: int = 220  # row of the zero-terminal-SNR table used to re-noise the upsampled latent
+    sr_audio_noise_scale: float = 0.7
+
+
+SAMPLING = SamplingConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Turbo VAE decoder (spec/pipeline.md §1.2). Lists are in encoder order; the decoder reverses them.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurboVAEConfig:
+    latent_channels: int = 48
+    out_channels: int = 3
+    decoder_block_out_channels: tuple[int, ...] = (64, 128, 256, 512)
+    decoder_layers_per_block: tuple[int, ...] = (2, 2, 2, 3, 3)
+    decoder_spatio_temporal_scaling: tuple[bool, ...] = (False, True, True, True)
+    decoder_spatio_only: tuple[bool, ...] = (False, True, False, False)
+    decoder_is_dw_conv: tuple[bool, ...] = (False, False, False, False, False)
+    decoder_causal: bool = False
+    patch_size: int = 2
+    patch_size_t: int = 1
+    use_unpatchify: bool = True
+    resnet_norm_eps: float = 1e-6
+    first_chunk_size: int = 7
+    step_size: int = 7
+    temporal_compression_ratio: int = 4
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TurboVAEConfig:
+        """Build from the official JSON (or a fixture config); keys the decoder does not read are kept aside."""
+        known = {f for f in cls.__dataclass_fields__} - {"extra"}
+        kwargs, extra = {}, {}
+        for key, value in values.items():
+            if key in known:
+                kwargs[key] = tuple(value) if isinstance(value, list) else value
+            else:
+                extra[key] = value
+        return cls(**kwargs, extra=extra)
+
+
+FULL_TURBO_VAE = TurboVAEConfig()
+TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8))

@@ -1,0 +1,19 @@
+"""Exceptions the engine raises on purpose. Each message names the cause and, where there is one, the file."""
+
+from __future__ import annotations
+
+
+class MagiHumanError(Exception):
+    """Base class of every deliberate engine error."""
+
+
+class CheckpointError(MagiHumanError):
+    """A weight file is missing, truncated, corrupt, or does not match the model it is loaded into."""
+
+
+class GenerationCancelled(MagiHumanError):
+    """The caller's cancel event was set; the run stopped at the next step boundary."""
+
+    def __init__(self, stage: str, step: int, total: int) -> None:
+        super().__init__(f"cancelled during {stage} after step {step} of {total}")
+        self.stage, self.step, self.total = stage, step, total
