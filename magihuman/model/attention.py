@@ -1,0 +1,172 @@
+"""Attention behind one dispatch point (spec/model.md §1, §8.1).
+
+Every backend takes q (N, Hq, D), k and v (N, Hkv, D) in bf16 for one packed sequence (batch 1), uses
+grouped-query attention (query head h reads KV head h // (Hq / Hkv)), softmax scale 1/sqrt(D), no mask
+except the optional frame-local window of the 1080p super-resolution model, and returns (N, Hq, D) bf16.
+
+Backends, chosen once when a model is set up (`select_backend`):
+- "math": softmax(q·kᵀ·scale)·v in fp32 on the bf16 inputs, rounded to bf16 once. The reference's
+  numerics, used on CPU and by the parity tests.
+- "sdpa": PyTorch scaled_dot_product_attention with native GQA (flash / cuDNN / efficient kernels).
+- "fa3" / "fa2": FlashAttention 3 (Hopper) or 2, when the package is importable.
+Frame-local layers use FlexAttention with a block mask on CUDA ("flex") and an exact dense masked softmax
+elsewhere; both compute one masked softmax per query.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("math", "sdpa", "fa2", "fa3")
+
+
+@dataclass(frozen=True)
+class LocalWindow:
+    """Which keys a query may see in a frame-local layer.
+
+    `frame` is (N,) int64: the latent frame of each video token, −1 for audio and text tokens. A video query
+    of frame f sees video keys of frames f − window … f + window and every audio/text key; audio and text
+    queries see every key.
+    """
+
+    frame: torch.Tensor
+    window: int
+    block_mask: object | None = None  # FlexAttention BlockMask, built once per forward on CUDA
+
+    @classmethod
+    def for_sequence(cls, num_frames: int, tokens_per_frame: int, num_other: int, window: int, device=None):
+        video = torch.arange(num_frames, device=device).repeat_interleave(tokens_per_frame)
+        other = torch.full((num_other,), -1, dtype=torch.int64, device=device)
+        return cls(torch.cat([video, other]), window)
+
+    def with_block_mask(self) -> LocalWindow:
+        return replace(self, block_mask=local_block_mask(self))
+
+    def dense_mask(self) -> torch.Tensor:
+        """(N, N) bool, True where query i may attend to key j."""
+        fq, fk = self.frame[:, None], self.frame[None, :]
+        return (fq < 0) | (fk < 0) | ((fq - fk).abs() <= self.window)
+
+
+def flash_attention_available(version: int) -> bool:
+    module = "flash_attn_interface" if version == 3 else "flash_attn"
+    return importlib.util.find_spec(module) is not None
+
+
+def select_backend(device: torch.device | str, preferred: str | None = None) -> str:
+    """The fastest exact-semantics backend for `device`, or `preferred` if it can run there."""
+    device = torch.device(device)
+    if preferred is not None:
+        if preferred not in BACKENDS:
+            raise ValueError(f"unknown attention backend {preferred!r}; choose from {', '.join(BACKENDS)}")
+        if preferred in ("fa2", "fa3") and not (
+            device.type == "cuda" and flash_attention_available(int(preferred[-1]))
+        ):
+            raise RuntimeError(f"attention backend {preferred} needs CUDA and its flash-attn package")
+        return preferred
+    if device.type != "cuda":
+        return "math"
+    if torch.cuda.get_device_capability(device)[0] == 9 and flash_attention_available(3):
+        return "fa3"
+    if flash_attention_available(2):
+        return "fa2"
+    return "sdpa"
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, local: LocalWindow | None = None
+) -> torch.Tensor:
+    """Dispatch one attention call; see the module docstring for the contract."""
+    if local is not None:
+        if q.is_cuda:
+            return flex_local_attention(q, k, v, local)
+        return _math(q, k, v, mask=local.dense_mask())
+    if backend == "math":
+        return _math(q, k, v)
+    if backend == "sdpa":
+        return _sdpa(q, k, v)
+    if backend == "fa3":
+        return _flash3(q, k, v)
+    if backend == "fa2":
+        return _flash2(q, k, v)
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def _expand_kv(x: torch.Tensor, num_heads_q: int) -> torch.Tensor:
+    return x.repeat_interleave(num_heads_q // x.shape[1], dim=1)
+
+
+def _math(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
+    hq = q.shape[1]
+    qf = q.float().transpose(0, 1)  # (Hq, N, D)
+    kf = _expand_kv(k, hq).float().transpose(0, 1)
+    vf = _expand_kv(v, hq).float().transpose(0, 1)
+    scores = (qf @ kf.transpose(1, 2)) * (1.0 / math.sqrt(q.shape[-1]))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = scores.softmax(dim=-1) @ vf
+    return out.transpose(0, 1).to(torch.bfloat16)
+
+
+def _sdpa(q, k, v) -> torch.Tensor:
+    # (N, H, D) -> (1, H, N, D)
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    return out.squeeze(0).transpose(0, 1)
+
+
+def _flash3(q, k, v) -> torch.Tensor:
+    from flash_attn_interface import flash_attn_func
+
+    out = flash_attn_func(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0))
+    out = out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the log-sum-exp
+    return out.squeeze(0)
+
+
+def _flash2(q, k, v) -> torch.Tensor:
+    from flash_attn import flash_attn_func
+
+    return flash_attn_func(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)).squeeze(0)
+
+
+# --- frame-local window on CUDA: FlexAttention with a block-sparse mask ------------------------------------
+
+
+def local_block_mask(local: LocalWindow):
+    """The FlexAttention block mask of `local` (built once per forward, shared by every local layer)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    frame, window = local.frame, local.window
+
+    def allowed(b, h, q_idx, kv_idx):
+        fq, fk = frame[q_idx], frame[kv_idx]
+        return (fq < 0) | (fk < 0) | ((fq - fk).abs() <= window)
+
+    n = frame.shape[0]
+    return create_block_mask(allowed, B=None, H=None, Q_LEN=n, KV_LEN=n, device=frame.device)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # Without compile FlexAttention materialises the full score matrix; compiled it is a fused kernel.
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_local_attention(q, k, v, local: LocalWindow) -> torch.Tensor:
+    """Frame-local attention through FlexAttention (compiled on CUDA, eager elsewhere, e.g. in tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if local.block_mask is None:
+        local = local.with_block_mask()
+    kernel = _compiled_flex_attention() if q.is_cuda else flex_attention
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (N, H, D) -> (1, H, N, D)
+    out = kernel(q, k, v, block_mask=local.block_mask, enable_gqa=True)
+    return out.squeeze(0).transpose(0, 1)

@@ -1,0 +1,288 @@
+"""The single-stream DiT of daVinci-MagiHuman (spec/model.md §1-4).
+
+One transformer over the packed sequence [video | audio | text]. No timestep input: the network reads the
+noise level from the latents and returns the flow-matching velocity (noise − clean) for video and audio.
+
+Numerics (spec §1.1), which the golden fixtures check bit for bit:
+- the residual stream is fp32; input embedders and output heads are fp32 linears;
+- transformer linears hold bf16 weights and compute bf16 in, bf16 out;
+- RMSNorm runs in fp32 with scale (1 + weight); q/k norm and RoPE in fp32, then q, k, v go to bf16.
+
+Sandwich ("multimodal") layers keep three experts of every weight, stacked along dim 0 in the order video,
+audio, text; each token uses its modality's expert. Since the sequence is always ordered by modality, the
+experts are applied to three contiguous segments whose lengths are `segments` = (video, audio, text).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from magihuman.config import DiTConfig
+from magihuman.model.attention import LocalWindow, attention
+from magihuman.model.rope import RotaryEmbedding, apply_rope, rope_bands
+from magihuman.packing import TokenLayout, patchify_video, token_coords, unpatchify_video
+
+Segments = tuple[int, int, int]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Building blocks with optional per-modality experts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _split_rows(x: torch.Tensor, segments: Segments) -> list[torch.Tensor]:
+    return list(torch.split(x, list(segments), dim=0))
+
+
+class ExpertLinear(nn.Module):
+    """bf16 linear without bias; `experts` weight blocks of `out_features` rows stacked along dim 0."""
+
+    def __init__(self, in_features: int, out_features: int, experts: int) -> None:
+        super().__init__()
+        self.experts, self.out_features = experts, out_features
+        self.weight = nn.Parameter(torch.empty(experts * out_features, in_features, dtype=torch.bfloat16))
+
+    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """(N, in) -> (N, out) bf16: input rounded to bf16, one bf16 rounding of the fp32-accumulated result."""
+        x = x.to(torch.bfloat16)
+        if self.experts == 1:
+            return F.linear(x, self.weight)
+        blocks = self.weight.split(self.out_features, dim=0)
+        parts = [F.linear(part, w) for part, w in zip(_split_rows(x, segments), blocks, strict=True)]
+        return torch.cat(parts, dim=0)
+
+
+class ExpertRMSNorm(nn.Module):
+    """RMSNorm over the last dim in fp32, scale (1 + weight), result cast back to the input dtype."""
+
+    def __init__(self, dim: int, experts: int, eps: float) -> None:
+        super().__init__()
+        self.experts, self.dim, self.eps = experts, dim, eps
+        self.weight = nn.Parameter(torch.zeros(experts * dim, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        if self.experts == 1:
+            return rms_norm(x, self.weight, self.eps)
+        blocks = self.weight.split(self.dim)
+        parts = [
+            rms_norm(part, w, self.eps) for part, w in zip(_split_rows(x, segments), blocks, strict=True)
+        ]
+        return torch.cat(parts, dim=0)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    t = x.float()
+    t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (t * (weight + 1)).to(x.dtype)
+
+
+def swiglu7(u: torch.Tensor) -> torch.Tensor:
+    """Gated: even channels are the gate g, odd the linear half l; g'·σ(1.702·g')·(l' + 1), clamped at ±7."""
+    gate = u[..., 0::2].clamp(max=7.0)
+    linear = u[..., 1::2].clamp(min=-7.0, max=7.0)
+    return gate * torch.sigmoid(1.702 * gate) * (linear + 1)
+
+
+def gelu7(u: torch.Tensor) -> torch.Tensor:
+    """Ungated: u'·σ(1.702·u') with u' = min(u, 7)."""
+    u = u.clamp(max=7.0)
+    return u * torch.sigmoid(1.702 * u)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. One transformer layer: pre-norm attention with QK-norm, RoPE and a per-head gate; pre-norm MLP
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DiTConfig, experts: int) -> None:
+        super().__init__()
+        c = config
+        self.num_heads_q, self.num_heads_kv, self.head_dim = c.num_heads_q, c.num_heads_kv, c.head_dim
+        qkv_rows = (c.num_heads_q + 2 * c.num_heads_kv) * c.head_dim + c.num_heads_q  # q, k, v, gate logits
+        self.pre_norm = ExpertRMSNorm(c.hidden_size, experts, c.norm_eps)
+        self.linear_qkv = ExpertLinear(c.hidden_size, qkv_rows, experts)
+        self.q_norm = ExpertRMSNorm(c.head_dim, experts, c.norm_eps)
+        self.k_norm = ExpertRMSNorm(c.head_dim, experts, c.norm_eps)
+        self.linear_proj = ExpertLinear(c.hidden_size, c.hidden_size, experts)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        segments: Segments,
+        rope: torch.Tensor,
+        backend: str,
+        local: LocalWindow | None,
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        hq, hkv, d = self.num_heads_q, self.num_heads_kv, self.head_dim
+        # 1. Norm and projection; the bf16 result is split into q (N,Hq,D), k, v (N,Hkv,D), gate (N,Hq).
+        qkv = self.linear_qkv(self.pre_norm(x, segments), segments).float()
+        q, k, v, gate = qkv.split([hq * d, hkv * d, hkv * d, hq], dim=1)
+        q, k, v = q.reshape(n, hq, d), k.reshape(n, hkv, d), v.reshape(n, hkv, d)
+        # 2. QK-norm per head and RoPE, in fp32.
+        q = apply_rope(self.q_norm(q, segments), rope)
+        k = apply_rope(self.k_norm(k, segments), rope)
+        # 3. Attention over the whole sequence on bf16 inputs.
+        out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), backend, local)  # (N, Hq, D) bf16
+        # 4. Per-head sigmoid gate, then the output projection (bf16, added to the fp32 residual by the caller).
+        out = (out * torch.sigmoid(gate).unsqueeze(-1)).reshape(n, hq * d)
+        return self.linear_proj(out, segments)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: DiTConfig, experts: int, gelu: bool, intermediate: int) -> None:
+        super().__init__()
+        self.activation = gelu7 if gelu else swiglu7
+        up_rows = intermediate if gelu else 2 * intermediate  # swiglu: gate/linear interleaved
+        self.pre_norm = ExpertRMSNorm(config.hidden_size, experts, config.norm_eps)
+        self.up_gate_proj = ExpertLinear(config.hidden_size, up_rows, experts)
+        self.down_proj = ExpertLinear(intermediate, config.hidden_size, experts)
+
+    def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
+        u = self.up_gate_proj(self.pre_norm(x, segments), segments).float()
+        return self.down_proj(self.activation(u), segments)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config: DiTConfig, index: int) -> None:
+        super().__init__()
+        experts = config.num_experts(index)
+        self.is_local = index in config.local_attn_layers
+        self.attention = Attention(config, experts)
+        self.mlp = MLP(config, experts, index in config.gelu7_layers, config.mlp_intermediate_size(index))
+
+    def forward(self, x, segments, rope, backend, local):
+        x = x + self.attention(x, segments, rope, backend, local if self.is_local else None)
+        return x + self.mlp(x, segments)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Embedders and the full model
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Adapter(nn.Module):
+    """fp32 input embedders (with bias) for the three modalities, and the RoPE frequency buffer."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.video_embedder = nn.Linear(config.video_in_channels, config.hidden_size, dtype=torch.float32)
+        self.text_embedder = nn.Linear(config.text_in_channels, config.hidden_size, dtype=torch.float32)
+        self.audio_embedder = nn.Linear(config.audio_in_channels, config.hidden_size, dtype=torch.float32)
+        self.rope = RotaryEmbedding(config.rope_bands_per_axis, config.rope_temperature)
+
+
+class DiT(nn.Module):
+    """The daVinci-MagiHuman DiT. State-dict keys are the official checkpoint's (spec §9)."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.attention_backend = "math"  # set by the loader / optimiser through set_attention_backend
+        self.adapter = Adapter(config)
+        self.block = TransformerBlock(config)
+        self.final_norm_video = ExpertRMSNorm(config.hidden_size, 1, config.norm_eps)
+        self.final_norm_audio = ExpertRMSNorm(config.hidden_size, 1, config.norm_eps)
+        self.final_linear_video = nn.Linear(config.hidden_size, config.video_in_channels, bias=False)
+        self.final_linear_audio = nn.Linear(config.hidden_size, config.audio_in_channels, bias=False)
+
+    def set_attention_backend(self, backend: str) -> None:
+        self.attention_backend = backend
+
+    # --- packing --------------------------------------------------------------------------------------
+
+    def layout(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> TokenLayout:
+        return TokenLayout(tuple(video.shape[2:]), audio.shape[1], text.shape[0], self.config.patch_size_thw)
+
+    def rope_table(self, layout: TokenLayout, device) -> torch.Tensor:
+        coords = token_coords(layout, self.config.coords_style, self.config.text_offset, device=device)
+        return self.adapter.rope(coords)
+
+    def local_window(self, layout: TokenLayout, device) -> LocalWindow | None:
+        if not self.config.local_attn_layers:
+            return None
+        local = LocalWindow.for_sequence(
+            layout.patched_thw[0],
+            layout.tokens_per_frame,
+            layout.audio_len + layout.text_len,
+            self.config.frame_receptive_field,
+            device=device,
+        )
+        return local.with_block_mask() if torch.device(device).type == "cuda" else local
+
+    # --- forward --------------------------------------------------------------------------------------
+
+    def embed(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Residual stream (N, hidden) fp32 after the three input embedders, in sequence order."""
+        a = self.adapter
+        tokens = patchify_video(video.float(), self.config.patch_size_thw)
+        return torch.cat(
+            [a.video_embedder(tokens), a.audio_embedder(audio[0].float()), a.text_embedder(text.float())],
+            dim=0,
+        )
+
+    def heads(self, x: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final norms and linears in fp32; returns (video (1, C, T, H, W), audio (1, A, 64)) velocities."""
+        nv, na, _ = layout.segments
+        v = self.final_linear_video(self.final_norm_video(x[:nv], (nv, 0, 0)))
+        a = self.final_linear_audio(self.final_norm_audio(x[nv : nv + na], (na, 0, 0)))
+        return unpatchify_video(v, layout, self.config.latent_channels), a.unsqueeze(0)
+
+    def forward(
+        self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocity for one sample.
+
+        video: (1, 48, T, H, W) noisy latent; audio: (1, A, 64) noisy (or fixed) audio latent; text: (L, C)
+        embedding of the real prompt tokens only. Returns (v_video like `video`, v_audio like `audio`), fp32.
+        """
+        layout = self.layout(video, audio, text)
+        rope = self.rope_table(layout, video.device)
+        local = self.local_window(layout, video.device)
+        x = self.embed(video, audio, text)
+        for layer in self.block.layers:
+            x = layer(x, layout.segments, rope, self.attention_backend, local)
+        return self.heads(x, layout)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Construction helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_dit(config: DiTConfig, device: torch.device | str = "meta") -> DiT:
+    """Construct the DiT with uninitialised storage on `device` (meta by default: no memory at all)."""
+    with torch.device(device):
+        return DiT(config)
+
+
+@torch.no_grad()
+def init_random_(model: DiT, seed: int) -> DiT:
+    """Seeded random weights with the spread of the golden fixtures (for the preview engine and benchmarks).
+
+    Matrices: normal(0, 1/sqrt(fan_in)) (3/sqrt(fan_in) for `up_gate_proj`, so that a few activations reach
+    the ±7 clamps); norm weights and biases: normal(0, 0.1); the RoPE bands get their exact values.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.ndim == 2:
+            std = (3.0 if "up_gate_proj" in name else 1.0) / math.sqrt(param.shape[1])
+        else:
+            std = 0.1
+        values = torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * std
+        param.copy_(values.to(param.dtype))
+    bands = model.adapter.rope.bands
+    bands.copy_(rope_bands(model.config.rope_bands_per_axis, model.config.rope_temperature))
+    return model
