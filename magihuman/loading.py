@@ -1,0 +1,171 @@
+"""Strict loading of DiT checkpoints in the official layout (spec/model.md §9).
+
+A model folder holds either `model.safetensors.index.json` (whose `weight_map` names the shard of every
+key) with its shards, or one `model.safetensors`. Keys are bare module paths. The model is built on the
+meta device and every tensor is read memory-mapped straight onto the target device and converted there
+to the dtype the module declares (the distill and SR shards on the hub are fp32; the model wants bf16
+transformer linears), so the 15B model is never materialised twice.
+
+Unlike the reference loader, nothing is optional: a missing or unexpected key, a wrong shape, a missing,
+truncated or corrupt shard is a `CheckpointError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from magihuman.config import DiTConfig
+from magihuman.errors import CheckpointError
+from magihuman.model.dit import DiT, build_dit
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+def checkpoint_files(folder: str | Path) -> dict[str, Path]:
+    """Map every key of the checkpoint in `folder` to the file that holds it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    index = folder / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from exc
+        files = {key: folder / name for key, name in weight_map.items()}
+        for path in sorted(set(files.values())):
+            if not path.exists():
+                hint = (
+                    " (a zstd-compressed copy exists: decompress it with `zstd -d`)"
+                    if path.with_name(path.name + ".zst").exists()
+                    else ""
+                )
+                raise CheckpointError(f"shard {path} named in {index} is missing{hint}")
+        return files
+    single = folder / SINGLE_NAME
+    if single.exists():
+        return {key: single for key in _keys_of(single)}
+    raise CheckpointError(f"{folder} holds neither {INDEX_NAME} nor {SINGLE_NAME}")
+
+
+def _keys_of(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(f"cannot read {path}: truncated or not a safetensors file ({exc})") from exc
+
+
+def load_state_dict_strict(
+    model: nn.Module,
+    folder: str | Path,
+    device: torch.device | str = "cpu",
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> None:
+    """Fill every parameter and buffer of `model` (typically built on meta) from the checkpoint in `folder`.
+
+    Tensors are converted to the dtype the module declares and placed on `device`. `on_tensor(done, total)`
+    reports progress. Raises `CheckpointError` on any mismatch before touching the model.
+    """
+    files = checkpoint_files(folder)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(set(files) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(_key_mismatch_message(Path(folder), missing, unexpected, files))
+
+    by_file: dict[Path, list[str]] = {}
+    for key, path in files.items():
+        by_file.setdefault(path, []).append(key)
+    loaded: dict[str, torch.Tensor] = {}
+    done, total = 0, len(files)
+    for path, keys in sorted(by_file.items()):
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                present = set(f.keys())
+                for key in keys:
+                    if key not in present:
+                        raise CheckpointError(f"{path} does not hold {key}, although the index says it does")
+                    want = expected[key]
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != tuple(want.shape):
+                        raise CheckpointError(
+                            f"{key} in {path} has shape {list(shape)}, the model expects {list(want.shape)}"
+                        )
+                    loaded[key] = f.get_tensor(key).to(dtype=want.dtype)
+                    done += 1
+                    if on_tensor is not None:
+                        on_tensor(done, total)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path}: truncated or corrupt ({exc})") from exc
+    model.load_state_dict(loaded, strict=True, assign=True)
+
+
+def _key_mismatch_message(folder: Path, missing: list[str], unexpected: list[str], files) -> str:
+    def listing(keys: list[str], with_file: bool) -> str:
+        shown = [f"{k} (in {files[k].name})" if with_file else k for k in keys[:5]]
+        more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+        return ", ".join(shown) + more
+
+    parts = [f"checkpoint in {folder} does not match the model"]
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {listing(missing, False)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {listing(unexpected, True)}")
+    return "; ".join(parts)
+
+
+def load_dit(
+    folder: str | Path,
+    config: DiTConfig,
+    device: torch.device | str = "cpu",
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> DiT:
+    """Build the DiT on meta and load the checkpoint in `folder` strictly onto `device`."""
+    model = build_dit(config, device="meta")
+    load_state_dict_strict(model, folder, device, on_tensor)
+    return model.eval().requires_grad_(False)
+
+
+def save_checkpoint(
+    state_dict: Mapping[str, torch.Tensor], folder: str | Path, max_shard_bytes: int | None = None
+) -> Path:
+    """Write `state_dict` in the official layout: one `model.safetensors`, or shards plus an index.
+
+    Shards are named `model-0000i-of-0000n.safetensors`, as on the hub. Used for converted-weight caches and
+    by the tests.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    if max_shard_bytes is None:
+        save_file(tensors, str(folder / SINGLE_NAME))
+        return folder
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name))
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return folder
