@@ -214,3 +214,53 @@ class TurboVAEConfig:
 
 FULL_TURBO_VAE = TurboVAEConfig()
 TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Clip geometry (spec/model.md §4.2-4.3, §5, §8)
+# ---------------------------------------------------------------------------------------------------------
+
+FPS = 25
+VAE_STRIDE_THW = (4, 16, 16)
+MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 1, 10, 5
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An output tier. Sizes are landscape (width > height); portrait swaps them."""
+
+    name: str
+    width: int
+    height: int
+    sr_model: DiTName | None  # None: the base stage's own resolution
+
+    def pixel_size(self, portrait: bool = False) -> tuple[int, int]:
+        """(height, width) in pixels, snapped to what the latent grid can represent."""
+        lat_h, lat_w = self.latent_hw(portrait)
+        return lat_h * VAE_STRIDE_THW[1], lat_w * VAE_STRIDE_THW[2]
+
+    def latent_hw(self, portrait: bool = False) -> tuple[int, int]:
+        """Latent (H, W): pixels // 16, rounded down to even so that 2x2 patches tile it."""
+        h, w = (self.width, self.height) if portrait else (self.height, self.width)
+        return (h // VAE_STRIDE_THW[1]) // 2 * 2, (w // VAE_STRIDE_THW[2]) // 2 * 2
+
+
+RESOLUTIONS: dict[str, Resolution] = {
+    "256p": Resolution("256p", 448, 256, None),
+    "540p": Resolution("540p", 896, 512, "sr-540p"),
+    "1080p": Resolution("1080p", 1920, 1088, "sr-1080p"),
+}
+
+
+def video_frames(seconds: int) -> int:
+    """Frames the pipeline asks for: seconds·25 + 1 (also the audio latent length without user audio)."""
+    return seconds * FPS + 1
+
+
+def latent_frames(seconds: int) -> int:
+    return (video_frames(seconds) - 1) // VAE_STRIDE_THW[0] + 1
+
+
+def decoded_frames(num_latent_frames: int) -> int:
+    """Frames a decoder returns for T latent frames: 4(T − 1) + 1."""
+    return VAE_STRIDE_THW[0] * (num_latent_frames - 1) + 1
