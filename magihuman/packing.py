@@ -112,9 +112,7 @@ def token_coords(
     a, n_text = layout.audio_len, layout.text_len
     f32 = dict(dtype=torch.float32, device=device)
 
-    t, h, w = torch.meshgrid(
-        torch.arange(tp, **f32), torch.arange(hp, **f32), torch.arange(wp, **f32), indexing="ij"
-    )
+    t, h, w = torch.meshgrid(torch.arange(tp, **f32), torch.arange(hp, **f32), torch.arange(wp, **f32), indexing="ij")
     video = torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=1)
     video = torch.cat([video, video.new_tensor([tp, hp, wp] * 2).expand(video.shape[0], 6)], dim=1)
 

@@ -23,8 +23,6 @@ def test_golden_folder_present() -> None:
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 def test_golden(path) -> None:
     kind = fixture_kind(path)
-    assert kind in KNOWN_KINDS, (
-        f"{path.name}: unknown fixture kind {kind!r} (known: {', '.join(KNOWN_KINDS)})"
-    )
+    assert kind in KNOWN_KINDS, f"{path.name}: unknown fixture kind {kind!r} (known: {', '.join(KNOWN_KINDS)})"
     checks = importlib.import_module(f"tests.golden_checks.{kind}")
     checks.check(load_fixture(path))

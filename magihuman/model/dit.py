@@ -68,9 +68,7 @@ class ExpertRMSNorm(nn.Module):
         if self.experts == 1:
             return rms_norm(x, self.weight, self.eps)
         blocks = self.weight.split(self.dim)
-        parts = [
-            rms_norm(part, w, self.eps) for part, w in zip(_split_rows(x, segments), blocks, strict=True)
-        ]
+        parts = [rms_norm(part, w, self.eps) for part, w in zip(_split_rows(x, segments), blocks, strict=True)]
         return torch.cat(parts, dim=0)
 
 
