@@ -17,3 +17,11 @@ class GenerationCancelled(MagiHumanError):
     def __init__(self, stage: str, step: int, total: int) -> None:
         super().__init__(f"cancelled during {stage} after step {step} of {total}")
         self.stage, self.step, self.total = stage, step, total
+
+
+class DownloadError(MagiHumanError):
+    """Weights could not be fetched from the Hugging Face Hub; the message says which repository and what to do."""
+
+
+class InputError(MagiHumanError):
+    """A user upload cannot be used. The message says what is wrong with it and what to upload instead."""
