@@ -264,3 +264,74 @@ def latent_frames(seconds: int) -> int:
 def decoded_frames(num_latent_frames: int) -> int:
     """Frames a decoder returns for T latent frames: 4(T − 1) + 1."""
     return VAE_STRIDE_THW[0] * (num_latent_frames - 1) + 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Generation requests: accepted ranges and defaults (the engine validates, the UI reads them)
+# ---------------------------------------------------------------------------------------------------------
+
+BaseModel = Literal["distill", "base"]
+Aspect = Literal["landscape", "portrait"]
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_prompt_chars: int = 4000  # ~1000 T5Gemma tokens; the DiT reads at most 640 of them anyway
+    max_steps: dict = field(default_factory=lambda: {"distill": 16, "base": 64})
+    default_steps: dict = field(
+        default_factory=lambda: {"distill": SAMPLING.distill_steps, "base": SAMPLING.base_steps}
+    )
+    max_sr_steps: int = 20
+    min_guidance: float = 1.0
+    max_guidance: float = 15.0
+    max_seed: int = 2**32 - 1
+
+
+REQUEST_LIMITS = RequestLimits()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. Upload limits (checked by magihuman/media.py before anything is decoded)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """What a user upload may be. Sizes are read from headers, so an oversized file is refused cheaply."""
+
+    max_image_bytes: int = 50 * 2**20
+    max_image_pixels: int = 64_000_000  # 8000×8000; a phone's 48 MP photo fits, a decompression bomb does not
+    min_image_side: int = 128  # below this a face is too blurry to animate, even at 256p
+    max_audio_bytes: int = 200 * 2**20
+    max_audio_seconds: float = MAX_SECONDS  # decoding stops here: a clip never uses more
+    silence_rms: float = 1e-3  # −60 dBFS; quiet speech is around −40 dBFS
+
+
+MEDIA_LIMITS = MediaLimits()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. Text encoder and audio conventions (spec/pipeline.md §3.3-3.5, §4; spec/model.md §4.4)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    max_tokens: int = 640  # t5gemma_target_length: rows past this never reach the DiT
+    cache_size: int = 16  # prompts kept encoded: the negative prompt plus recent user prompts
+
+
+TEXT_ENCODER = TextEncoderConfig()
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """The audio VAE is fed and read at a virtual 51.2 kHz so that one latent (2048 samples) is one frame."""
+
+    virtual_sample_rate: int = 51_200
+    samples_per_latent: int = 2048
+    latent_channels: int = 64
+    output_sample_rate: int = 44_100  # what the mp4 carries after length-resampling by 441/512
+
+
+AUDIO = AudioConfig()

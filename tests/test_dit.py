@@ -82,3 +82,14 @@ def test_flex_local_window_matches_dense_masked_softmax() -> None:
     # the window really restricts: frame 0 must not see frame 2's video keys
     mask = local.dense_mask()
     assert not mask[0, 2 * per_frame] and mask[0, per_frame] and mask[0, -1] and mask[-1].all()
+
+
+def test_frame_by_frame_local_attention_matches_dense_masked_softmax() -> None:
+    frames, per_frame, other = 6, 4, 5
+    local = LocalWindow.for_sequence(frames, per_frame, other, window=1)
+    q, k, v = _qkv(frames * per_frame + other, 4, 2, 16, seed=3)
+    dense = attention(q, k, v, "math", local).float()
+    chunked = attention(q, k, v, "sdpa", local).float()
+    assert (chunked - dense).abs().max() < 2e-2
+    # and it is not just global attention
+    assert (attention(q, k, v, "sdpa").float() - dense).abs().max() > 0.05

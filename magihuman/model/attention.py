@@ -37,13 +37,18 @@ class LocalWindow:
 
     frame: torch.Tensor
     window: int
+    tokens_per_frame: int
     block_mask: object | None = None  # FlexAttention BlockMask, built once per forward on CUDA
 
     @classmethod
     def for_sequence(cls, num_frames: int, tokens_per_frame: int, num_other: int, window: int, device=None):
         video = torch.arange(num_frames, device=device).repeat_interleave(tokens_per_frame)
         other = torch.full((num_other,), -1, dtype=torch.int64, device=device)
-        return cls(torch.cat([video, other]), window)
+        return cls(torch.cat([video, other]), window, tokens_per_frame)
+
+    @property
+    def num_video(self) -> int:
+        return int((self.frame >= 0).sum())
 
     def with_block_mask(self) -> LocalWindow:
         return replace(self, block_mask=local_block_mask(self))
@@ -71,7 +76,7 @@ def select_backend(device: torch.device | str, preferred: str | None = None) -> 
             raise RuntimeError(f"attention backend {preferred} needs CUDA and its flash-attn package")
         return preferred
     if device.type != "cuda":
-        return "math"
+        return "sdpa"  # PyTorch's fused CPU kernel; "math" is the reference's exact rounding, for parity
     if torch.cuda.get_device_capability(device)[0] == 9 and flash_attention_available(3):
         return "fa3"
     if flash_attention_available(2):
@@ -84,9 +89,11 @@ def attention(
 ) -> torch.Tensor:
     """Dispatch one attention call; see the module docstring for the contract."""
     if local is not None:
-        if q.is_cuda:
+        if local.block_mask is not None:
             return flex_local_attention(q, k, v, local)
-        return _math(q, k, v, mask=local.dense_mask())
+        if backend == "math":
+            return _math(q, k, v, mask=local.dense_mask())
+        return _local_by_frame(q, k, v, local, backend)
     if backend == "math":
         return _math(q, k, v)
     if backend == "sdpa":
@@ -96,6 +103,22 @@ def attention(
     if backend == "fa2":
         return _flash2(q, k, v)
     raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def _local_by_frame(q, k, v, local: LocalWindow, backend: str) -> torch.Tensor:
+    """Exact frame-local attention without a mask: each frame's video queries attend to the keys they may
+    see (the video frames of their window, then all audio/text keys), audio/text queries to every key.
+    Memory stays O(window · tokens per frame) per call instead of O(N²)."""
+    nv, tpf, n = local.num_video, local.tokens_per_frame, q.shape[0]
+    frames = nv // tpf
+    out = torch.empty_like(q)
+    for f in range(frames):
+        lo, hi = max(0, f - local.window) * tpf, min(frames, f + local.window + 1) * tpf
+        rows = slice(f * tpf, (f + 1) * tpf)
+        k_seen, v_seen = torch.cat([k[lo:hi], k[nv:n]]), torch.cat([v[lo:hi], v[nv:n]])
+        out[rows] = attention(q[rows], k_seen, v_seen, backend)
+    out[nv:] = attention(q[nv:], k, v, backend)
+    return out
 
 
 def _expand_kv(x: torch.Tensor, num_heads_q: int) -> torch.Tensor:
@@ -115,10 +138,14 @@ def _math(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def _sdpa(q, k, v) -> torch.Tensor:
-    # (N, H, D) -> (1, H, N, D)
-    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    # CPUs without bf16 units run the fused kernel twice as fast in fp32, which is also closer to the
+    # reference's fp32 softmax; GPUs keep bf16.
+    dtype = q.dtype
+    if not q.is_cuda:
+        q, k, v = q.float(), k.float(), v.float()
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (N, H, D) -> (1, H, N, D)
     out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-    return out.squeeze(0).transpose(0, 1)
+    return out.squeeze(0).transpose(0, 1).to(dtype)
 
 
 def _flash3(q, k, v) -> torch.Tensor:

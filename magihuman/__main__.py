@@ -1,0 +1,101 @@
+"""Command line: `python -m magihuman generate ...` and `python -m magihuman download ...`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, RESOLUTIONS, SAMPLING
+from magihuman.errors import MagiHumanError
+
+
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help="the prompt text, or @FILE to read it from a file")
+    parser.add_argument("--image", type=Path, help="portrait (TI2V); without it, text-to-video")
+    parser.add_argument("--audio", type=Path, help="your own speech: the video is lip-synced to it")
+    parser.add_argument("--resolution", choices=list(RESOLUTIONS), default="256p")
+    parser.add_argument("--aspect", choices=["landscape", "portrait"], default="landscape")
+    parser.add_argument("--seconds", type=int, default=DEFAULT_SECONDS, help=f"{MIN_SECONDS}-{MAX_SECONDS}")
+    parser.add_argument("--seed", type=int, help="default: random (printed)")
+    parser.add_argument("--base-model", choices=["distill", "base"], default="distill")
+    parser.add_argument("--steps", type=int, help="base-stage steps (default 8 distilled, 32 base)")
+    parser.add_argument("--sr-steps", type=int, default=SAMPLING.sr_steps)
+    parser.add_argument("--guidance", type=float, help="base model CFG scale (default 5.0, 2.0 late)")
+    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
+    parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
+    parser.add_argument("--out", type=Path, required=True, help="output mp4 (the SR clip when a SR tier is asked)")
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from magihuman.build import default_model_size, load_engine
+    from magihuman.engine import GenerationRequest
+
+    prompt = Path(args.prompt[1:]).read_text() if args.prompt.startswith("@") else args.prompt
+    size = args.model or default_model_size()
+    sr_model = RESOLUTIONS[args.resolution].sr_model
+    print(f"loading the {size} engine ...", file=sys.stderr)
+    engine = load_engine(size, weights_dir=args.weights_dir, dits=[args.base_model, *([sr_model] if sr_model else [])])
+    if engine.preview:
+        print("NOTE: tiny preview engine with random weights: the clip is noise, not a person", file=sys.stderr)
+    request = GenerationRequest(
+        prompt=prompt,
+        image=args.image,
+        audio=args.audio,
+        resolution=args.resolution,
+        aspect=args.aspect,
+        seconds=args.seconds,
+        seed=args.seed,
+        base_model=args.base_model,
+        steps=args.steps,
+        guidance=args.guidance,
+        sr_steps=args.sr_steps,
+    )
+
+    def progress(phase: str, step: int, total: int) -> None:
+        print(f"\r{phase:>8} {step}/{total}   ", end="", file=sys.stderr, flush=True)
+
+    result = engine.generate(request, on_progress=progress)
+    print(file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.sr_video_path or result.video_path, args.out)
+    if result.sr_video_path is not None:
+        base_copy = args.out.with_name(args.out.stem + "_base" + args.out.suffix)
+        shutil.copyfile(result.video_path, base_copy)
+        print(f"base clip: {base_copy}")
+    print(f"wrote {args.out} (seed {result.seed})")
+    print(timing_table(result.timings, result.peak_memory_gb))
+
+
+def timing_table(timings: dict[str, float], peak_memory_gb: float | None) -> str:
+    """Per-stage seconds as a small text table (shared by the CLI and the app)."""
+    lines = [f"{'stage':<8} {'seconds':>8}", f"{'-' * 8} {'-' * 8}"]
+    lines += [f"{stage:<8} {seconds:>8.2f}" for stage, seconds in timings.items()]
+    lines.append(f"{'total':<8} {sum(timings.values()):>8.2f}")
+    if peak_memory_gb is not None:
+        lines.append(f"peak GPU memory: {peak_memory_gb:.1f} GiB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from magihuman.weights import add_download_arguments, run_download
+
+    parser = argparse.ArgumentParser(prog="python -m magihuman", description="daVinci-MagiHuman engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _generate_arguments(commands.add_parser("generate", help="generate a clip and print per-stage timings"))
+    add_download_arguments(commands.add_parser("download", help="download the weights for some tiers"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            _run_generate(args)
+        else:
+            run_download(args)
+    except MagiHumanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

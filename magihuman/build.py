@@ -1,0 +1,103 @@
+"""Assemble an `Engine`: the full models from local weights, or the tiny preview models built in memory.
+
+`load_engine("tiny")` builds every component with tiny random configurations (the same code as the full
+models), seeded, in a few seconds on a CPU: the whole pipeline runs and writes valid mp4s of noise pictures
+and noise sound. Tests, CI and newcomers without a GPU use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from magihuman.config import FULL_DIT, TINY_TURBO_VAE, ModelSize, dit_presets
+from magihuman.engine import Engine, Models
+from magihuman.loading import load_dit
+from magihuman.model.attention import select_backend
+from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
+from magihuman.text import build_tiny_text_encoder, load_text_encoder
+from magihuman.vae import build_tiny_audio_vae, build_tiny_video_vae, load_audio_vae, load_video_vae
+from magihuman.weights import resolve_weights
+
+StatusFn = Callable[[str], None]
+DEFAULT_DITS = ("distill", "sr-540p")
+ALL_DITS = ("distill", "base", "sr-540p", "sr-1080p")
+# The download tiers (magihuman.weights) that bring each DiT.
+_TIER_OF_DIT = {"distill": "distill", "base": "base", "sr-540p": "540p", "sr-1080p": "1080p"}
+
+
+def default_model_size() -> ModelSize:
+    """The full model where there is a CUDA GPU, the tiny preview engine elsewhere."""
+    return "full" if torch.cuda.is_available() else "tiny"
+
+
+def load_engine(
+    model: ModelSize = "full",
+    weights_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    dits: Iterable[str] = DEFAULT_DITS,
+    attention: str | None = None,
+    output_root: str | Path | None = None,
+    on_status: StatusFn | None = None,
+) -> Engine:
+    """Load (full) or build (tiny) every component once and return a ready engine.
+
+    `dits` names the DiT checkpoints to keep resident (the tiny engine always builds all four: they are
+    small). `attention` forces an attention backend (math, sdpa, fa2, fa3); default: the fastest available.
+    `on_status` receives one line per loading step, for a UI status box.
+    """
+    status = on_status or (lambda line: None)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model == "tiny":
+        models = tiny_models(device=device)
+    elif model == "full":
+        models = full_models(weights_dir, device, dits, status)
+    else:
+        raise ValueError(f"unknown model {model!r}; expected 'full' or 'tiny'")
+    backend = select_backend(device, attention)
+    for dit in models.dits.values():
+        dit.set_attention_backend(backend)
+    status(f"ready: {', '.join(models.dits)} on {device} (attention: {backend})")
+    return Engine(models, device, preview=model == "tiny", output_root=output_root)
+
+
+def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
+    """Every component with a tiny random configuration; the same seed gives the same weights."""
+    presets = dit_presets("tiny")
+    dits = {
+        name: init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
+        for i, name in enumerate(ALL_DITS)
+    }
+    return Models(
+        text=build_tiny_text_encoder(seed),
+        video_vae=build_tiny_video_vae(seed),
+        audio_vae=build_tiny_audio_vae(seed),
+        decoder=build_random_turbo_vae(TINY_TURBO_VAE, seed, device=device, dtype=torch.bfloat16),
+        dits=dits,
+    )
+
+
+def full_models(weights_dir: str | Path | None, device: torch.device, dits: Iterable[str], status: StatusFn) -> Models:
+    """Load the official weights from a local folder (see `python -m magihuman download`)."""
+    dits = list(dict.fromkeys(dits))
+    unknown = [d for d in dits if d not in ALL_DITS]
+    if unknown:
+        raise ValueError(f"unknown DiT(s) {unknown}; choose from {', '.join(ALL_DITS)}")
+    paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    presets = dit_presets("full")
+    status(f"loading the text encoder from {paths.text_encoder}")
+    text = load_text_encoder(paths.text_encoder, device, hidden_size=FULL_DIT.text_in_channels)
+    status("loading the video and audio VAEs")
+    video_vae = load_video_vae(paths.video_vae, device, dtype)
+    audio_vae = load_audio_vae(paths.audio_vae, device)
+    status("loading the Turbo VAE decoder")
+    decoder = load_turbo_vae(paths.turbo_vae_config, paths.turbo_vae_checkpoint, device, dtype)
+    loaded = {}
+    for name in dits:
+        status(f"loading the {name} DiT from {paths.dit(name)}")
+        loaded[name] = load_dit(paths.dit(name), presets[name].dit, device)
+    return Models(text, video_vae, audio_vae, decoder, loaded)

@@ -1,0 +1,415 @@
+"""The generation engine: models loaded once, then `generate` and `upscale` per request.
+
+```
+prompt ─► text embedding (cached) ─┐
+portrait ─► crop/resize ─► Wan VAE encode (frame 0) ─┤
+own audio ─► 51.2 kHz mono ─► Oobleck encode (held fixed) ─┤
+                                                          ▼
+      noise ─► base loop (distill 8 steps, or base 32 + CFG) ─► Take (latents, seed, embedding, portrait)
+                                                          │
+                       [SR: trilinear + re-noise ─► SR loop, 5 steps]  ← also later, from a Take
+                                                          ▼
+            Turbo VAE decode (video) + Oobleck decode (audio, 51.2 → 44.1 kHz) ─► mp4
+```
+
+Noise: the base stage draws from a generator seeded with the request's seed (audio, then video, then per
+step); the SR stage from its own generator seeded with `seed + SR_SEED_OFFSET`, so upscaling a Take later
+gives exactly the SR output of a fresh run with the same seed.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magihuman.config import (
+    AUDIO,
+    DEFAULT_SECONDS,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    REQUEST_LIMITS,
+    RESOLUTIONS,
+    SAMPLING,
+    Aspect,
+    BaseModel,
+    decoded_frames,
+    video_frames,
+)
+from magihuman.errors import GenerationCancelled, InputError
+from magihuman.media import crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k, write_mp4
+from magihuman.model.dit import DiT
+from magihuman.model.turbo_vae import TurboVAE, to_uint8
+from magihuman.sampling import StepEvent, denoise_base, denoise_distill, denoise_sr, gaussian_noise
+from magihuman.text import NEGATIVE_PROMPT, TextEncoder
+from magihuman.vae import AudioVAE, VideoVAE
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, step, total)
+SR_SEED_OFFSET = 2**32
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Requests and results
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One clip to generate. `resolution` is the final tier: 256p is the base stage alone, 540p and 1080p
+    add super-resolution on top. `seed=None` picks a random seed (reported in the result)."""
+
+    prompt: str
+    image: str | Path | None = None
+    audio: str | Path | None = None
+    resolution: str = "256p"
+    aspect: Aspect = "landscape"
+    seconds: int = DEFAULT_SECONDS
+    seed: int | None = None
+    base_model: BaseModel = "distill"
+    steps: int | None = None  # None: 8 (distill) or 32 (base)
+    guidance: float | None = None  # base model only; None: 5.0 (video switches to 2.0 at t ≤ 500)
+    sr_steps: int = SAMPLING.sr_steps
+
+    @property
+    def mode(self) -> str:
+        """T2V, TI2V, TA2V or TIA2V."""
+        return "T" + ("I" if self.image else "") + ("A" if self.audio else "") + "2V"
+
+
+@dataclass(frozen=True)
+class Take:
+    """Everything super-resolution needs to continue a generated clip without re-running the base stage."""
+
+    request: GenerationRequest  # with the seed resolved
+    text: torch.Tensor  # (L, C) prompt embedding, real rows only
+    video: torch.Tensor  # (1, 48, T, h, w) final base latent (normalised)
+    audio: torch.Tensor  # (1, A, 64) final audio latent
+    output_audio: np.ndarray  # (N, 2) float32 at 44.1 kHz: what every mp4 of this take carries
+    portrait: object | None  # the validated PIL image, re-encoded at SR size for TI2V
+    base_video_path: Path
+    folder: Path
+
+    @property
+    def seed(self) -> int:
+        return self.request.seed  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Result:
+    video_path: Path  # the base-stage mp4
+    sr_video_path: Path | None  # the super-resolution mp4, when the tier asks for one
+    seed: int
+    take: Take
+    timings: dict[str, float]  # seconds per stage: text, image, audio, denoise, sr, decode, mux
+    peak_memory_gb: float | None  # CUDA peak during the call; None on CPU
+    preview: bool  # produced by the tiny preview engine (noise pictures and sound)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. The engine
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Models:
+    text: TextEncoder
+    video_vae: VideoVAE
+    audio_vae: AudioVAE
+    decoder: TurboVAE
+    dits: dict[str, DiT] = field(default_factory=dict)  # "distill", "base", "sr-540p", "sr-1080p"
+
+
+class Engine:
+    """Owns the loaded models; `generate` and `upscale` are safe to call from one worker thread at a time."""
+
+    def __init__(self, models: Models, device: torch.device, *, preview: bool, output_root: Path | None = None):
+        self.models, self.device, self.preview = models, torch.device(device), preview
+        self.output_root = Path(output_root) if output_root else Path(tempfile.gettempdir()) / "magihuman"
+        self.output_root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.fault_hook: Callable[[str, int], None] | None = None  # tests inject faults per (stage, step)
+        # The preview's noise pictures do not compress; spend no CPU time trying.
+        self.x264_preset = "ultrafast" if preview else "veryfast"
+
+    @property
+    def available_base_models(self) -> list[str]:
+        return [m for m in ("distill", "base") if m in self.models.dits]
+
+    @property
+    def available_resolutions(self) -> list[str]:
+        return [name for name, r in RESOLUTIONS.items() if r.sr_model is None or r.sr_model in self.models.dits]
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    def generate(
+        self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None
+    ) -> Result:
+        """Run the base stage (and super-resolution when the tier asks for it); write the mp4(s)."""
+        request = self.validate(request)
+        with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
+            timer = _StageTimer()
+            take = self._base(request, timer, on_progress or _ignore, cancel)
+            sr_path = None
+            if RESOLUTIONS[request.resolution].sr_model is not None:
+                sr_path = self._super_resolve(take, request.resolution, timer, on_progress or _ignore, cancel)
+        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview)
+
+    def upscale(
+        self,
+        take: Take,
+        resolution: str,
+        on_progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Result:
+        """Super-resolve an earlier take to `resolution` (540p or 1080p) without re-running its base stage."""
+        if resolution not in RESOLUTIONS or RESOLUTIONS[resolution].sr_model is None:
+            raise InputError(f"cannot upscale to {resolution!r}; choose one of 540p, 1080p")
+        self._require_resolution(resolution)
+        with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
+            timer = _StageTimer()
+            sr_path = self._super_resolve(take, resolution, timer, on_progress or _ignore, cancel)
+        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview)
+
+    def validate(self, request: GenerationRequest) -> GenerationRequest:
+        """Check every field (the API must not trust UI sliders); returns the request with the seed resolved."""
+        limits = REQUEST_LIMITS
+        prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
+        if not prompt:
+            raise InputError("the prompt is empty: describe the person, what they say, and in which language")
+        if len(prompt) > limits.max_prompt_chars:
+            raise InputError(
+                f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars} "
+                "(the model reads at most 640 tokens of it)"
+            )
+        if request.resolution not in RESOLUTIONS:
+            raise InputError(f"unknown resolution {request.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
+        self._require_resolution(request.resolution)
+        if request.aspect not in ("landscape", "portrait"):
+            raise InputError(f"aspect must be 'landscape' or 'portrait', not {request.aspect!r}")
+        if not _is_int(request.seconds) or not MIN_SECONDS <= request.seconds <= MAX_SECONDS:
+            raise InputError(f"duration must be a whole number of seconds from {MIN_SECONDS} to {MAX_SECONDS}")
+        if request.base_model not in self.available_base_models:
+            raise InputError(
+                f"base model {request.base_model!r} is not loaded; available: {', '.join(self.available_base_models)}"
+            )
+        steps = request.steps if request.steps is not None else limits.default_steps[request.base_model]
+        max_steps = limits.max_steps[request.base_model]
+        if not _is_int(steps) or not 1 <= steps <= max_steps:
+            raise InputError(f"steps for the {request.base_model} model must be 1 to {max_steps}")
+        if not _is_int(request.sr_steps) or not 1 <= request.sr_steps <= limits.max_sr_steps:
+            raise InputError(f"super-resolution steps must be 1 to {limits.max_sr_steps}")
+        if request.guidance is not None and not (
+            isinstance(request.guidance, int | float) and limits.min_guidance <= request.guidance <= limits.max_guidance
+        ):
+            raise InputError(f"guidance must be a number from {limits.min_guidance} to {limits.max_guidance}")
+        seed = request.seed
+        if seed is None:
+            seed = random.SystemRandom().randint(0, limits.max_seed)
+        elif not _is_int(seed) or not 0 <= seed <= limits.max_seed:
+            raise InputError(f"seed must be a whole number from 0 to {limits.max_seed}")
+        return replace(request, prompt=prompt, seed=int(seed), steps=int(steps))
+
+    # --- stages ---------------------------------------------------------------------------------------
+
+    def _base(self, request: GenerationRequest, timer, progress: ProgressFn, cancel) -> Take:
+        folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
+        generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        noise = gaussian_noise(generator, self.device)
+        base_res = RESOLUTIONS["256p"]
+        portrait = request.aspect == "portrait"
+        lat_h, lat_w = base_res.latent_hw(portrait)
+
+        # 1. Text (cached per prompt) and the negative prompt for the CFG base model.
+        with timer("text"):
+            progress("text", 0, 1)
+            text = self._encode_text(request.prompt)
+            negative = self._encode_text(NEGATIVE_PROMPT) if request.base_model == "base" else None
+            progress("text", 1, 1)
+
+        # 2. Portrait: crop/resize to the base size, encode frame 0.
+        image = image_latent = None
+        if request.image:
+            with timer("image"):
+                progress("image", 0, 1)
+                image = load_portrait(request.image)
+                image_latent = self._encode_image(image, base_res.pixel_size(portrait))
+                progress("image", 1, 1)
+
+        # 3. Own audio: its latent is held fixed; it also sets the clip length (fewer frames if shorter).
+        audio_latent = None
+        output_audio = None
+        num_audio = video_frames(request.seconds)
+        if request.audio:
+            with timer("audio"):
+                progress("audio", 0, 1)
+                wave = load_audio(request.audio, sample_rate=AUDIO.virtual_sample_rate, seconds=request.seconds)
+                audio_latent = self.models.audio_vae.encode(torch.from_numpy(wave), generator=generator)
+                audio_latent = audio_latent.to(self.device, torch.float32)
+                num_audio = audio_latent.shape[1]
+                output_audio = virtual_to_44k(np.repeat(wave[: num_audio * AUDIO.samples_per_latent, None], 2, axis=1))
+                progress("audio", 1, 1)
+        num_latent = (num_audio - 1) // 4 + 1
+        video_shape = (1, 48, num_latent, lat_h, lat_w)
+        audio_shape = None if audio_latent is not None else (1, num_audio, 64)
+
+        # 4. Base denoising loop.
+        dit = self.models.dits[request.base_model]
+        steps = request.steps
+        step_report = self._step_reporter("base", progress)
+        with timer("denoise"):
+            if request.base_model == "distill":
+                video, audio = denoise_distill(
+                    dit,
+                    noise,
+                    text,
+                    video_shape,
+                    audio_shape,
+                    audio_latent=audio_latent,
+                    image_latent=image_latent,
+                    steps=steps,
+                    on_step=step_report,
+                    cancel=cancel,
+                    stage="base",
+                )
+            else:
+                video, audio = denoise_base(
+                    dit,
+                    noise,
+                    text,
+                    negative,
+                    video_shape,
+                    audio_shape,
+                    audio_latent=audio_latent,
+                    image_latent=image_latent,
+                    steps=steps,
+                    guidance=request.guidance,
+                    on_step=step_report,
+                    cancel=cancel,
+                    stage="base",
+                )
+        if audio_latent is not None:
+            audio = audio_latent  # the user's speech is the clip's audio, whatever the model did with it
+
+        # 5. Decode and mux.
+        if output_audio is None:
+            with timer("decode"):
+                output_audio = self._decode_audio(audio)
+        path = self._write(video, output_audio, folder / "base_256p.mp4", timer, progress, cancel)
+        return Take(request, text, video, audio, output_audio, image, path, folder)
+
+    def _super_resolve(self, take: Take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
+        res = RESOLUTIONS[resolution]
+        portrait = take.request.aspect == "portrait"
+        generator = torch.Generator(device=self.device).manual_seed(take.seed + SR_SEED_OFFSET)
+        image_latent = None
+        if take.portrait is not None:
+            with timer("image"):
+                image_latent = self._encode_image(take.portrait, res.pixel_size(portrait))
+        with timer("sr"):
+            video, _ = denoise_sr(
+                self.models.dits[res.sr_model],
+                gaussian_noise(generator, self.device),
+                take.text,
+                take.video,
+                take.audio,
+                res.latent_hw(portrait),
+                image_latent=image_latent,
+                steps=take.request.sr_steps,
+                on_step=self._step_reporter("sr", progress),
+                cancel=cancel,
+            )
+        return self._write(video, take.output_audio, take.folder / f"sr_{resolution}.mp4", timer, progress, cancel)
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def _encode_text(self, prompt: str) -> torch.Tensor:
+        return self.models.text.encode(prompt).tokens.to(self.device, torch.float32)
+
+    def _encode_image(self, image, size_hw: tuple[int, int]) -> torch.Tensor:
+        pixels = image_to_tensor(crop_resize(image, *size_hw)).to(self.device)
+        return self.models.video_vae.encode_image(pixels).to(self.device, torch.float32)
+
+    def _decode_audio(self, audio: torch.Tensor) -> np.ndarray:
+        wave = self.models.audio_vae.decode(audio)
+        wave = wave.cpu().numpy() if isinstance(wave, torch.Tensor) else wave
+        return virtual_to_44k(np.asarray(wave, dtype=np.float32))
+
+    def _write(self, video: torch.Tensor, audio: np.ndarray, path: Path, timer, progress, cancel) -> Path:
+        with timer("decode"):
+
+            def on_window(done: int, total: int) -> None:
+                progress("decode", done, total)
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled("decode", done, total)
+
+            pixels = self.models.decoder.decode(video, on_window=on_window)
+            frames = to_uint8(pixels)
+        if frames.shape[0] != decoded_frames(video.shape[2]):
+            raise RuntimeError(f"decoder returned {frames.shape[0]} frames for {video.shape[2]} latent frames")
+        with timer("mux"):
+            progress("mux", 0, 1)
+            write_mp4(path, np.asarray(frames), audio, crf=18, preset=self.x264_preset)
+            progress("mux", 1, 1)
+        return path
+
+    def _step_reporter(self, phase: str, progress: ProgressFn) -> Callable[[StepEvent], None]:
+        def report(event: StepEvent) -> None:
+            progress(phase, event.step, event.total)
+            if self.fault_hook is not None:
+                self.fault_hook(phase, event.step)
+
+        return report
+
+    def _require_resolution(self, resolution: str) -> None:
+        if resolution not in self.available_resolutions:
+            raise InputError(
+                f"{resolution} needs the {RESOLUTIONS[resolution].sr_model} model, which this engine has not loaded"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Small utilities
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _ignore(phase: str, step: int, total: int) -> None:
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+class _StageTimer:
+    """Accumulates wall time per stage name (synchronising CUDA so GPU work is counted where it happens)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - start
+
+
+@contextmanager
+def _cuda_peak(device: torch.device):
+    """Yields a function returning the CUDA peak memory (GiB) since entry; None on CPU."""
+    if device.type != "cuda":
+        yield lambda: None
+        return
+    torch.cuda.reset_peak_memory_stats(device)
+    yield lambda: torch.cuda.max_memory_allocated(device) / 2**30

@@ -1,0 +1,455 @@
+"""Media in and out: portrait and speech uploads, the audio rate change, MP4 muxing and probing.
+
+Inputs are user uploads, so every way they can be unusable (missing, empty, not media, damaged, too large,
+animated, silent, too short) is an `InputError` whose message says what is wrong and what to upload instead.
+Sizes are checked from headers before anything is decoded, and audio decoding stops at the clip length.
+
+Conventions from spec/pipeline.md: the portrait is centre-cropped and resized like the reference (§5.3);
+audio runs at a virtual 51.2 kHz, 2048 samples per video frame (§3.3-3.4), and is length-resampled to
+44.1 kHz with scipy's FFT method before muxing (§3.6); the MP4 keeps audio that outlasts the video (§5.5,
+gotcha 17). Everything is done with PyAV's bundled FFmpeg in-process: no system ffmpeg, no temp files.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import signal
+
+from magihuman.config import AUDIO, FPS, MEDIA_LIMITS, MediaLimits
+from magihuman.errors import InputError
+
+AUDIO_SAMPLES_PER_FRAME = AUDIO.samples_per_latent  # one audio latent per video frame
+VIRTUAL_SAMPLE_RATE = AUDIO.virtual_sample_rate  # 51 200 Hz, the rate the model hears (spec §3.3)
+OUTPUT_SAMPLE_RATE = AUDIO.output_sample_rate  # the audio VAE's training rate, and what the MP4 carries
+DEFAULT_CRF = 10  # the reference's imageio `quality=8`
+# Still-image formats Pillow decodes natively. The rest (EPS shells out to Ghostscript, PSD, ICO...) are refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_WHITE = (255, 255, 255, 255)
+
+
+def _existing_file(path: str | Path, max_bytes: int, what: str) -> Path:
+    """The upload as a Path, after the checks that need no decoding: it exists, is not empty, is not huge."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"the {what} file {path.name} was not found; upload it again")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"the {what} file {path.name} is empty (0 bytes); upload it again")
+    if size > max_bytes:
+        raise InputError(
+            f"the {what} file {path.name} is {size / 2**20:.3g} MB, more than the {max_bytes / 2**20:.3g} MB "
+            f"accepted; upload a smaller file"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Portraits (TI2V reference image, spec §5.3)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_portrait(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -> Image.Image:
+    """Open an uploaded still image as an upright RGB picture.
+
+    EXIF orientation is applied; CMYK, palette, greyscale and 16-bit images become RGB; transparency is
+    flattened onto white. Pixel count, minimum size and animation are checked from the header, before the
+    pixels are decoded. Raises `InputError` for anything unusable.
+    """
+    path = _existing_file(path, limits.max_image_bytes, "image")
+    try:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            _check_image_header(img, path.name, limits)
+            img.load()
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses on its own beyond twice its default limit, before we could read the size.
+        raise InputError(
+            f"{path.name} is far too large to open safely; upload an image of at most "
+            f"{limits.max_image_pixels / 1e6:g} megapixels"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(f"{path.name} is not an image we can read; upload a PNG, JPEG or WebP photo") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(
+            f"{path.name} is damaged or cut short ({exc}); save or download it again, or upload another photo"
+        ) from exc
+
+
+def _check_image_header(img: Image.Image, name: str, limits: MediaLimits) -> None:
+    width, height = img.size
+    if width * height > limits.max_image_pixels:
+        raise InputError(
+            f"{name} is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels), more than the "
+            f"{limits.max_image_pixels / 1e6:g} megapixels accepted; upload a smaller copy "
+            f"(2000 pixels across is plenty)"
+        )
+    if min(width, height) < limits.min_image_side:
+        raise InputError(
+            f"{name} is only {width}×{height} pixels; upload a portrait at least "
+            f"{limits.min_image_side} pixels on its shorter side"
+        )
+    # A phone's multi-picture JPEG (MPO) is not an animation: its first picture is the photo.
+    if getattr(img, "is_animated", False) and img.format != "MPO":
+        raise InputError(
+            f"{name} is animated (it has several frames); upload a single still image, e.g. a PNG or JPEG "
+            f"of the frame you want"
+        )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any still-image mode to 8-bit RGB."""
+    if img.mode.startswith("I"):
+        # 16/32-bit greyscale: Pillow's own conversion clips at 255 (a mostly white picture), so map the
+        # 16-bit range 0..65535 onto 0..255 instead.
+        grey = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257
+        img = Image.fromarray(np.round(grey).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        # Flatten onto white, as an image viewer shows it; dropping alpha would expose arbitrary colours.
+        background = Image.new("RGBA", img.size, _WHITE)
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def crop_resize(img: Image.Image, height: int, width: int) -> Image.Image:
+    """Centre-crop to the target aspect ratio keeping one full side, then LANCZOS-resize to width×height.
+
+    Exactly the reference's `resizecrop` (spec §5.3): an image already of the target size is returned
+    unchanged; the crop box is computed in floats and rounded by Pillow (half to even), so 1280×720 → 448×256
+    keeps x ∈ [10, 1270) and 720×1280 → 448×256 keeps y ∈ [434, 846).
+    """
+    w, h = img.size
+    if (w, h) == (width, height):
+        return img
+    if h / w > height / width:
+        new_w, new_h = w, int(w * height / width)
+    else:
+        new_w, new_h = int(h * width / height), h
+    box = ((w - new_w) / 2, (h - new_h) / 2, (w + new_w) / 2, (h + new_h) / 2)
+    return img.crop(box).resize((width, height), Image.Resampling.LANCZOS)
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image → (1, 3, 1, H, W) float32 in [−1, 1], computed as x/255·2 − 1 in float32 like diffusers'
+    `VaeImageProcessor` (the reference's preprocessing), so the values match it bit for bit."""
+    if img.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {img.mode!r} (load it with load_portrait)")
+    unit = np.asarray(img).astype(np.float32) / 255.0  # (H, W, 3)
+    chw = torch.from_numpy(unit).permute(2, 0, 1)
+    return (2.0 * chw - 1.0)[None, :, None].contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Audio input (A2V, spec §3.4 steps 1-2)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_audio(
+    path: str | Path,
+    seconds: float | None = None,
+    *,
+    sample_rate: int = VIRTUAL_SAMPLE_RATE,
+    limits: MediaLimits = MEDIA_LIMITS,
+) -> np.ndarray:
+    """Decode the first `seconds` of the first audio track of any file FFmpeg reads.
+
+    Returns (N,) float32 mono, int16 / 32768 like the reference's whisper loader: the track is downmixed and
+    resampled by FFmpeg to 16-bit mono at `sample_rate`. N = seconds·sample_rate, or less when the track is
+    shorter. `seconds` defaults to `limits.max_audio_seconds`; decoding stops there, so a long recording
+    costs no more than a short one. Raises `InputError` for a file with no usable audio: missing, empty,
+    unreadable, damaged, without an audio track, shorter than one video frame, or silent.
+    """
+    seconds = limits.max_audio_seconds if seconds is None else seconds
+    if not 0 < seconds <= limits.max_audio_seconds:
+        raise ValueError(f"seconds must be in (0, {limits.max_audio_seconds}], got {seconds}")
+    path = _existing_file(path, limits.max_audio_bytes, "audio")
+    wanted = round(seconds * sample_rate)
+    wave = _decode_mono_s16(path, sample_rate, wanted)[:wanted].astype(np.float32) / 32768
+    _check_usable(wave, path.name, sample_rate, limits)
+    return wave
+
+
+def usable_audio_seconds(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -> float:
+    """How many seconds of the upload a clip can follow: whole video frames, at most `limits.max_audio_seconds`.
+
+    The model turns every 2048 virtual samples into one audio latent (⌊N/2048⌋ of them, spec §3.4), one per
+    video frame. Raises the same `InputError`s as `load_audio`.
+    """
+    wave = load_audio(path, limits=limits)
+    return len(wave) // AUDIO_SAMPLES_PER_FRAME / FPS
+
+
+def _decode_mono_s16(path: Path, sample_rate: int, wanted: int) -> np.ndarray:
+    """(n,) int16: at least `wanted` samples, or the whole track when it is shorter."""
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise InputError(
+            f"{path.name} is not an audio file we can read; upload a WAV, MP3, M4A, OGG or FLAC recording"
+        ) from exc
+    with container:
+        if not container.streams.audio:
+            raise InputError(
+                f"{path.name} has no audio track; upload a recording of the speech (WAV, MP3, M4A...) "
+                f"or a video with sound"
+            )
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+        chunks, count = [], 0
+        try:
+            for chunk in _resampled(container, container.streams.audio[0], resampler):
+                chunks.append(chunk)
+                count += len(chunk)
+                if count >= wanted:
+                    break
+        except (av.FFmpegError, ValueError) as exc:  # ValueError: the track changes format mid-stream
+            raise InputError(
+                f"{path.name} is damaged: decoding failed after {count / sample_rate:.1f} s ({exc}); "
+                f"export it again or upload another file"
+            ) from exc
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def _resampled(
+    container: av.container.InputContainer, stream: av.AudioStream, resampler: av.AudioResampler
+) -> Iterator[np.ndarray]:
+    """Yield (n,) int16 chunks of the track as FFmpeg decodes and resamples it, then the resampler's tail."""
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            yield out.to_ndarray()[0]  # packed mono: (1, n)
+    for out in resampler.resample(None):
+        yield out.to_ndarray()[0]
+
+
+def _check_usable(wave: np.ndarray, name: str, sample_rate: int, limits: MediaLimits) -> None:
+    min_samples = math.ceil(sample_rate / FPS)  # one audio latent, i.e. one video frame
+    if len(wave) < min_samples:
+        raise InputError(
+            f"{name} holds only {1000 * len(wave) / sample_rate:.0f} ms of audio; a clip needs at least "
+            f"{1000 / FPS:.0f} ms (one video frame): upload a longer recording"
+        )
+    rms = math.sqrt(float(np.mean(np.square(wave, dtype=np.float64))))
+    if rms < limits.silence_rms:
+        raise InputError(
+            f"the audio in {name} is silent (its level stays below {20 * math.log10(limits.silence_rms):.0f} dBFS "
+            f"over the first {len(wave) / sample_rate:.1f} s); upload a recording where the speech is audible"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Audio output (spec §3.6)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def virtual_to_44k(wave: np.ndarray) -> np.ndarray:
+    """(N, C) decoded audio at the virtual 51.2 kHz → (⌊N·441/512⌋, C) float32 at 44.1 kHz.
+
+    The reference changes the length with `scipy.signal.resample` (FFT method, periodic assumption) along
+    time, not a polyphase filter; F·2048 samples become exactly F·1764. No clamp: values outside [−1, 1]
+    are kept, as upstream writes them.
+    """
+    if wave.ndim != 2:
+        raise ValueError(f"expected (samples, channels) audio, got shape {wave.shape}")
+    length = wave.shape[0] * OUTPUT_SAMPLE_RATE // VIRTUAL_SAMPLE_RATE
+    return signal.resample(wave, length, axis=0).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Muxing (spec §5.5)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    audio: np.ndarray | None = None,
+    *,
+    fps: int = FPS,
+    sample_rate: int = OUTPUT_SAMPLE_RATE,
+    crf: int = DEFAULT_CRF,
+    preset: str = "medium",
+) -> Path:
+    """Encode (F, H, W, 3) uint8 RGB frames and optional (N, 2) float audio into a web-playable MP4.
+
+    One pass, in-process: H.264 (libx264, yuv420p, `crf`, `preset`) at `fps`, AAC stereo at `sample_rate`,
+    `moov` before `mdat` (faststart) so a browser starts playing before the download ends. Frames are
+    encoded one at a time and audio is interleaved with them. Audio longer than the video is kept whole (the
+    reference muxes without `-shortest`). A failed write leaves no partial file. Returns `path`.
+    """
+    _check_frames(frames)
+    if audio is not None:
+        audio = _checked_audio(audio)
+    path = Path(path)
+    try:
+        with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+            _encode(container, frames, audio, fps, sample_rate, {"crf": str(crf), "preset": preset})
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected (F ≥ 1, H, W, 3) uint8 frames, got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 in yuv420p needs an even width and height, got {width}×{height}")
+
+
+def _checked_audio(audio: np.ndarray) -> np.ndarray:
+    if audio.ndim != 2 or audio.shape[1] != 2 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"expected (N, 2) float stereo audio, got {audio.dtype} {audio.shape}")
+    return np.asarray(audio, dtype=np.float32)
+
+
+def _encode(
+    container: av.container.OutputContainer,
+    frames: np.ndarray,
+    audio: np.ndarray | None,
+    fps: int,
+    sample_rate: int,
+    x264_options: dict[str, str],
+) -> None:
+    video = container.add_stream("libx264", rate=fps, options=x264_options)
+    video.height, video.width = frames.shape[1:3]
+    video.pix_fmt = "yuv420p"
+    sound = None if audio is None else container.add_stream("aac", rate=sample_rate, layout="stereo")
+    sent = 0  # audio samples handed to the encoder so far
+    for index, pixels in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+        frame.pts = index
+        container.mux(video.encode(frame))
+        if sound is not None:
+            # Keep the audio level with the video so that the muxer can interleave the two closely.
+            until = min(len(audio), round((index + 1) * sample_rate / fps))
+            _mux_audio(container, sound, audio, sent, until)
+            sent = max(sent, until)
+    container.mux(video.encode(None))
+    if sound is not None:
+        _mux_audio(container, sound, audio, sent, len(audio))  # what outlasts the video
+        container.mux(sound.encode(None))
+
+
+def _mux_audio(
+    container: av.container.OutputContainer, stream: av.AudioStream, audio: np.ndarray, start: int, stop: int
+) -> None:
+    if stop <= start:
+        return
+    planar = np.ascontiguousarray(audio[start:stop].T)  # (2, n): AAC's native planar float layout
+    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo")
+    frame.sample_rate = stream.rate
+    frame.pts = start
+    frame.time_base = Fraction(1, stream.rate)
+    container.mux(stream.encode(frame))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Probing (read a file back: tests, and the app's checks on what it serves)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    codec: str  # FFmpeg decoder name, e.g. "h264"
+    pixel_format: str  # e.g. "yuv420p"
+    width: int
+    height: int
+    fps: Fraction  # average frame rate
+    frames: int  # video packets in the file: one per frame for H.264
+    seconds: float | None  # stream duration, when the container records it
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str  # e.g. "aac"
+    sample_rate: int
+    channels: int
+    seconds: float | None  # stream duration (for AAC in MP4, priming and padding excluded)
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    container: str  # FFmpeg's demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    seconds: float | None  # container duration
+    video: VideoInfo | None  # first video stream, if any
+    audio: AudioInfo | None  # first audio stream, if any
+    faststart: bool | None  # MP4/MOV only: whether `moov` precedes `mdat`
+
+
+def probe_media(path: str | Path) -> MediaInfo:
+    """Read a media file's streams back with PyAV. Counts video packets by demuxing (no decoding).
+
+    Meant for files the app wrote or is about to serve; one FFmpeg cannot open raises `av.FFmpegError`.
+    """
+    path = Path(path)
+    with av.open(str(path)) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        video_packets = sum(packet.size > 0 for packet in container.demux(video)) if video is not None else 0
+        seconds = container.duration / av.time_base if container.duration is not None else None
+        is_mp4 = "mp4" in container.format.name or "mov" in container.format.name
+        return MediaInfo(
+            container=container.format.name,
+            seconds=seconds,
+            video=_video_info(video, video_packets) if video is not None else None,
+            audio=_audio_info(audio) if audio is not None else None,
+            faststart=_moov_before_mdat(path) if is_mp4 else None,
+        )
+
+
+def _stream_seconds(stream: av.stream.Stream) -> float | None:
+    return float(stream.duration * stream.time_base) if stream.duration is not None else None
+
+
+def _video_info(stream: av.VideoStream, packets: int) -> VideoInfo:
+    context = stream.codec_context
+    return VideoInfo(
+        codec=context.name,
+        pixel_format=context.pix_fmt,
+        width=context.width,
+        height=context.height,
+        fps=stream.average_rate,
+        frames=packets,
+        seconds=_stream_seconds(stream),
+    )
+
+
+def _audio_info(stream: av.AudioStream) -> AudioInfo:
+    context = stream.codec_context
+    return AudioInfo(
+        codec=context.name,
+        sample_rate=context.sample_rate,
+        channels=context.channels,
+        seconds=_stream_seconds(stream),
+    )
+
+
+def _moov_before_mdat(path: Path) -> bool | None:
+    """Walk the top-level MP4 boxes until `moov` or `mdat` shows up; None if neither does."""
+    for kind in _top_level_boxes(path):
+        if kind in (b"moov", b"mdat"):
+            return kind == b"moov"
+    return None
+
+
+def _top_level_boxes(path: Path) -> Iterator[bytes]:
+    """Yield the four-letter types of the top-level boxes, reading only their headers."""
+    with path.open("rb") as file:
+        while len(header := file.read(8)) == 8:
+            size, kind = struct.unpack(">I4s", header)
+            yield kind
+            header_size = 8
+            if size == 1:  # a 64-bit size follows the type
+                size, header_size = struct.unpack(">Q", file.read(8))[0], 16
+            if size < header_size:  # 0: the box runs to the end of the file; less: not a valid box
+                return
+            file.seek(size - header_size, 1)

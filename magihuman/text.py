@@ -1,0 +1,310 @@
+"""Prompt -> text embedding for the DiT, with the T5Gemma encoder (spec/pipeline.md §4, spec/model.md §4.4).
+
+The reference tokenises with the tokenizer's defaults (`<bos>` prepended, no padding, no truncation), runs the
+whole sequence through the encoder, casts the last hidden state to fp16, keeps at most 640 rows and casts to
+fp32. Only those real rows reach the DiT.
+
+transformers 5.x changed T5Gemma's default attention from SDPA (which silently ignored the attention-logit
+softcap) to eager (which applies it). The reference ran with the SDPA default, so the softcap is switched off
+here to reproduce its embeddings.
+
+1. The embedding and the encoder wrapper (cache, device handling)
+2. Loading the official checkpoint (encoder weights only)
+3. The tiny random encoder for tests and the preview engine
+4. The negative prompt
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    T5GemmaConfig,
+    T5GemmaEncoderModel,
+)
+
+from magihuman.config import TEXT_ENCODER, TINY_DIT
+from magihuman.errors import CheckpointError
+
+T5GEMMA_REPO_ID = "google/t5gemma-9b-9b-ul2"
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. The embedding and the encoder wrapper
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """One encoded prompt.
+
+    `tokens` is (L, C) fp32 with L = min(num_tokens_before_cap, 640): only real rows, no padding. Its values
+    are fp16-representable (the reference's fp16 round trip). It lives on the encoder's device and may be
+    shared through the cache: treat it as read-only.
+    """
+
+    tokens: torch.Tensor
+    num_tokens_before_cap: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def was_capped(self) -> bool:
+        """True when the prompt had more tokens than the DiT reads (the UI warns that the end was cut)."""
+        return self.num_tokens_before_cap > self.num_tokens
+
+
+class TextEncoder:
+    """A tokenizer and a `T5GemmaEncoderModel`, with a small LRU cache keyed by the prompt string.
+
+    The negative prompt and repeated prompts are encoded once. The cache is guarded by a lock because UI
+    handlers run on worker threads; the forward itself is not serialised here.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: T5GemmaEncoderModel,
+        max_tokens: int = TEXT_ENCODER.max_tokens,
+        cache_size: int = TEXT_ENCODER.cache_size,
+    ) -> None:
+        self.tokenizer, self.model = tokenizer, model.eval().requires_grad_(False)
+        self.max_tokens, self.cache_size = max_tokens, cache_size
+        self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.encoder.hidden_size
+
+    def to(self, device: torch.device | str) -> TextEncoder:
+        """Move the model (e.g. off the GPU between requests). Cached embeddings stay where they were made."""
+        self.model.to(device)
+        return self
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens the encoder would see, `<bos>` included (tokenizer only, cheap; before the 640 cap)."""
+        return len(self.tokenizer(_valid_text(prompt))["input_ids"])
+
+    def encode(self, prompt: str) -> TextEmbedding:
+        """Encode one prompt: (L, hidden) fp32 on the encoder's device, L ≤ 640; cached by prompt string."""
+        with self._lock:
+            if prompt in self._cache:
+                self._cache.move_to_end(prompt)
+                return self._cache[prompt]
+        embedding = self._encode(prompt)
+        with self._lock:
+            self._cache[prompt] = embedding
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return embedding
+
+    @torch.no_grad()
+    def _encode(self, prompt: str) -> TextEmbedding:
+        # Defaults only: the reference neither pads nor truncates before the encoder (spec gotcha 14).
+        batch = self.tokenizer([_valid_text(prompt)], return_tensors="pt")
+        input_ids = batch["input_ids"].to(self.device)  # (1, n)
+        attention_mask = batch["attention_mask"].to(self.device)  # all ones: a single unpadded prompt
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (1, n, C)
+        tokens = hidden[0, : self.max_tokens].half().float()  # (L, C), L = min(n, 640)
+        return TextEmbedding(tokens=tokens, num_tokens_before_cap=input_ids.shape[1])
+
+
+def _valid_text(prompt: str) -> str:
+    """The prompt as valid UTF-8. Lone surrogates (not text, but JSON can carry them) become '?' instead of
+    making the tokenizer raise; every real string passes unchanged."""
+    return prompt.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
+    """Make a T5Gemma config load as `T5GemmaEncoderModel` and compute what the reference computed."""
+    config.is_encoder_decoder = False  # the encoder-only class refuses an encoder-decoder config
+    config.encoder.attn_logit_softcapping = None  # the reference's SDPA path never applied it (spec §4.2)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Loading the official checkpoint
+# ---------------------------------------------------------------------------------------------------------
+
+_REQUIRED_FILES = (
+    ("config.json",),
+    ("tokenizer_config.json",),
+    ("tokenizer.json", "tokenizer.model"),
+    ("model.safetensors.index.json", "model.safetensors"),
+)
+
+
+def load_text_encoder(
+    folder: str | Path,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    hidden_size: int | None = None,
+) -> TextEncoder:
+    """Load a local copy of `google/t5gemma-9b-9b-ul2` (or any T5Gemma folder of the same layout).
+
+    Only the encoder is built; the checkpoint's decoder and LM-head keys are ignored. Attention is eager with
+    the softcap off (see the module docstring). Raises `CheckpointError` for a missing folder or file, a
+    missing or wrongly shaped encoder weight, or (when `hidden_size` is given, e.g. the DiT's
+    `text_in_channels`) an encoder of another width.
+    """
+    folder = Path(folder)
+    get_it = f"download the whole {T5GEMMA_REPO_ID} repository (gated: request access on its page) into it"
+    if not folder.is_dir():
+        raise CheckpointError(f"text encoder folder {folder} does not exist: {get_it}")
+    for alternatives in _REQUIRED_FILES:
+        if not any((folder / name).exists() for name in alternatives):
+            raise CheckpointError(f"{folder / alternatives[0]} is missing: {get_it}")
+    try:
+        config = _encoder_only(T5GemmaConfig.from_pretrained(folder))
+    except Exception as exc:  # transformers raises several types for an unreadable or foreign config
+        raise CheckpointError(f"{folder / 'config.json'} is not a T5Gemma config: {exc}") from exc
+    if hidden_size is not None and config.encoder.hidden_size != hidden_size:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: encoder hidden size {config.encoder.hidden_size}, the DiT expects {hidden_size}"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with _quiet_transformers():  # the decoder keys would be listed as "unexpected": expected here
+            model, info = T5GemmaEncoderModel.from_pretrained(
+                folder,
+                config=config,
+                dtype=dtype,
+                attn_implementation="eager",  # pinned: the math that matches the reference
+                ignore_mismatched_sizes=True,  # so that a mismatch is reported below, by key
+                output_loading_info=True,
+            )
+    except Exception as exc:  # tokenizers, safetensors and transformers each raise their own types
+        raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
+    problems = {
+        "missing": info["missing_keys"],
+        "wrongly shaped": [key for key, *_ in info["mismatched_keys"]],  # (key, file shape, model shape)
+    }
+    for kind, keys in problems.items():
+        if keys:
+            keys = sorted(keys)
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise CheckpointError(f"{folder}: {len(keys)} encoder weights {kind}: {shown}")
+    return TextEncoder(tokenizer, model.to(device))
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report for one call; real problems are raised by the caller instead."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. The tiny random encoder
+# ---------------------------------------------------------------------------------------------------------
+
+# Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), then the 256 byte symbols: any text tokenises.
+_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with Gemma's conventions: `<bos>` prepended, no `<eos>`, 260 ids.
+
+    Every string is split into its UTF-8 bytes (no merges), so CJK, emoji, RTL and control characters all
+    tokenise without unknown tokens. Built in memory in about a millisecond; `save_pretrained` writes a
+    `tokenizer.json` that `AutoTokenizer` reads back.
+    """
+    vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
+
+
+def tiny_t5gemma_config(hidden_size: int = TINY_DIT.text_in_channels) -> T5GemmaConfig:
+    """Encoder-only T5Gemma config: 2 layers (one sliding-window, one full attention), GQA 4:2 heads."""
+    module = dict(
+        vocab_size=len(_SPECIAL_TOKENS) + 256,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,
+        query_pre_attn_scalar=hidden_size // 4,
+        sliding_window=32,  # short, so that long test prompts exercise the sliding-window mask
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    config = T5GemmaConfig(encoder=module, decoder=module, vocab_size=module["vocab_size"])
+    return _encoder_only(config)
+
+
+def build_tiny_text_encoder(
+    seed: int = 0, hidden_size: int = TINY_DIT.text_in_channels, device: torch.device | str = "cpu"
+) -> TextEncoder:
+    """A random tiny T5Gemma encoder (fp32) with the byte-level tokenizer; the same seed gives the same
+    weights on any device. The global RNG is forked, so building one does not disturb the caller's stream.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = T5GemmaEncoderModel(tiny_t5gemma_config(hidden_size))
+    return TextEncoder(build_tiny_tokenizer(), model.to(device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. The negative prompt (the unconditional text of the 32-step base model's CFG; spec/model.md §6.2)
+# ---------------------------------------------------------------------------------------------------------
+
+_VISUAL_DEFECTS = (
+    "blurry face", "out-of-focus eyes", "warped facial features", "asymmetric eyes", "melted teeth",
+    "extra teeth", "deformed mouth", "lips out of sync", "frozen face", "stiff expression", "unnatural blinking",
+    "dead eyes", "identity drift", "face changing shape", "flicker", "temporal jitter", "deformed hands",
+    "extra fingers", "fused fingers", "duplicated limbs", "sudden head jumps", "exaggerated head motion",
+    "camera shake", "jump cut", "scene change", "overexposed highlights", "crushed shadows", "washed-out colors",
+    "oversaturated skin", "waxy plastic skin", "compression artifacts", "color banding", "grainy noise",
+    "watermark", "subtitles", "text overlay", "logo", "cartoon style", "low resolution", "pixelated",
+)  # fmt: skip
+_AUDIO_DEFECTS = (
+    "muffled audio", "distorted audio", "clipping", "crackling", "hiss", "electrical hum", "static noise",
+    "heavy echo", "tinny sound", "metallic timbre", "phasing", "audio dropouts", "glitches", "background chatter",
+    "music drowning the voice", "volume jumps", "abrupt silence", "sound out of sync with the lips",
+    "low bitrate audio",
+)  # fmt: skip
+_DELIVERY_DEFECTS = (
+    "monotone voice", "lifeless delivery", "mumbling", "slurred words", "garbled speech", "mispronounced words",
+    "wrong language", "wrong accent", "unnatural pauses", "rushed speech", "stuttering", "repeated words",
+    "skipped words", "sing-song intonation", "overacted emotion", "emotion that contradicts the words",
+    "whispering", "shouting", "voice changing mid-sentence", "voice that does not fit the speaker",
+    "robotic cadence", "pitch-shifted voice",
+)  # fmt: skip
+
+NEGATIVE_PROMPT = ", ".join(_VISUAL_DEFECTS + _AUDIO_DEFECTS + _DELIVERY_DEFECTS)

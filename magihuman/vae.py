@@ -1,0 +1,251 @@
+"""The two encoder-decoders around the DiT, both diffusers modules (spec/pipeline.md §2-3).
+
+- `VideoVAE`: Wan2.2 VAE (`AutoencoderKLWan`, Wan2.2-TI2V-5B config). Encodes the portrait of TI2V into
+  frame 0 of the latent; its decoder is the fallback when the Turbo VAE is not used.
+- `AudioVAE`: Stable Audio Open VAE (`AutoencoderOobleck`). Encodes the user's speech (A2V) and decodes the
+  generated audio latent. It is fed and read at a virtual 51.2 kHz (config `AUDIO`), so that one latent of
+  2048 samples lasts one video frame.
+
+Both were checked against the reference modules: architecturally identical (Wan) and bit-identical (Oobleck).
+
+1. Video VAE: config, wrapper, loading, tiny model
+2. Audio VAE: config, wrapper, loading, tiny model
+3. Loading helpers shared by both
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, AutoencoderOobleck, ModelMixin
+
+from magihuman.config import AUDIO, VAE_STRIDE_THW
+from magihuman.errors import CheckpointError
+from magihuman.model.turbo_vae import LATENT_MEAN, LATENT_STD
+
+WAN_VAE_REPO_ID = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+SAO_REPO_ID = "stabilityai/stable-audio-open-1.0"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Video VAE
+# ---------------------------------------------------------------------------------------------------------
+
+# `vae/config.json` of Wan2.2-TI2V-5B-Diffusers (spec §2.2). Its obsolete `clip_output` key is left out:
+# current diffusers ignores it and always clamps the decoded pixels.
+WAN22_VAE_CONFIG = MappingProxyType(
+    dict(
+        base_dim=160,
+        decoder_base_dim=256,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        attn_scales=[],
+        temperal_downsample=[False, True, True],
+        dropout=0.0,
+        is_residual=True,
+        in_channels=12,  # 3 colours × 2×2 patch
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        latents_mean=list(LATENT_MEAN),
+        latents_std=list(LATENT_STD),
+    )
+)
+
+# Same strides (patch 2 × three 2× downsamples = 16 spatial, two temporal 2× = 4) and 48 latent channels,
+# tiny widths; the decoder stays wider than the encoder, as in the real model.
+TINY_WAN_VAE_CONFIG = MappingProxyType({**WAN22_VAE_CONFIG, "base_dim": 8, "decoder_base_dim": 16})
+
+
+class VideoVAE:
+    """Wan2.2 VAE with the latent normalisation of the pipeline.
+
+    Normalised latent = (μ − mean) · (1/std) per channel, μ the posterior mean (encoding is deterministic),
+    mean/std the model config's `latents_mean`/`latents_std`. The normalisation runs in fp32 whatever the
+    model dtype (the reference used bf16 statistics; spec §2.6 explains why bf16 results differ slightly
+    anyway). Tiling stays off: the reference never tiles and tiles change the pixels.
+    """
+
+    def __init__(self, model: AutoencoderKLWan) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.model.disable_tiling()
+        config = model.config
+        self._mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        self._inv_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, 3, 1, H, W) in [−1, 1], H and W multiples of 16 -> (1, 48, 1, H/16, W/16) fp32 normalised latent."""
+        _, stride_h, stride_w = VAE_STRIDE_THW
+        shape = tuple(pixels.shape)
+        if len(shape) != 5 or shape[:3] != (1, 3, 1) or shape[3] % stride_h or shape[4] % stride_w:
+            raise ValueError(f"expected one RGB frame (1, 3, 1, H, W) with H, W multiples of 16, got {shape}")
+        mu = self.model.encode(pixels.to(self.device, self.dtype)).latent_dist.mode()  # (1, 48, 1, h, w)
+        return (mu.float() - self._mean.to(mu.device)) * self._inv_std.to(mu.device)
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(1, 48, T, h, w) normalised latent -> (1, 3, 4(T−1)+1, 16h, 16w) fp32 pixels in [−1, 1].
+
+        Frame by frame with the causal feature cache, as the reference decodes.
+        """
+        latent = latent.to(self.device, torch.float32)
+        # Inverse of encode_image; dividing by the fp32 reciprocal, as the reference does.
+        raw = latent / self._inv_std.to(latent.device) + self._mean.to(latent.device)
+        return self.model.decode(raw.to(self.dtype)).sample.float()
+
+
+def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> VideoVAE:
+    """Load the diffusers-format Wan2.2 VAE from `folder` (the repository's `vae/` folder, or the repository
+    folder holding it). Raises `CheckpointError` for missing files or weights that do not fit."""
+    folder = _model_folder(folder, f"download `vae/` of {WAN_VAE_REPO_ID}")
+    model = _load_strict(AutoencoderKLWan, folder, dtype)
+    config = model.config
+    if config.z_dim != 48 or len(config.latents_mean) != 48 or len(config.latents_std) != 48:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: not a Wan2.2 VAE (z_dim {config.z_dim}, expected 48)")
+    if (config.scale_factor_temporal, config.scale_factor_spatial) != VAE_STRIDE_THW[:2]:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: strides differ from the Wan2.2 VAE's 4× time, 16× space")
+    return VideoVAE(model.to(device))
+
+
+def build_tiny_video_vae(seed: int = 0, device: torch.device | str = "cpu") -> VideoVAE:
+    """A random Wan2.2-shaped VAE with tiny widths (fp32); the same seed gives the same weights on any device."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
+    return VideoVAE(model.to(device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Audio VAE
+# ---------------------------------------------------------------------------------------------------------
+
+# `vae/config.json` of stable-audio-open-1.0 (spec §3.2). Its `sampling_rate` plays no role: see AUDIO.
+SAO_VAE_CONFIG = MappingProxyType(
+    dict(
+        encoder_hidden_size=128,
+        downsampling_ratios=[2, 4, 4, 8, 8],
+        channel_multiples=[1, 2, 4, 8, 16],
+        decoder_channels=128,
+        decoder_input_channels=64,
+        audio_channels=2,
+        sampling_rate=44100,
+    )
+)
+
+# Same 2048× downsampling and 64 latent channels. The encoder's width stays 128 because its last conv
+# outputs `encoder_hidden_size` channels, split into 64 means and 64 scales; all other widths shrink.
+TINY_SAO_VAE_CONFIG = MappingProxyType({**SAO_VAE_CONFIG, "channel_multiples": [1, 1, 1, 1, 1], "decoder_channels": 8})
+
+
+class AudioVAE:
+    """Stable Audio Open VAE on mono speech at the virtual 51.2 kHz; always fp32 (the reference never casts it).
+
+    Encoding is sampled (mean + std·ε), as in the reference; ε comes from the caller's generator so that a
+    seed reproduces the latent. Decoding gives exactly F·2048 stereo samples, with no clamp and no tanh.
+    """
+
+    def __init__(self, model: AutoencoderOobleck) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.model.disable_tiling()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.no_grad()
+    def encode(self, wave: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(N,) mono float32 at 51.2 kHz -> (1, N // 2048, 64) fp32 latent, sampled with `generator`.
+
+        Trailing samples that do not fill a whole latent are dropped (as the reference's strided convs do).
+        The reference encodes audio over 29 s in cross-faded windows; clips here are far shorter: one pass.
+        """
+        wave = torch.as_tensor(wave, dtype=torch.float32)
+        if wave.ndim != 1 or wave.shape[0] < AUDIO.samples_per_latent:
+            raise ValueError(f"expected mono audio of at least 2048 samples, got shape {tuple(wave.shape)}")
+        stereo = wave.to(self.device).expand(1, 2, -1)  # (1, 2, N): the VAE was trained on stereo
+        latent = self.model.encode(stereo).latent_dist.sample(generator)  # (1, 64, A)
+        return latent.transpose(1, 2).float()
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """(1, F, 64) latent -> (F·2048, 2) fp32 waveform on the CPU, to be read at 51.2 kHz."""
+        latent = latent.to(self.device, torch.float32).transpose(1, 2)  # (1, 64, F)
+        wave = self.model.decode(latent).sample  # (1, 2, F·2048)
+        return wave[0].T.contiguous().cpu()
+
+
+def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
+    """Load the diffusers-format Oobleck VAE (fp32) from `folder` (`vae/` of stable-audio-open-1.0, or the
+    repository folder holding it). Raises `CheckpointError` for missing files or weights that do not fit."""
+    folder = _model_folder(folder, f"download `vae/` of {SAO_REPO_ID} (accept its licence on the model page first)")
+    model = _load_strict(AutoencoderOobleck, folder, torch.float32)
+    config = model.config
+    if int(np.prod(config.downsampling_ratios)) != AUDIO.samples_per_latent:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: downsampling {config.downsampling_ratios}, expected 2048×")
+    if config.decoder_input_channels != AUDIO.latent_channels or config.audio_channels != 2:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: expected 64 latent channels and stereo audio")
+    return AudioVAE(model.to(device))
+
+
+def build_tiny_audio_vae(seed: int = 0, device: torch.device | str = "cpu") -> AudioVAE:
+    """A random Oobleck VAE with the real strides and latent width but tiny decoder widths (fp32); the same
+    seed gives the same weights on any device."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoencoderOobleck(**TINY_SAO_VAE_CONFIG)
+    return AudioVAE(model.to(device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Loading helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _model_folder(folder: str | Path, get_it: str) -> Path:
+    """The folder holding config.json and the weights: `folder` itself or its `vae/` subfolder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"VAE folder {folder} does not exist: {get_it} into it")
+    if not (folder / CONFIG_NAME).exists() and (folder / "vae" / CONFIG_NAME).exists():
+        folder = folder / "vae"
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).exists():
+            raise CheckpointError(f"{folder / name} is missing: {get_it} into {folder}")
+    return folder
+
+
+def _load_strict(cls: type[ModelMixin], folder: Path, dtype: torch.dtype) -> ModelMixin:
+    """`cls.from_pretrained(folder)`, failing on any missing, unexpected or wrongly shaped weight."""
+    weights = folder / WEIGHTS_NAME
+    try:
+        model, info = cls.from_pretrained(
+            folder, torch_dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+    except Exception as exc:  # diffusers and safetensors raise many types for a damaged file or config
+        raise CheckpointError(f"cannot load {cls.__name__} from {weights}: {exc}") from exc
+    problems = {
+        "missing": info["missing_keys"],
+        "unexpected": info["unexpected_keys"],
+        "wrongly shaped": [key for key, *_ in info["mismatched_keys"]],
+    }
+    for kind, keys in problems.items():
+        if keys:
+            keys = sorted(keys)
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise CheckpointError(f"{weights}: {len(keys)} {kind} weights for {cls.__name__}: {shown}")
+    return model
