@@ -1,0 +1,152 @@
+"""What the studio keeps between requests: the engine (loaded in the background), recent takes, cancel flags.
+
+No gradio import here: the app wires these into events, the tests use them directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from magihuman.engine import Engine, Take
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: str  # "loading", "ready" or "failed"
+    message: str
+    seconds: float  # since loading started
+
+
+class EngineSlot:
+    """Loads the engine in a background thread so the page is up at once; reports a status line meanwhile.
+
+    A load failure (a missing shard, a corrupt file, a mismatched key) is kept as the status, naming the file;
+    the process stays up and the UI shows it.
+    """
+
+    def __init__(self, load: Callable[[Callable[[str], None]], Engine]) -> None:
+        self._load = load
+        self._engine: Engine | None = None
+        self._status = EngineStatus("loading", "starting", 0.0)
+        self._started = time.perf_counter()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-loader", daemon=True)
+
+    @classmethod
+    def ready(cls, engine: Engine) -> EngineSlot:
+        slot = cls(lambda status: engine)
+        slot._engine, slot._status = engine, EngineStatus("ready", "ready", 0.0)
+        slot._ready.set()
+        return slot
+
+    def start(self) -> EngineSlot:
+        if not self._ready.is_set() and not self._thread.is_alive():
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            engine = self._load(self._set_message)
+        except Exception as exc:  # shown to the user; the traceback goes to the log
+            traceback.print_exc()
+            self._status = EngineStatus("failed", f"{type(exc).__name__}: {exc}", self._elapsed())
+        else:
+            self._engine = engine
+            self._status = EngineStatus("ready", f"ready in {self._elapsed():.0f} s", self._elapsed())
+        finally:
+            self._ready.set()
+
+    def _set_message(self, line: str) -> None:
+        self._status = EngineStatus("loading", line, self._elapsed())
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
+    @property
+    def status(self) -> EngineStatus:
+        status = self._status
+        if status.state == "loading":
+            return EngineStatus("loading", status.message, self._elapsed())
+        return status
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+
+class TakeStore:
+    """The most recent takes under unguessable ids, so `/upscale` can continue a `/generate` result.
+
+    Bounded: the oldest take is dropped (and its output folder deleted) when the store is full.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._takes: OrderedDict[str, Take] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, take: Take) -> str:
+        take_id = secrets.token_urlsafe(12)
+        with self._lock:
+            self._takes[take_id] = take
+            while len(self._takes) > self.capacity:
+                _, old = self._takes.popitem(last=False)
+                shutil.rmtree(old.folder, ignore_errors=True)
+        return take_id
+
+    def get(self, take_id: str) -> Take | None:
+        with self._lock:
+            take = self._takes.get(take_id)
+            if take is not None:
+                self._takes.move_to_end(take_id)
+            return take
+
+    def clear(self) -> None:
+        with self._lock:
+            for take in self._takes.values():
+                shutil.rmtree(take.folder, ignore_errors=True)
+            self._takes.clear()
+
+
+class CancelFlags:
+    """One cancel event per browser session (or API client): Stop sets it, the next job clears it."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, session: str) -> threading.Event:
+        with self._lock:
+            event = self._events[session] = threading.Event()
+            return event
+
+    def cancel(self, session: str) -> None:
+        with self._lock:
+            event = self._events.get(session)
+        if event is not None:
+            event.set()
+
+    def done(self, session: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
+
+
+def gpu_seconds(resolution: str, seconds: int, steps: int, base_model: str, sr_steps: int) -> int:
+    """A generous ZeroGPU time budget for one job: per-step costs measured against the published H100
+    timings (256p: 8 steps ≈ 1.5 s incl. decode; 540p SR ≈ 6 s; 1080p SR ≈ 35 s, for 5 s clips), scaled by
+    duration and steps, doubled for CFG, plus fixed time for text encoding and muxing, times a safety factor."""
+    scale = max(seconds, 1) / 5
+    base = 0.19 * steps * (2 if base_model == "base" else 1)
+    sr = {"256p": 0.0, "540p": 1.2, "1080p": 7.0}[resolution] * sr_steps
+    return int(20 + 3 * scale * (base + sr + 2))
