@@ -8,14 +8,19 @@ only validate, call the engine and map its exceptions to messages: no model logi
 from __future__ import annotations
 
 import argparse
+import gc
 import html
 import os
 import sys
+import tempfile
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 import spaces
+import torch
 
 from magihuman.__main__ import timing_table
 from magihuman.build import default_model_size, load_engine
@@ -30,9 +35,11 @@ from magihuman.config import (
 )
 from magihuman.engine import GenerationRequest, Result
 from magihuman.errors import GenerationCancelled, MagiHumanError
+from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.prompts import EXAMPLES, LANGUAGES, DialogueLine, PromptExample, build_prompt, line_length_warning
 from studio.player import ComparePlayer
 from studio.runtime import CancelFlags, EngineSlot, TakeStore, gpu_seconds
+from studio.zerogpu import compile_shared_layers, example_inputs
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 AUTH_ENV = "MAGIHUMAN_AUTH"
@@ -156,8 +163,11 @@ class Studio:
     def _run(self, request: gr.Request, progress: gr.Progress, job) -> Result:
         session = _session(request)
         cancel = self.cancels.fresh(session)
+        client_gone = _client_gone()
 
         def report(phase: str, step: int, total: int) -> None:
+            if client_gone():
+                cancel.set()  # nobody is waiting for this clip any more: stop at the next step
             progress((step, total), desc=f"{PHASES.get(phase, phase)} {step}/{total}")
 
         try:
@@ -166,8 +176,16 @@ class Studio:
             raise gr.Error(f"Stopped ({exc}). Nothing was lost: change the settings and generate again.") from exc
         except MagiHumanError as exc:
             raise gr.Error(str(exc), print_exception=False) from exc
+        except torch.OutOfMemoryError:
+            pass  # handled below, once the traceback (and the tensors its frames hold) is gone
         finally:
             self.cancels.done(session, cancel)
+        _free_gpu_memory()
+        raise gr.Error(
+            "The GPU ran out of memory for this clip. Choose a smaller tier (256p, or 540p instead of 1080p), a "
+            "shorter clip or the distilled model, then generate again.",
+            print_exception=False,
+        )
 
     def _outputs(self, result: Result, take_id: str):
         sr_label = None
@@ -187,6 +205,49 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
 
 
+def _client_gone() -> Callable[[], bool]:
+    """Whether the browser tab or API client that started the running event has gone away.
+
+    Gradio 6.31 marks a queued event `alive = False` when its event stream closes (tab closed, script killed)
+    and drops it if it is still waiting, but does not stop a function that is already running: the progress
+    callback asks this after every step and cancels. Always False outside a queued event.
+    """
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None) or {}
+    event = events.get(event_id)
+    if event is None:
+        return lambda: False
+    return lambda: not getattr(event, "alive", True)
+
+
+def _upload_as_is(image: gr.Image) -> gr.Image:
+    """Hand the handler the uploaded file itself, for `magihuman.media.load_portrait` to check and convert.
+
+    Gradio's own image preprocessing opens every upload with Pillow and converts it to RGB first: a text file,
+    an empty file or a 20000×20000 header then fails there with a technical message naming the server path, a
+    16-bit PNG is clipped to white and transparency turns black. (An instance attribute, not a subclass: Gradio
+    writes a `.pyi` stub next to any module that defines a component class.)
+    """
+    convert = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path  # Gradio has already checked that this is one of its own uploads
+        return convert(payload)
+
+    image.preprocess = preprocess
+    return image
+
+
+def _free_gpu_memory() -> None:
+    """After an out-of-memory error: drop the failed job's tensors and hand the cached blocks back."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _whole(value, name: str) -> int:
     """Sliders and number boxes send floats; the engine wants whole numbers and says so if they are not."""
     if value is None or isinstance(value, bool):
@@ -195,6 +256,8 @@ def _whole(value, name: str) -> int:
         number = float(value)
     except (TypeError, ValueError):
         raise gr.Error(f"{name} must be a number, not {str(value)[:40]!r}") from None
+    except OverflowError:
+        raise gr.Error(f"{name} is far out of range") from None
     if not number.is_integer():
         raise gr.Error(f"{name} must be a whole number, not {number}")
     return int(number)
@@ -257,12 +320,14 @@ def build_demo(slot: EngineSlot) -> gr.Blocks:
 
         with gr.Row():
             with gr.Column(scale=5):
-                portrait = gr.Image(
-                    label="Portrait (optional: without one, text-to-video)",
-                    type="filepath",
-                    sources=["upload", "clipboard"],
-                    elem_id="portrait",
-                    height=260,
+                portrait = _upload_as_is(
+                    gr.Image(
+                        label="Portrait (optional: without one, text-to-video)",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        elem_id="portrait",
+                        height=260,
+                    )
                 )
                 prompt = gr.Textbox(
                     label="Prompt",
@@ -433,9 +498,39 @@ def build_demo(slot: EngineSlot) -> gr.Blocks:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def engine_slot(model: str | None = None, weights_dir: str | None = None, attention: str | None = None) -> EngineSlot:
+ON_ZEROGPU = bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+def engine_slot(
+    model: str | None = None, weights_dir: str | None = None, speed: SpeedFlags | None = None
+) -> EngineSlot:
+    """The engine to load in the background: weights, the speed steps, then compilation and warm-up on a GPU."""
     size = model or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
-    return EngineSlot(lambda status: load_engine(size, weights_dir=weights_dir, attention=attention, on_status=status))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    speed = speed or SpeedFlags.from_env(device)
+    if ON_ZEROGPU:
+        speed = replace(speed, compile=False)  # torch.compile cannot run in ZeroGPU workers: AoT instead
+
+    def load(status):
+        engine = load_engine(size, weights_dir=weights_dir, speed=speed, on_status=status)
+        if ON_ZEROGPU and size == "full":
+            status("ahead-of-time compiling the shared DiT layers")
+            status(f"ahead-of-time compiled in {aot_compile(engine):.0f} s")
+        elif speed.compile:
+            status("compiling and warming up the DiT for each resolution")
+            status(f"compiled and warmed up in {warm_up(engine):.0f} s")
+        return engine
+
+    return EngineSlot(load)
+
+
+@spaces.GPU(duration=1500)
+def aot_compile(engine) -> float:
+    """ZeroGPU start-up: one AOTInductor package per DiT for its shared layers (see studio/zerogpu.py)."""
+    packages = Path(tempfile.gettempdir()) / "magihuman-aoti"
+    return sum(
+        compile_shared_layers(dit, *example_inputs(dit), packages / name) for name, dit in engine.models.dits.items()
+    )
 
 
 def _parse_auth(value: str | None) -> tuple[str, str] | None:
@@ -455,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (anyone can use it)")
     parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
     parser.add_argument("--weights-dir", help="local weights folder (see `python -m magihuman download`)")
-    parser.add_argument("--attention", choices=["math", "sdpa", "fa2", "fa3"], help="force an attention backend")
+    add_speed_arguments(parser)
     args = parser.parse_args(argv)
 
     auth = _parse_auth(args.auth or os.environ.get(AUTH_ENV))
@@ -464,7 +559,8 @@ def main(argv: list[str] | None = None) -> None:
             "--share makes a PUBLIC link: anyone with it can use this GPU" + ("" if auth else " (no --auth set)"),
             stacklevel=1,
         )
-    slot = engine_slot(args.model, args.weights_dir, args.attention).start()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    slot = engine_slot(args.model, args.weights_dir, SpeedFlags.from_args(args, device)).start()
     app = build_demo(slot)
     app.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
     app.launch(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, RESOLUTIONS, SAMPLING
 from magihuman.errors import MagiHumanError
+from magihuman.optimize import SpeedFlags, add_speed_arguments
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,7 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
     parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
     parser.add_argument("--out", type=Path, required=True, help="output mp4 (the SR clip when a SR tier is asked)")
+    add_speed_arguments(parser)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
@@ -36,7 +38,11 @@ def _run_generate(args: argparse.Namespace) -> None:
     size = args.model or default_model_size()
     sr_model = RESOLUTIONS[args.resolution].sr_model
     print(f"loading the {size} engine ...", file=sys.stderr)
-    engine = load_engine(size, weights_dir=args.weights_dir, dits=[args.base_model, *([sr_model] if sr_model else [])])
+    import torch
+
+    speed = SpeedFlags.from_args(args, "cuda" if torch.cuda.is_available() else "cpu")
+    dits = [args.base_model, *([sr_model] if sr_model else [])]
+    engine = load_engine(size, weights_dir=args.weights_dir, dits=dits, speed=speed)
     if engine.preview:
         print("NOTE: tiny preview engine with random weights: the clip is noise, not a person", file=sys.stderr)
     request = GenerationRequest(

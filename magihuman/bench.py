@@ -8,19 +8,24 @@ the key/query pairs their window allows) and the peak memory, naming the attenti
 
 Without CUDA the tiny preset runs on the CPU at 2 latent frames (a smoke test of the code path, which the
 output says); `--model full` then refuses to start.
+
+The speed steps of `magihuman.optimize` take the shared flags (--no-compile, --fp8, --offload, --attention);
+compilation happens in the untimed warm-up forwards. With --fp8 the benchmark also reports the quality check:
+the relative RMS error of one velocity of the fp8 model against the same model in bf16, on the same inputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from magihuman.config import RESOLUTIONS, DiTConfig, decoded_frames, dit_presets, latent_frames, video_frames
 from magihuman.model.attention import select_backend
 from magihuman.model.dit import DiT, build_dit, init_random_
+from magihuman.optimize import SpeedFlags, add_speed_arguments, optimize_dit, relative_rms
 from magihuman.packing import TokenLayout
 
 H100_BF16_DENSE_TFLOPS = 790.0  # measured 8192³ bf16 matmul ceiling (shared/platform.md)
@@ -90,14 +95,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sample_inputs(config: DiTConfig, layout: TokenLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Seeded (video, audio, text) inputs of one forward at `layout`'s token counts."""
+    g = torch.Generator(device=device).manual_seed(0)
+    video = torch.randn(1, config.latent_channels, *layout.latent_thw, generator=g, device=device)
+    audio = torch.randn(1, layout.audio_len, config.audio_in_channels, generator=g, device=device)
+    text = torch.randn(layout.text_len, config.text_in_channels, generator=g, device=device)
+    return video, audio, text
+
+
+@torch.no_grad()
+def fp8_velocity_error(model: DiT, layout: TokenLayout, device: torch.device) -> tuple[float, float]:
+    """Quantise `model` to fp8 in place; returns the relative RMS error (video, audio) of one velocity against
+    the model's own bf16 velocity on the same inputs."""
+    inputs = sample_inputs(model.config, layout, device)
+    reference = model(*inputs)
+    optimize_dit(model, SpeedFlags(fp8=True), device)
+    return tuple(relative_rms(out, ref) for out, ref in zip(model(*inputs), reference, strict=True))
+
+
 @torch.no_grad()
 def time_forward(model: DiT, layout: TokenLayout, warmup: int, iters: int, device: torch.device) -> tuple[float, float]:
     """(seconds per forward, peak memory in GiB) after `warmup` untimed forwards."""
-    c = model.config
-    g = torch.Generator(device=device).manual_seed(0)
-    video = torch.randn(1, c.latent_channels, *layout.latent_thw, generator=g, device=device)
-    audio = torch.randn(1, layout.audio_len, c.audio_in_channels, generator=g, device=device)
-    text = torch.randn(layout.text_len, c.text_in_channels, generator=g, device=device)
+    video, audio, text = sample_inputs(model.config, layout, device)
     for _ in range(warmup):
         model(video, audio, text)
     synchronize(device)
@@ -119,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=5, help="clip length the token counts come from")
     parser.add_argument("--latent-frames", type=int, help="override the latent frame count (CPU default: 2)")
     parser.add_argument("--text-tokens", type=int, default=300)
-    parser.add_argument("--backend", choices=["math", "sdpa", "fa2", "fa3"], help="attention backend (default: best)")
+    parser.add_argument("--backend", dest="attention", choices=["math", "sdpa", "fa2", "fa3"], help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, help="untimed forwards first (default: 2 on CUDA, 1 on CPU)")
     parser.add_argument("--iters", type=int, help="timed forwards (default: 3 on CUDA, 1 on CPU)")
+    add_speed_arguments(parser)  # --backend above is the old name of --attention
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,15 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown tier(s) {unknown}; choose from {', '.join(RESOLUTIONS)}")
 
+    flags = SpeedFlags.from_args(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name} · torch {torch.__version__} · DiT preset: {size}")
+    print(f"speed steps: {flags.describe()}")
     if size == "tiny":
         print("NOTE: tiny preset (a smoke test of the code path, not a speed measurement of the 15B model)")
     presets = dit_presets(size)
-    rows = []
+    rows, fp8_errors = [], []
     for case in cases(tiers, frames, audio_len, args.text_tokens, size):
         config = presets[case.model].dit
-        model = make_model(config, device, args.backend)
+        model = make_model(config, device, flags.attention)
+        if flags.fp8:
+            fp8_errors.append((case.tier, case.model, *fp8_velocity_error(model, case.layout, device)))
+        optimize_dit(model, replace(flags, fp8=False, attention=None), device, offload=flags.offload)
         on_gpu = device.type == "cuda"
         warmup = args.warmup if args.warmup is not None else (2 if on_gpu else 1)
         iters = args.iters if args.iters is not None else (3 if on_gpu else 1)
@@ -163,6 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print_table(rows, device)
+    for tier, model_name, video_error, audio_error in fp8_errors:
+        print(
+            f"fp8 vs bf16, one velocity of {model_name} at {tier}: relative RMS error "
+            f"video {video_error:.4f}, audio {audio_error:.4f}"
+        )
 
 
 def print_table(rows, device: torch.device) -> None:

@@ -8,6 +8,7 @@ and noise sound. Tests, CI and newcomers without a GPU use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from magihuman.loading import load_dit
 from magihuman.model.attention import select_backend
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
+from magihuman.optimize import SpeedFlags, apply_speed_flags
 from magihuman.text import build_tiny_text_encoder, load_text_encoder
 from magihuman.vae import build_tiny_audio_vae, build_tiny_video_vae, load_audio_vae, load_video_vae
 from magihuman.weights import resolve_weights
@@ -40,6 +42,7 @@ def load_engine(
     device: torch.device | str | None = None,
     dits: Iterable[str] = DEFAULT_DITS,
     attention: str | None = None,
+    speed: SpeedFlags | None = None,
     output_root: str | Path | None = None,
     on_status: StatusFn | None = None,
 ) -> Engine:
@@ -47,6 +50,7 @@ def load_engine(
 
     `dits` names the DiT checkpoints to keep resident (the tiny engine always builds all four: they are
     small). `attention` forces an attention backend (math, sdpa, fa2, fa3); default: the fastest available.
+    `speed` selects the optimisation steps (default: compile on CUDA only; see magihuman.optimize).
     `on_status` receives one line per loading step, for a UI status box.
     """
     status = on_status or (lambda line: None)
@@ -60,6 +64,11 @@ def load_engine(
     backend = select_backend(device, attention)
     for dit in models.dits.values():
         dit.set_attention_backend(backend)
+    speed = speed or SpeedFlags.default(device)
+    if attention is not None:
+        speed = replace(speed, attention=attention)
+    for line in apply_speed_flags(models, speed, device):
+        status(line)
     status(f"ready: {', '.join(models.dits)} on {device} (attention: {backend})")
     return Engine(models, device, preview=model == "tiny", output_root=output_root)
 

@@ -20,6 +20,7 @@ gives exactly the SR output of a fresh run with the same seed.
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -48,6 +49,7 @@ from magihuman.errors import GenerationCancelled, InputError
 from magihuman.media import crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k, write_mp4
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
+from magihuman.optimize import resident
 from magihuman.sampling import StepEvent, denoise_base, denoise_distill, denoise_sr, gaussian_noise
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.vae import AudioVAE, VideoVAE
@@ -156,10 +158,15 @@ class Engine:
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
-            take = self._base(request, timer, on_progress or _ignore, cancel)
-            sr_path = None
-            if RESOLUTIONS[request.resolution].sr_model is not None:
-                sr_path = self._super_resolve(take, request.resolution, timer, on_progress or _ignore, cancel)
+            folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
+            try:
+                take = self._base(request, folder, timer, on_progress or _ignore, cancel)
+                sr_path = None
+                if RESOLUTIONS[request.resolution].sr_model is not None:
+                    sr_path = self._super_resolve(take, request.resolution, timer, on_progress or _ignore, cancel)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
+                raise
         return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview)
 
     def upscale(
@@ -219,8 +226,7 @@ class Engine:
 
     # --- stages ---------------------------------------------------------------------------------------
 
-    def _base(self, request: GenerationRequest, timer, progress: ProgressFn, cancel) -> Take:
-        folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
+    def _base(self, request: GenerationRequest, folder: Path, timer, progress: ProgressFn, cancel) -> Take:
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
         noise = gaussian_noise(generator, self.device)
         base_res = RESOLUTIONS["256p"]
@@ -264,7 +270,7 @@ class Engine:
         dit = self.models.dits[request.base_model]
         steps = request.steps
         step_report = self._step_reporter("base", progress)
-        with timer("denoise"):
+        with timer("denoise"), resident(dit):
             if request.base_model == "distill":
                 video, audio = denoise_distill(
                     dit,
@@ -313,9 +319,10 @@ class Engine:
         if take.portrait is not None:
             with timer("image"):
                 image_latent = self._encode_image(take.portrait, res.pixel_size(portrait))
-        with timer("sr"):
+        sr_dit = self.models.dits[res.sr_model]
+        with timer("sr"), resident(sr_dit):
             video, _ = denoise_sr(
-                self.models.dits[res.sr_model],
+                sr_dit,
                 gaussian_noise(generator, self.device),
                 take.text,
                 take.video,

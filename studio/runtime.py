@@ -59,11 +59,13 @@ class EngineSlot:
             self._status = EngineStatus("failed", f"{type(exc).__name__}: {exc}", self._elapsed())
         else:
             self._engine = engine
-            self._status = EngineStatus("ready", f"ready in {self._elapsed():.0f} s", self._elapsed())
+            last = self._status.message
+            self._status = EngineStatus("ready", f"ready in {self._elapsed():.0f} s ({last})", self._elapsed())
         finally:
             self._ready.set()
 
     def _set_message(self, line: str) -> None:
+        print(f"[engine {self._elapsed():6.1f} s] {line}", flush=True)  # the log keeps every step, with times
         self._status = EngineStatus("loading", line, self._elapsed())
 
     def _elapsed(self) -> float:
