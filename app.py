@@ -206,20 +206,21 @@ def _session(request: gr.Request | None) -> str:
 
 
 def _client_gone() -> Callable[[], bool]:
-    """Whether the browser tab or API client that started the running event has gone away.
+    """Whether the browser tab or API client that started the running event has gone, or has cancelled it.
 
-    Gradio 6.31 marks a queued event `alive = False` when its event stream closes (tab closed, script killed)
-    and drops it if it is still waiting, but does not stop a function that is already running: the progress
-    callback asks this after every step and cancels. Always False outside a queued event.
+    Gradio 6.31 marks a running event `alive = False` when its event stream closes (tab closed, script
+    killed), and forgets it when a client cancels it (gradio_client's `job.cancel()`), but in neither case
+    stops a function that is already running: the progress callback asks this after every step and cancels.
+    Always False outside a queued event.
     """
     from gradio.context import LocalContext
 
     blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
-    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None) or {}
-    event = events.get(event_id)
+    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None)
+    event = events.get(event_id) if isinstance(events, dict) else None
     if event is None:
         return lambda: False
-    return lambda: not getattr(event, "alive", True)
+    return lambda: not getattr(event, "alive", True) or event_id not in events
 
 
 def _upload_as_is(image: gr.Image) -> gr.Image:
