@@ -36,7 +36,15 @@ from magihuman.config import (
 from magihuman.engine import GenerationRequest, Result
 from magihuman.errors import GenerationCancelled, MagiHumanError
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
-from magihuman.prompts import EXAMPLES, LANGUAGES, DialogueLine, PromptExample, build_prompt, line_length_warning
+from magihuman.prompts import (
+    EXAMPLES,
+    LANGUAGES,
+    DialogueLine,
+    PromptExample,
+    build_prompt,
+    line_length_warning,
+    prompt_length_warning,
+)
 from studio.player import ComparePlayer
 from studio.runtime import CancelFlags, EngineSlot, TakeStore, gpu_seconds
 from studio.zerogpu import compile_shared_layers, example_inputs
@@ -156,6 +164,12 @@ class Studio:
             request, progress, lambda cancel, report: upscale_on_gpu(engine, take, resolution, report, cancel)
         )
         return self._outputs(result, take_id)
+
+    def prompt_warning(self, prompt: str) -> str:
+        """The prompt's length against the request limit and the text encoder's 640-token cap (when loaded)."""
+        engine = self.slot.engine
+        warning = prompt_length_warning(prompt or "", engine.models.text.count_tokens if engine else None)
+        return f"⚠️ {warning}" if warning else ""
 
     def stop(self, request: gr.Request) -> None:
         self.cancels.cancel(_session(request))
@@ -338,6 +352,7 @@ def build_demo(slot: EngineSlot) -> gr.Blocks:
                     placeholder="English description of the person and scene, then a Dialogue: block and a "
                     "Background Sound: block. Use the dialogue builder below to write one.",
                 )
+                prompt_warning = gr.Markdown(elem_id="prompt-warning")
                 with gr.Row():
                     resolution = gr.Radio(list(RESOLUTIONS), value="256p", label="Resolution", elem_id="resolution")
                     aspect = gr.Radio(["landscape", "portrait"], value="landscape", label="Aspect", elem_id="aspect")
@@ -463,6 +478,7 @@ def build_demo(slot: EngineSlot) -> gr.Blocks:
             outputs=[prompt, line_warning],
             api_visibility="private",
         )
+        prompt.blur(studio.prompt_warning, inputs=prompt, outputs=prompt_warning, api_visibility="private")
         base_model.change(
             lambda m: gr.update(value=limits.default_steps[m], maximum=limits.max_steps[m]),
             inputs=base_model,

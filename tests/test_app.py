@@ -160,3 +160,11 @@ def test_helper_events_are_not_in_the_api(client) -> None:
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/generate", "/upscale", "/stop"} <= endpoints
     assert not any("lambda" in name or "refresh" in name for name in endpoints)
+
+
+def test_prompt_warning_counts_tokens_with_the_loaded_encoder(server) -> None:
+    studio = server[0].studio
+    assert studio.prompt_warning("A short prompt.") == ""
+    long_prompt = "word " * 200  # the tiny byte-level tokenizer: ~1000 tokens, over the cap, under 4000 characters
+    assert "640" in studio.prompt_warning(long_prompt)
+    assert "characters" in studio.prompt_warning("x" * 20_000)
