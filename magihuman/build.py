@@ -81,9 +81,9 @@ def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
         for i, name in enumerate(ALL_DITS)
     }
     return Models(
-        text=build_tiny_text_encoder(seed),
-        video_vae=build_tiny_video_vae(seed),
-        audio_vae=build_tiny_audio_vae(seed),
+        text=build_tiny_text_encoder(seed, device=device),
+        video_vae=build_tiny_video_vae(seed, device=device),
+        audio_vae=build_tiny_audio_vae(seed, device=device),
         decoder=build_random_turbo_vae(TINY_TURBO_VAE, seed, device=device, dtype=torch.bfloat16),
         dits=dits,
     )
