@@ -8,7 +8,6 @@ and noise sound. Tests, CI and newcomers without a GPU use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +15,6 @@ import torch
 from magihuman.config import FULL_DIT, TINY_TURBO_VAE, ModelSize, dit_presets
 from magihuman.engine import Engine, Models
 from magihuman.loading import load_dit
-from magihuman.model.attention import select_backend
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
 from magihuman.optimize import SpeedFlags, apply_speed_flags
@@ -41,7 +39,6 @@ def load_engine(
     weights_dir: str | Path | None = None,
     device: torch.device | str | None = None,
     dits: Iterable[str] = DEFAULT_DITS,
-    attention: str | None = None,
     speed: SpeedFlags | None = None,
     output_root: str | Path | None = None,
     on_status: StatusFn | None = None,
@@ -49,8 +46,8 @@ def load_engine(
     """Load (full) or build (tiny) every component once and return a ready engine.
 
     `dits` names the DiT checkpoints to keep resident (the tiny engine always builds all four: they are
-    small). `attention` forces an attention backend (math, sdpa, fa2, fa3); default: the fastest available.
-    `speed` selects the optimisation steps (default: compile on CUDA only; see magihuman.optimize).
+    small). `speed` selects the optimisation steps and the attention backend (default: compile on CUDA only,
+    the fastest attention; see magihuman.optimize).
     `on_status` receives one line per loading step, for a UI status box.
     """
     status = on_status or (lambda line: None)
@@ -61,14 +58,9 @@ def load_engine(
         models = full_models(weights_dir, device, dits, status)
     else:
         raise ValueError(f"unknown model {model!r}; expected 'full' or 'tiny'")
-    backend = select_backend(device, attention)
-    for dit in models.dits.values():
-        dit.set_attention_backend(backend)
-    speed = speed or SpeedFlags.default(device)
-    if attention is not None:
-        speed = replace(speed, attention=attention)
-    for line in apply_speed_flags(models, speed, device):
+    for line in apply_speed_flags(models, speed or SpeedFlags.default(device), device):
         status(line)
+    backend = next(iter(models.dits.values())).attention_backend
     status(f"ready: {', '.join(models.dits)} on {device} (attention: {backend})")
     return Engine(models, device, preview=model == "tiny", output_root=output_root)
 

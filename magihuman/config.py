@@ -15,6 +15,14 @@ CoordsStyle = Literal["v1", "v2"]
 # 1. The DiT
 # ---------------------------------------------------------------------------------------------------------
 
+
+def _field_values(cls, values: dict, exclude: frozenset | set = frozenset()) -> tuple[dict, dict]:
+    """Split a JSON-like dict into (the dataclass's fields, lists made tuples; everything else)."""
+    known = set(cls.__dataclass_fields__) - set(exclude)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+    return fields, {k: v for k, v in values.items() if k not in known}
+
+
 FULL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
 # 1080p-SR: every layer is frame-local except 3, 7, ..., 31 (spec/model.md §2).
 FULL_LOCAL_ATTN_LAYERS = tuple(i for i in range(40) if not (i % 4 == 3 and i < 32))
@@ -85,12 +93,7 @@ class DiTConfig:
     @classmethod
     def from_dict(cls, values: dict) -> DiTConfig:
         """Build from a JSON-like dict (e.g. a golden fixture's config); unknown and derived keys are ignored."""
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {}
-        for key, value in values.items():
-            if key in known:
-                kwargs[key] = tuple(value) if isinstance(value, list) else value
-        return cls(**kwargs)
+        return cls(**_field_values(cls, values)[0])
 
 
 FULL_DIT = DiTConfig()
@@ -202,13 +205,7 @@ class TurboVAEConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TurboVAEConfig:
         """Build from the official JSON (or a fixture config); keys the decoder does not read are kept aside."""
-        known = {f for f in cls.__dataclass_fields__} - {"extra"}
-        kwargs, extra = {}, {}
-        for key, value in values.items():
-            if key in known:
-                kwargs[key] = tuple(value) if isinstance(value, list) else value
-            else:
-                extra[key] = value
+        kwargs, extra = _field_values(cls, values, exclude={"extra"})
         return cls(**kwargs, extra=extra)
 
 

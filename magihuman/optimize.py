@@ -453,8 +453,8 @@ def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, o
     Returns what was applied, one short phrase per step."""
     device = torch.device(device)
     applied = []
+    model.set_attention_backend(select_backend(device, flags.attention))  # None: the fastest available
     if flags.attention is not None:
-        model.set_attention_backend(select_backend(device, flags.attention))
         applied.append(f"attention {model.attention_backend}")
     if flags.fp8:
         kernel = fp8_kernel(device)

@@ -80,14 +80,6 @@ def unpatchify_video(tokens: torch.Tensor, layout: TokenLayout, channels: int) -
     return x.reshape(1, channels, tp * pt, hp * ph, wp * pw)
 
 
-def split_output(out: torch.Tensor, layout: TokenLayout, latent_channels: int, audio_channels: int):
-    """Model output rows (N, width) -> (video (1, C, T, H, W), audio (1, A, audio_channels))."""
-    nv, na, _ = layout.segments
-    video = unpatchify_video(out[:nv], layout, latent_channels)
-    audio = out[nv : nv + na, :audio_channels].unsqueeze(0)
-    return video, audio
-
-
 def modality_ids(layout: TokenLayout, device: torch.device | str | None = None) -> torch.Tensor:
     """(N,) int64: 0 for video tokens, 1 for audio, 2 for text."""
     ids = torch.tensor((VIDEO, AUDIO, TEXT), dtype=torch.int64, device=device)

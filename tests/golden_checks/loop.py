@@ -18,7 +18,6 @@ import re
 import torch
 
 from magihuman.config import SAMPLING, DiTConfig
-from magihuman.model.dit import DiT
 from magihuman.sampling import (
     denoise_base,
     denoise_distill,
@@ -28,6 +27,7 @@ from magihuman.sampling import (
     video_guidance_scale,
 )
 from tests.golden_checks import Fixture, Report
+from tests.golden_checks.dit import build_from_fixture
 
 DRAW_ENTRY = re.compile(r"^(in\.[\w.]+?)(?:\[(\d+)\])?$")
 KINDS = ("distill", "base", "sr")
@@ -247,17 +247,11 @@ def check_replay(fx: Fixture, report: Report) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build_dit(fx: Fixture) -> DiT:
-    model = DiT(DiTConfig.from_dict(fx.config["dit"]))
-    model.load_state_dict(fx.weights(), strict=True)
-    return model.eval()
-
-
 @torch.no_grad()
 def check_end_to_end(fx: Fixture, report: Report) -> None:
     rec = fx.recommended
     steps = loop_config(fx)["steps"]
-    model = build_dit(fx)
+    model = build_from_fixture(fx.config["dit"], fx.weights())
     # 1. Teacher forced: the DiT on every recorded step input.
     audio_in = step_audio_inputs(fx, steps)
     branches = [("cond", fx["in.text"])]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from magihuman.model.rope import apply_rope, rope_bands, rope_table
-from magihuman.packing import TokenLayout, modality_ids, patchify_video, split_output, token_coords
+from magihuman.packing import TokenLayout, modality_ids, patchify_video, token_coords, unpatchify_video
 from tests.golden_checks import Fixture, Report
 
 
@@ -43,3 +45,11 @@ def _check_rope(fx: Fixture, report: Report) -> None:
     table = rope_table(coords, bands)
     report.close("rope table", table, fx["rope"], atol)
     report.close("rotated probe", apply_rope(fx["q"], fx["rope"]), fx["q_rotated"], atol)
+
+
+def split_output(out: torch.Tensor, layout: TokenLayout, latent_channels: int, audio_channels: int):
+    """Model output rows (N, width) -> (video (1, C, T, H, W), audio (1, A, audio_channels))."""
+    nv, na, _ = layout.segments
+    video = unpatchify_video(out[:nv], layout, latent_channels)
+    audio = out[nv : nv + na, :audio_channels].unsqueeze(0)
+    return video, audio
