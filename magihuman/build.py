@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from magihuman.cache import load_dit_cached
 from magihuman.config import FULL_DIT, TINY_TURBO_VAE, ModelSize, dit_presets
 from magihuman.engine import Engine, Models
-from magihuman.loading import load_dit
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
 from magihuman.optimize import SpeedFlags, apply_speed_flags
@@ -52,13 +52,14 @@ def load_engine(
     """
     status = on_status or (lambda line: None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    speed = speed or SpeedFlags.default(device)
     if model == "tiny":
         models = tiny_models(device=device)
     elif model == "full":
-        models = full_models(weights_dir, device, dits, status)
+        models = full_models(weights_dir, device, dits, status, speed)
     else:
         raise ValueError(f"unknown model {model!r}; expected 'full' or 'tiny'")
-    for line in apply_speed_flags(models, speed or SpeedFlags.default(device), device):
+    for line in apply_speed_flags(models, speed, device):
         status(line)
     backend = next(iter(models.dits.values())).attention_backend
     status(f"ready: {', '.join(models.dits)} on {device} (attention: {backend})")
@@ -81,8 +82,19 @@ def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
     )
 
 
-def full_models(weights_dir: str | Path | None, device: torch.device, dits: Iterable[str], status: StatusFn) -> Models:
-    """Load the official weights from a local folder (see `python -m magihuman download`)."""
+def full_models(
+    weights_dir: str | Path | None,
+    device: torch.device,
+    dits: Iterable[str],
+    status: StatusFn,
+    speed: SpeedFlags | None = None,
+) -> Models:
+    """Load the official weights from a local folder (see `python -m magihuman download`).
+
+    The DiTs go through the converted-weight cache of `speed.cache_dir` (bf16, or fp8 with `speed.fp8`);
+    the other speed steps are applied afterwards by `apply_speed_flags`.
+    """
+    speed = speed or SpeedFlags()
     dits = list(dict.fromkeys(dits))
     unknown = [d for d in dits if d not in ALL_DITS]
     if unknown:
@@ -100,5 +112,7 @@ def full_models(weights_dir: str | Path | None, device: torch.device, dits: Iter
     loaded = {}
     for name in dits:
         status(f"loading the {name} DiT from {paths.dit(name)}")
-        loaded[name] = load_dit(paths.dit(name), presets[name].dit, device)
+        loaded[name] = load_dit_cached(
+            paths.dit(name), presets[name].dit, device, fp8=speed.fp8, cache_dir=speed.cache_dir, status=status
+        )
     return Models(text, video_vae, audio_vae, decoder, loaded)

@@ -142,30 +142,34 @@ def save_checkpoint(
 ) -> Path:
     """Write `state_dict` in the official layout: one `model.safetensors`, or shards plus an index.
 
-    Shards are named `model-0000i-of-0000n.safetensors`, as on the hub. Used for converted-weight caches and
-    by the tests.
+    Shards are named `model-0000i-of-0000n.safetensors`, as on the hub. Tensors are copied to the CPU one
+    shard at a time, so saving a model that lives on a GPU needs host memory for one shard, not the model.
+    Used for the converted-weight cache (`magihuman.cache`) and by the tests.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if max_shard_bytes is None:
-        save_file(tensors, str(folder / SINGLE_NAME))
+        save_file(_on_cpu(state_dict), str(folder / SINGLE_NAME))
         return folder
     shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in tensors.items():
+    size = total = 0
+    for key, tensor in state_dict.items():
         nbytes = tensor.numel() * tensor.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][key] = tensor
         size += nbytes
+        total += nbytes
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / name))
+        save_file(_on_cpu(shard), str(folder / name))
         weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return folder
+
+
+def _on_cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

@@ -10,6 +10,8 @@ Each step is switchable by one flag shared by the CLI, the app and the benchmark
 - offload, `--offload`: the text encoder and the extra DiTs live in pinned CPU memory and are copied to
   the GPU per use. Identical results.
 - attention, `--attention`: force a backend of `magihuman.model.attention`.
+- warm-start caches, `--cache/--no-cache` and `--cache-dir` (default: on, `~/.cache/magihuman`): converted
+  weights (`magihuman.cache`) and compiled kernels (`use_compile_cache`) kept on disk for the next start.
 
 Order when several are on (`optimize_dit`, `apply_speed_flags`): attention, fp8, offload, compile. Quantising
 needs the bf16 weights on the GPU (fast, and the bf16 copy is freed linear by linear); offloading moves the
@@ -34,9 +36,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch._functorch.config
+import torch._inductor.config
 import torch.nn.functional as F
 from torch import nn
 
@@ -47,6 +52,7 @@ if TYPE_CHECKING:  # engine imports the samplers and media stack; only its types
     from magihuman.engine import Engine, Models
 
 Fp8Kernel = Literal["scaled_mm", "emulated"]
+CACHE_DIR_ENV = "MAGIHUMAN_CACHE_DIR"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,6 +72,7 @@ class SpeedFlags:
     fp8: bool = False
     offload: bool = False
     attention: str | None = None
+    cache_dir: Path | None = None  # converted weights and compiled kernels; None: nothing cached
 
     def __post_init__(self) -> None:
         if self.attention is not None and self.attention not in BACKENDS:
@@ -73,23 +80,26 @@ class SpeedFlags:
 
     @classmethod
     def default(cls, device: torch.device | str) -> SpeedFlags:
-        return cls(compile=torch.device(device).type == "cuda")
+        return cls(compile=torch.device(device).type == "cuda", cache_dir=default_cache_dir())
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, device: torch.device | str) -> SpeedFlags:
         """Read the flags `add_speed_arguments` added; `--compile` unset means "on CUDA only"."""
         compile_flag = getattr(args, "compile", None)
+        cache_dir = getattr(args, "cache_dir", None)
         return cls(
             compile=cls.default(device).compile if compile_flag is None else bool(compile_flag),
             fp8=bool(getattr(args, "fp8", False)),
             offload=bool(getattr(args, "offload", False)),
             attention=getattr(args, "attention", None),
+            cache_dir=(Path(cache_dir) if cache_dir else default_cache_dir()) if getattr(args, "cache", True) else None,
         )
 
     @classmethod
     def from_env(cls, device: torch.device | str, environ: Mapping[str, str] | None = None) -> SpeedFlags:
-        """For launches without a command line (Spaces): MAGIHUMAN_COMPILE, MAGIHUMAN_FP8, MAGIHUMAN_OFFLOAD
-        (1/0, true/false, yes/no, on/off) and MAGIHUMAN_ATTENTION; unset variables keep the defaults."""
+        """For launches without a command line (Spaces): MAGIHUMAN_COMPILE, MAGIHUMAN_FP8, MAGIHUMAN_OFFLOAD,
+        MAGIHUMAN_CACHE (1/0, true/false, yes/no, on/off), MAGIHUMAN_ATTENTION and MAGIHUMAN_CACHE_DIR; unset
+        variables keep the defaults."""
         env = os.environ if environ is None else environ
         default = cls.default(device)
         return cls(
@@ -97,14 +107,16 @@ class SpeedFlags:
             fp8=_env_bool(env, "MAGIHUMAN_FP8", default.fp8),
             offload=_env_bool(env, "MAGIHUMAN_OFFLOAD", default.offload),
             attention=env.get("MAGIHUMAN_ATTENTION") or None,
+            cache_dir=default_cache_dir(env) if _env_bool(env, "MAGIHUMAN_CACHE", True) else None,
         )
 
     def describe(self) -> str:
-        """One line for logs and the benchmark header, e.g. `compile on · fp8 off · offload off · attention auto`."""
+        """One line for logs and the benchmark header, e.g.
+        `compile on · fp8 off · offload off · attention auto · cache /root/.cache/magihuman`."""
         on = {True: "on", False: "off"}
         return (
             f"compile {on[self.compile]} · fp8 {on[self.fp8]} · offload {on[self.offload]} · "
-            f"attention {self.attention or 'auto'}"
+            f"attention {self.attention or 'auto'} · cache {self.cache_dir or 'off'}"
         )
 
 
@@ -122,6 +134,22 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         "--offload", action="store_true", help="keep the text encoder and extra DiTs in CPU memory (24-48 GB cards)"
     )
     group.add_argument("--attention", choices=list(BACKENDS), help="force an attention backend (default: fastest)")
+    group.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep converted weights and compiled kernels on disk for fast restarts (default: on)",
+    )
+    group.add_argument("--cache-dir", help=f"where (default: ${CACHE_DIR_ENV} or ~/.cache/magihuman)")
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$MAGIHUMAN_CACHE_DIR, else $XDG_CACHE_HOME/magihuman, else ~/.cache/magihuman."""
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_DIR_ENV):
+        return Path(env[CACHE_DIR_ENV]).expanduser()
+    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "magihuman"
 
 
 def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -172,6 +200,21 @@ def compile_dit(model: DiT, *, dynamic: bool = True, exact_casts: bool = True) -
         if layer._compiled_call_impl is None:
             layer.compile(dynamic=dynamic, options=options)
     return model
+
+
+def use_compile_cache(cache_dir: str | Path) -> Path:
+    """Keep Inductor's FX-graph and AOTAutograd caches and Triton's kernel cache under `cache_dir`, so that a
+    restart skips code generation and autotuning (dynamo still traces: seconds). Returns the Inductor folder.
+
+    The defaults live in /tmp, which a container restart (a Space) wipes. Inductor reads
+    TORCHINDUCTOR_CACHE_DIR at every cache lookup and Triton reads TRITON_CACHE_DIR when it compiles a kernel,
+    so this works until the first compile; variables the user set are respected.
+    """
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(Path(cache_dir) / "triton"))
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -466,6 +509,8 @@ def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, o
         offload_(model, device)
         applied.append("offloaded")
     if flags.compile:
+        if flags.cache_dir is not None:
+            use_compile_cache(flags.cache_dir)
         compile_dit(model)
         applied.append("compiled layers")
     return applied
