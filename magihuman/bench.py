@@ -1,34 +1,56 @@
-"""DiT forward benchmark: `python -m magihuman.bench`.
+"""Benchmark: `python -m magihuman.bench`.
 
-Builds the DiT with random weights (speed does not depend on weight values) and times one forward at the
-token counts of each output tier for a clip (spec/model.md §5): 256p with the base/distilled model, 540p
-and 1080p with their super-resolution models (1080p with the frame-local window on 32 layers). Prints the
-per-forward time, the achieved TFLOP/s (one expert per token in the sandwich layers; local layers count only
-the key/query pairs their window allows) and the peak memory, naming the attention backend.
+Pipeline mode (default). Builds the whole engine with random weights (speed does not depend on weight values):
+the full-size models on CUDA, the tiny preset on the CPU (a smoke test of the code path, which the output
+says). Applies the speed flags, warms up (compiling, when on), then per repetition generates one clip at 256p
+and super-resolves that take to each SR tier, and prints per tier: the time of each stage (text, denoise,
+SR, decode, mux), the published scope (base denoise + SR + final decode) against the published H100 numbers
+and the issue's goals, the arithmetic floor of the DiT work at 790 TFLOP/s, the achieved TFLOP/s and the peak
+memory; and the start-up time (build or load, speed steps, warm-up). `--weights-dir` loads the real weights
+instead, so the start-up line measures a real start from local disk.
 
-Without CUDA the tiny preset runs on the CPU at 2 latent frames (a smoke test of the code path, which the
-output says); `--model full` then refuses to start.
+Forward mode (`--forward`). Times one DiT forward at the token counts of each tier (1080p with the
+frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
 
-The speed steps of `magihuman.optimize` take the shared flags (--no-compile, --fp8, --offload, --attention);
-compilation happens in the untimed warm-up forwards. With --fp8 the benchmark also reports the quality check:
-the relative RMS error of one velocity of the fp8 model against the same model in bf16, on the same inputs.
+Both take the speed flags of `magihuman.optimize` (--no-compile, --fp8, --offload, --attention, --cache).
+With --fp8 they report the quality check: the relative RMS error of the fp8 model against the same model in
+bf16, on the same inputs, for one velocity and (pipeline mode) for a whole 8-step distilled latent.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
+import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
 
 import torch
 
+from magihuman.build import ALL_DITS, load_engine, random_models
 from magihuman.config import RESOLUTIONS, DiTConfig, decoded_frames, dit_presets, latent_frames, video_frames
+from magihuman.engine import Engine, GenerationRequest, Result
 from magihuman.model.attention import select_backend
 from magihuman.model.dit import DiT, build_dit, init_random_
-from magihuman.optimize import SpeedFlags, add_speed_arguments, optimize_dit, relative_rms
+from magihuman.optimize import (
+    SpeedFlags,
+    add_speed_arguments,
+    apply_speed_flags,
+    fp8_kernel,
+    optimize_dit,
+    quantize_fp8_,
+    relative_rms,
+    warm_up,
+)
 from magihuman.packing import TokenLayout
+from magihuman.sampling import denoise_distill, gaussian_noise
 
 H100_BF16_DENSE_TFLOPS = 790.0  # measured 8192³ bf16 matmul ceiling (shared/platform.md)
+# Issue 6: one H100, 5-second clip, warm, distilled base, denoising + decode. (published, goal bf16, goal fp8)
+PUBLISHED = {"256p": (2.0, 1.5, 1.1), "540p": (8.0, 5.9, 4.6), "1080p": (38.4, 35.0, 31.0)}
 
 
 @dataclass(frozen=True)
@@ -105,13 +127,29 @@ def sample_inputs(config: DiTConfig, layout: TokenLayout, device: torch.device) 
 
 
 @torch.no_grad()
-def fp8_velocity_error(model: DiT, layout: TokenLayout, device: torch.device) -> tuple[float, float]:
-    """Quantise `model` to fp8 in place; returns the relative RMS error (video, audio) of one velocity against
-    the model's own bf16 velocity on the same inputs."""
+def fp8_quality(
+    model: DiT, layout: TokenLayout, device: torch.device, steps: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Quantise the bf16 `model` to fp8 in place; returns the relative RMS errors (video, audio) against the
+    model's own bf16 results on the same inputs: of one velocity, and with `steps` > 0 of the latent after a
+    whole distilled run of that many steps (same noise)."""
     inputs = sample_inputs(model.config, layout, device)
-    reference = model(*inputs)
-    optimize_dit(model, SpeedFlags(fp8=True), device)
-    return tuple(relative_rms(out, ref) for out, ref in zip(model(*inputs), reference, strict=True))
+    video_shape, audio_shape = tuple(inputs[0].shape), tuple(inputs[1].shape)
+
+    def outputs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        results = [model(*inputs)]
+        if steps:
+            noise = gaussian_noise(torch.Generator(device=device).manual_seed(1), device)
+            results.append(denoise_distill(model, noise, inputs[2], video_shape, audio_shape, steps=steps))
+        return results
+
+    reference = outputs()
+    quantize_fp8_(model, fp8_kernel(device))
+    names = ["one velocity", f"{steps}-step latent"]
+    return {
+        name: tuple(relative_rms(out, ref) for out, ref in zip(got, want, strict=True))
+        for name, got, want in zip(names, outputs(), reference, strict=False)
+    }
 
 
 @torch.no_grad()
@@ -132,62 +170,214 @@ def time_forward(model: DiT, layout: TokenLayout, warmup: int, iters: int, devic
     return seconds, peak
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m magihuman.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny on CPU")
-    parser.add_argument("--tiers", default="256p,540p,1080p", help="comma-separated output tiers")
-    parser.add_argument("--seconds", type=int, default=5, help="clip length the token counts come from")
-    parser.add_argument("--latent-frames", type=int, help="override the latent frame count (CPU default: 2)")
-    parser.add_argument("--text-tokens", type=int, default=300)
-    parser.add_argument("--backend", dest="attention", choices=["math", "sdpa", "fa2", "fa3"], help=argparse.SUPPRESS)
-    parser.add_argument("--warmup", type=int, help="untimed forwards first (default: 2 on CUDA, 1 on CPU)")
-    parser.add_argument("--iters", type=int, help="timed forwards (default: 3 on CUDA, 1 on CPU)")
-    add_speed_arguments(parser)  # --backend above is the old name of --attention
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------------------------------------------------
+# Pipeline mode
+# ---------------------------------------------------------------------------------------------------------
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = args.model or ("full" if device.type == "cuda" else "tiny")
-    if size == "full" and device.type != "cuda":
-        parser.error("the full-size benchmark needs a CUDA GPU; run with --model tiny on a CPU")
+
+class FlopCounter:
+    """Adds up the FLOPs (`forward_flops`) of every forward of the given DiTs, from the shapes of the inputs."""
+
+    def __init__(self, dits: dict[str, DiT]) -> None:
+        self.total = 0.0
+        self._hooks = [dit.register_forward_pre_hook(partial(self._count, dit)) for dit in dits.values()]
+
+    def _count(self, dit: DiT, module: DiT, args: tuple) -> None:
+        self.total += forward_flops(dit.config, dit.layout(*args))
+
+    def take(self) -> float:
+        """The FLOPs counted since the last call."""
+        total, self.total = self.total, 0.0
+        return total
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+@dataclass
+class TierTimes:
+    """One repetition of one tier: the base call and (for SR tiers) the upscale of its take."""
+
+    base: dict[str, float]
+    sr: dict[str, float] = field(default_factory=dict)
+    dit_flops: float = 0.0
+    peak_gb: float | None = None
+
+    @property
+    def published_scope(self) -> float:
+        """Base denoise + SR denoise + decode of the final video: what the published numbers time."""
+        final_decode = self.sr.get("decode", 0.0) if self.sr else self.base.get("decode", 0.0)
+        return self.base.get("denoise", 0.0) + self.sr.get("sr", 0.0) + final_decode
+
+    @property
+    def dit_seconds(self) -> float:
+        return self.base.get("denoise", 0.0) + self.sr.get("sr", 0.0)
+
+    def stage(self, name: str) -> float:
+        return self.base.get(name, 0.0) + self.sr.get(name, 0.0)
+
+
+def bench_prompt(text_tokens: int, repetition: int) -> str:
+    """A prompt of `text_tokens` tokens for the byte-level tokenizer of the random encoders (one byte each,
+    after `<bos>`), different per repetition so that the text cache does not hide the encoder's time."""
+    stem = f"Take {repetition}: a woman looks into the camera and says, 'Welcome to the studio.' "
+    return (stem * (text_tokens // len(stem) + 1))[: max(1, text_tokens - 1)]
+
+
+def run_tiers(
+    engine: Engine, tiers: list[str], seconds: int, text_tokens: int, repetition: int
+) -> dict[str, TierTimes]:
+    """One 256p generation, then the upscale of that take to each SR tier in `tiers`."""
+    counter = FlopCounter(engine.models.dits)
+    try:
+        request = GenerationRequest(bench_prompt(text_tokens, repetition), resolution="256p", seconds=seconds, seed=0)
+        base = engine.generate(request)
+        base_flops = counter.take()
+        runs = {"256p": TierTimes(base.timings, dit_flops=base_flops, peak_gb=base.peak_memory_gb)}
+        for tier in tiers:
+            if tier == "256p":
+                continue
+            up = engine.upscale(base.take, tier)
+            runs[tier] = TierTimes(base.timings, up.timings, base_flops + counter.take(), _max_peak(base, up))
+        shutil.rmtree(base.take.folder, ignore_errors=True)
+    finally:
+        counter.remove()
+    return {tier: runs[tier] for tier in tiers}
+
+
+def _max_peak(*results: Result) -> float | None:
+    peaks = [r.peak_memory_gb for r in results if r.peak_memory_gb is not None]
+    return max(peaks) if peaks else None
+
+
+def run_pipeline(
+    args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, tiers: list[str]
+) -> None:
+    dits = ["distill", *(RESOLUTIONS[t].sr_model for t in tiers if RESOLUTIONS[t].sr_model)]
+    dits = [d for d in ALL_DITS if d in dits]
+    seconds = args.seconds or (5 if size == "full" else 1)
+    on_gpu = device.type == "cuda"
+    if flags.fp8 and not args.weights_dir:
+        config = dit_presets(size)["distill"].dit
+        layout = cases(["256p"], latent_frames(seconds), video_frames(seconds), args.text_tokens, size)[0].layout
+        quality = fp8_quality(make_model(config, device, flags.attention), layout, device, steps=8)
+        for name, (video_error, audio_error) in quality.items():
+            print(
+                f"fp8 vs bf16, distill at 256p, {name}: relative RMS error "
+                f"video {video_error:.4f}, audio {audio_error:.4f}"
+            )
+        _free(device)
+
+    output_root = Path(tempfile.mkdtemp(prefix="magihuman-bench-"))
+    try:
+        start = time.perf_counter()
+        if args.weights_dir:
+            engine = load_engine("full", args.weights_dir, device, dits, flags, output_root, on_status=print)
+            source = f"weights loaded from {args.weights_dir}"
+            built = steps = time.perf_counter() - start
+        else:
+            models = random_models(size, 0, device, dits, fp8=flags.fp8)
+            built = time.perf_counter() - start
+            for line in apply_speed_flags(models, flags, device):
+                print(f"  {line}")
+            engine = Engine(models, device, preview=size == "tiny", output_root=output_root)
+            steps = time.perf_counter() - start
+            source = "random weights built on the device (no disk read; --weights-dir times a real start)"
+        warm = warm_up(engine, [t for t in tiers if t in engine.available_resolutions])
+        print(
+            f"start-up: {source}: models {built:.1f} s, speed steps {steps - built:.1f} s, "
+            f"warm-up {warm:.1f} s; ready in {time.perf_counter() - start:.1f} s"
+        )
+        warmup = args.warmup if args.warmup is not None else (1 if on_gpu else 0)
+        iters = args.iters if args.iters is not None else (2 if on_gpu else 1)
+        for i in range(warmup):
+            run_tiers(engine, tiers, seconds, args.text_tokens, repetition=-1 - i)
+        timed = [run_tiers(engine, tiers, seconds, args.text_tokens, repetition=i) for i in range(iters)]
+    finally:
+        shutil.rmtree(output_root, ignore_errors=True)
+    print_pipeline_table(tiers, timed, seconds, size, device)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], seconds: int, size: str, device) -> None:
+    """Median over the repetitions of each stage, in seconds."""
+    full = size == "full"
+    header = (
+        f"{'tier':<6} {'text':>6} {'denoise':>8} {'SR':>7} {'decode':>7} {'mux':>6} {'scope*':>7} "
+        f"{'published':>9} {'ratio':>6} {'goal bf16/fp8':>13} {'floor':>6} {'TFLOP/s':>8} {'peak GiB':>8}"
+    )
+    print(f"\n{seconds}-second clip, median of {len(timed)} run(s), seconds per stage")
+    print(header)
+    print("-" * len(header))
+    for tier in tiers:
+        runs = [t[tier] for t in timed]
+
+        def median(value, runs=runs) -> float:
+            return statistics.median(value(r) for r in runs)
+
+        scope = median(lambda r: r.published_scope)
+        flops = runs[0].dit_flops
+        tflops = flops / median(lambda r: r.dit_seconds) / 1e12
+        published, goal_bf16, goal_fp8 = PUBLISHED[tier]
+        comparable = full and seconds == 5
+        peaks = [r.peak_gb for r in runs if r.peak_gb is not None]
+        print(
+            f"{tier:<6} {median(lambda r: r.stage('text')):>6.2f} {median(lambda r: r.stage('denoise')):>8.2f} "
+            f"{median(lambda r: r.stage('sr')):>7.2f} {median(lambda r: r.stage('decode')):>7.2f} "
+            f"{median(lambda r: r.stage('mux')):>6.2f} {scope:>7.2f} "
+            + (
+                f"{published:>9.1f} {scope / published:>6.2f} {f'{goal_bf16}/{goal_fp8}':>13} "
+                if comparable
+                else f"{'-':>9} {'-':>6} {'-':>13} "
+            )
+            + f"{flops / (H100_BF16_DENSE_TFLOPS * 1e12):>6.2f} {tflops:>8.2f} "
+            + (f"{max(peaks):>8.1f}" if peaks else f"{'-':>8}")
+        )
+    print(
+        "* scope = base denoise + SR denoise + decode of the final video (what the published numbers time); "
+        "decode and mux include the 256p preview the studio also writes. floor = DiT FLOPs at "
+        f"{H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s; TFLOP/s = DiT FLOPs / (denoise + SR)."
+    )
+    if not full or seconds != 5:
+        print("published/goal columns apply to the full model, 5-second clips on an H100: not comparable here.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forward mode
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_forward(args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, tiers: list[str]) -> None:
     if args.latent_frames:
         frames, audio_len = args.latent_frames, decoded_frames(args.latent_frames)
     elif size == "full":
-        frames, audio_len = latent_frames(args.seconds), video_frames(args.seconds)
+        frames, audio_len = latent_frames(args.seconds or 5), video_frames(args.seconds or 5)
     else:
         frames, audio_len = 2, decoded_frames(2)
-    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
-    unknown = [t for t in tiers if t not in RESOLUTIONS]
-    if unknown:
-        parser.error(f"unknown tier(s) {unknown}; choose from {', '.join(RESOLUTIONS)}")
-
-    flags = SpeedFlags.from_args(args, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name} · torch {torch.__version__} · DiT preset: {size}")
-    print(f"speed steps: {flags.describe()}")
-    if size == "tiny":
-        print("NOTE: tiny preset (a smoke test of the code path, not a speed measurement of the 15B model)")
     presets = dit_presets(size)
+    on_gpu = device.type == "cuda"
     rows, fp8_errors = [], []
     for case in cases(tiers, frames, audio_len, args.text_tokens, size):
         config = presets[case.model].dit
         model = make_model(config, device, flags.attention)
         if flags.fp8:
-            fp8_errors.append((case.tier, case.model, *fp8_velocity_error(model, case.layout, device)))
+            fp8_errors.append((case.tier, case.model, *fp8_quality(model, case.layout, device)["one velocity"]))
         optimize_dit(model, replace(flags, fp8=False, attention=None), device, offload=flags.offload)
-        on_gpu = device.type == "cuda"
         warmup = args.warmup if args.warmup is not None else (2 if on_gpu else 1)
         iters = args.iters if args.iters is not None else (3 if on_gpu else 1)
         seconds, peak = time_forward(model, case.layout, warmup, iters, device)
         tflops = forward_flops(config, case.layout) / seconds / 1e12
-        attn = model.attention_backend + (
-            " + flex window" if config.local_attn_layers and device.type == "cuda" else ""
-        )
-        if config.local_attn_layers and device.type != "cuda":
-            attn += " + dense window"
+        attn = model.attention_backend
+        if config.local_attn_layers:
+            attn += " + flex window" if on_gpu else " + dense window"
         rows.append((case.tier, case.model, case.layout, seconds, tflops, peak, attn))
         del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _free(device)
     print_table(rows, device)
     for tier, model_name, video_error, audio_error in fp8_errors:
         print(
@@ -213,6 +403,47 @@ def print_table(rows, device: torch.device) -> None:
         )
     if device.type == "cuda":
         print(f"MFU is relative to {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s (dense bf16 matmul ceiling measured on H100).")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m magihuman.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny on CPU")
+    parser.add_argument("--forward", action="store_true", help="time single DiT forwards instead of the pipeline")
+    parser.add_argument("--tiers", default="256p,540p,1080p", help="comma-separated output tiers")
+    parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny)")
+    parser.add_argument("--latent-frames", type=int, help="--forward: override the latent frame count (CPU: 2)")
+    parser.add_argument("--text-tokens", type=int, default=300)
+    parser.add_argument("--weights-dir", help="pipeline: load the real weights from here instead of random ones")
+    parser.add_argument("--backend", dest="attention", choices=["math", "sdpa", "fa2", "fa3"], help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, help="untimed runs first (pipeline: 1 on CUDA, 0 on CPU)")
+    parser.add_argument("--iters", type=int, help="timed runs (pipeline: 2 on CUDA, 1 on CPU; forward: 3 / 1)")
+    add_speed_arguments(parser)  # --backend above is the old name of --attention
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = args.model or ("full" if device.type == "cuda" else "tiny")
+    if size == "full" and device.type != "cuda":
+        parser.error("the full-size benchmark needs a CUDA GPU; run with --model tiny on a CPU")
+    if args.weights_dir and (args.forward or size != "full"):
+        parser.error("--weights-dir loads the full model in pipeline mode")
+    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    unknown = [t for t in tiers if t not in RESOLUTIONS]
+    if unknown:
+        parser.error(f"unknown tier(s) {unknown}; choose from {', '.join(RESOLUTIONS)}")
+
+    flags = SpeedFlags.from_args(args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    mode = "forward" if args.forward else "pipeline"
+    print(f"device: {name} · torch {torch.__version__} · preset: {size} · mode: {mode}")
+    print(f"speed steps: {flags.describe()}")
+    if size == "tiny":
+        print("NOTE: tiny preset (a smoke test of the code path, not a speed measurement of the 15B model)")
+    (run_forward if args.forward else run_pipeline)(args, device, size, flags, tiers)
 
 
 if __name__ == "__main__":

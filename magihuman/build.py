@@ -13,13 +13,22 @@ from pathlib import Path
 import torch
 
 from magihuman.cache import load_dit_cached
-from magihuman.config import FULL_DIT, TINY_TURBO_VAE, ModelSize, dit_presets
+from magihuman.config import FULL_DIT, FULL_TURBO_VAE, TINY_TURBO_VAE, ModelSize, dit_presets
 from magihuman.engine import Engine, Models
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
-from magihuman.optimize import SpeedFlags, apply_speed_flags
-from magihuman.text import build_tiny_text_encoder, load_text_encoder
-from magihuman.vae import build_tiny_audio_vae, build_tiny_video_vae, load_audio_vae, load_video_vae
+from magihuman.optimize import SpeedFlags, apply_speed_flags, fp8_kernel, quantize_fp8_
+from magihuman.text import build_random_text_encoder, build_tiny_text_encoder, load_text_encoder, t5gemma_9b_config
+from magihuman.vae import (
+    SAO_VAE_CONFIG,
+    WAN22_VAE_CONFIG,
+    build_random_audio_vae,
+    build_random_video_vae,
+    build_tiny_audio_vae,
+    build_tiny_video_vae,
+    load_audio_vae,
+    load_video_vae,
+)
 from magihuman.weights import resolve_weights
 
 StatusFn = Callable[[str], None]
@@ -68,18 +77,43 @@ def load_engine(
 
 def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
     """Every component with a tiny random configuration; the same seed gives the same weights."""
-    presets = dit_presets("tiny")
-    dits = {
-        name: init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
-        for i, name in enumerate(ALL_DITS)
-    }
-    return Models(
-        text=build_tiny_text_encoder(seed, device=device),
-        video_vae=build_tiny_video_vae(seed, device=device),
-        audio_vae=build_tiny_audio_vae(seed, device=device),
-        decoder=build_random_turbo_vae(TINY_TURBO_VAE, seed, device=device, dtype=torch.bfloat16),
-        dits=dits,
-    )
+    return random_models("tiny", seed, device)
+
+
+def random_models(
+    size: ModelSize = "tiny",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dits: Iterable[str] = ALL_DITS,
+    fp8: bool = False,
+) -> Models:
+    """Every component with seeded random weights: the tiny preview engine, or the full-size models of the
+    benchmark (speed does not depend on weight values; the text encoder gets the byte-level tokenizer).
+
+    Full size is built directly on `device`, in the dtypes the loaders give there (bf16 on CUDA). With `fp8`
+    each DiT is quantised as soon as it is built, so the peak is the final footprint plus one bf16 DiT.
+    """
+    device = torch.device(device)
+    full = size == "full"
+    dtype = torch.bfloat16 if full and device.type == "cuda" else torch.float32
+    presets = dit_presets(size)
+    built = {}
+    for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
+        if name in dits:
+            built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
+            if fp8:
+                quantize_fp8_(built[name], fp8_kernel(device))
+    if full:
+        text = build_random_text_encoder(t5gemma_9b_config(), seed, device, torch.bfloat16)
+        video_vae = build_random_video_vae(WAN22_VAE_CONFIG, seed, device, dtype, build_on_device=True)
+        audio_vae = build_random_audio_vae(SAO_VAE_CONFIG, seed, device, build_on_device=True)
+    else:
+        text = build_tiny_text_encoder(seed, device=device)
+        video_vae = build_tiny_video_vae(seed, device=device)
+        audio_vae = build_tiny_audio_vae(seed, device=device)
+    decoder_config, decoder_dtype = (FULL_TURBO_VAE, dtype) if full else (TINY_TURBO_VAE, torch.bfloat16)
+    decoder = build_random_turbo_vae(decoder_config, seed, device=device, dtype=decoder_dtype)
+    return Models(text=text, video_vae=video_vae, audio_vae=audio_vae, decoder=decoder, dits=built)
 
 
 def full_models(

@@ -10,7 +10,7 @@ here to reproduce its embeddings.
 
 1. The embedding and the encoder wrapper (cache, device handling)
 2. Loading the official checkpoint (encoder weights only)
-3. The tiny random encoder for tests and the preview engine
+3. Random encoders: the tiny one for tests and the preview engine, the full-size one for the benchmark
 4. The negative prompt
 """
 
@@ -222,7 +222,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. The tiny random encoder
+# 3. Random encoders: the tiny one (tests, preview engine) and the full-size one (benchmark)
 # ---------------------------------------------------------------------------------------------------------
 
 # Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), then the 256 byte symbols: any text tokenises.
@@ -248,36 +248,67 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_t5gemma_config(hidden_size: int = TINY_DIT.text_in_channels) -> T5GemmaConfig:
-    """Encoder-only T5Gemma config: 2 layers (one sliding-window, one full attention), GQA 4:2 heads."""
+def t5gemma_config(
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    sliding_window: int,
+    vocab_size: int = len(_SPECIAL_TOKENS) + 256,
+) -> T5GemmaConfig:
+    """Encoder-only T5Gemma config with Gemma's special-token ids; layers alternate sliding-window and full
+    attention, as in T5Gemma."""
     module = dict(
-        vocab_size=len(_SPECIAL_TOKENS) + 256,
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden_size // 4,
-        query_pre_attn_scalar=hidden_size // 4,
-        sliding_window=32,  # short, so that long test prompts exercise the sliding-window mask
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=sliding_window,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
     )
-    config = T5GemmaConfig(encoder=module, decoder=module, vocab_size=module["vocab_size"])
+    config = T5GemmaConfig(encoder=module, decoder=module, vocab_size=vocab_size)
     return _encoder_only(config)
+
+
+def tiny_t5gemma_config(hidden_size: int = TINY_DIT.text_in_channels) -> T5GemmaConfig:
+    """2 layers (one sliding-window, one full attention), GQA 4:2 heads; a short window, so that long test
+    prompts exercise the sliding-window mask."""
+    return t5gemma_config(hidden_size, 2 * hidden_size, 2, 4, 2, hidden_size // 4, sliding_window=32)
+
+
+def t5gemma_9b_config() -> T5GemmaConfig:
+    """The encoder shape of google/t5gemma-9b-9b-ul2 (spec/pipeline.md §4.3): 9,241,705,984 parameters. For
+    the benchmark's random full-size encoder; real loading reads the repository's own config."""
+    return t5gemma_config(3584, 14336, 42, 16, 8, 256, sliding_window=4096, vocab_size=256_000)
+
+
+def build_random_text_encoder(
+    config: T5GemmaConfig, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> TextEncoder:
+    """A T5Gemma encoder with transformers' own seeded random initialisation, built directly on `device` in
+    `dtype`, and the byte-level tokenizer (so a prompt of n bytes is n + 1 tokens). The global RNGs are
+    forked, so building one does not disturb the caller's streams; the same seed gives the same weights on
+    the same kind of device.
+    """
+    with torch.random.fork_rng(), torch.device(device):
+        torch.manual_seed(seed)
+        model = T5GemmaEncoderModel._from_config(config, dtype=dtype)
+    return TextEncoder(build_tiny_tokenizer(), model.eval().requires_grad_(False))
 
 
 def build_tiny_text_encoder(
     seed: int = 0, hidden_size: int = TINY_DIT.text_in_channels, device: torch.device | str = "cpu"
 ) -> TextEncoder:
-    """A random tiny T5Gemma encoder (fp32) with the byte-level tokenizer; the same seed gives the same
-    weights on any device. The global RNG is forked, so building one does not disturb the caller's stream.
-    """
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = T5GemmaEncoderModel(tiny_t5gemma_config(hidden_size))
-    return TextEncoder(build_tiny_tokenizer(), model.to(device))
+    """The tiny random encoder (fp32) of the preview engine."""
+    return build_random_text_encoder(tiny_t5gemma_config(hidden_size), seed, device)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ Both were checked against the reference modules: architecturally identical (Wan)
 
 1. Video VAE: config, wrapper, loading, tiny model
 2. Audio VAE: config, wrapper, loading, tiny model
-3. Loading helpers shared by both
+3. Helpers shared by both: random construction, strict loading
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -122,12 +123,21 @@ def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.
     return VideoVAE(model.to(device))
 
 
+def build_random_video_vae(
+    config: Mapping = TINY_WAN_VAE_CONFIG,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    build_on_device: bool = False,
+) -> VideoVAE:
+    """A Wan2.2 VAE of `config` (tiny widths by default, `WAN22_VAE_CONFIG` for the benchmark) with diffusers'
+    seeded random initialisation. Built on the CPU and moved (the same seed gives the same weights on any
+    device), or directly on `device` with `build_on_device` (fast for the full size)."""
+    return VideoVAE(_random(AutoencoderKLWan, config, seed, device, dtype, build_on_device))
+
+
 def build_tiny_video_vae(seed: int = 0, device: torch.device | str = "cpu") -> VideoVAE:
-    """A random Wan2.2-shaped VAE with tiny widths (fp32); the same seed gives the same weights on any device."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoencoderKLWan(**TINY_WAN_VAE_CONFIG)
-    return VideoVAE(model.to(device))
+    return build_random_video_vae(TINY_WAN_VAE_CONFIG, seed, device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,18 +212,31 @@ def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
     return AudioVAE(model.to(device))
 
 
+def build_random_audio_vae(
+    config: Mapping = TINY_SAO_VAE_CONFIG, seed: int = 0, device: torch.device | str = "cpu", build_on_device=False
+) -> AudioVAE:
+    """An Oobleck VAE of `config` (by default the real strides and latent width with tiny decoder widths; the
+    benchmark uses `SAO_VAE_CONFIG`) with seeded random weights, fp32; see `build_random_video_vae`."""
+    return AudioVAE(_random(AutoencoderOobleck, config, seed, device, torch.float32, build_on_device))
+
+
 def build_tiny_audio_vae(seed: int = 0, device: torch.device | str = "cpu") -> AudioVAE:
-    """A random Oobleck VAE with the real strides and latent width but tiny decoder widths (fp32); the same
-    seed gives the same weights on any device."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoencoderOobleck(**TINY_SAO_VAE_CONFIG)
-    return AudioVAE(model.to(device))
+    return build_random_audio_vae(TINY_SAO_VAE_CONFIG, seed, device)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Loading helpers
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _random(
+    cls: type[ModelMixin], config: Mapping, seed: int, device, dtype: torch.dtype, build_on_device: bool
+) -> ModelMixin:
+    with torch.random.fork_rng(), torch.device(device if build_on_device else "cpu"):
+        torch.manual_seed(seed)
+        model = cls(**config)
+    model = model.to(device)
+    return model if dtype == torch.float32 else model.to(dtype)  # diffusers warns at any dtype argument
 
 
 def _model_folder(folder: str | Path, get_it: str) -> Path:

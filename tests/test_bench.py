@@ -1,9 +1,18 @@
-"""The benchmark's arithmetic (the timing itself is never asserted)."""
+"""The benchmark's arithmetic, its FLOP counting and the full-size builders (timings are never asserted)."""
 
 from __future__ import annotations
 
-from magihuman.bench import attended_pairs, cases, forward_flops, main
-from magihuman.config import dit_presets
+import math
+
+import pytest
+import torch
+
+from magihuman.bench import attended_pairs, bench_prompt, cases, forward_flops, fp8_quality, main, run_tiers
+from magihuman.build import load_engine, random_models
+from magihuman.config import RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
+from magihuman.model.attention import select_backend
+from magihuman.model.dit import build_dit, init_random_
+from magihuman.optimize import Fp8ExpertLinear
 
 
 def test_flops_match_the_published_arithmetic_floor() -> None:
@@ -26,7 +35,65 @@ def test_local_window_counts_fewer_pairs() -> None:
     assert attended_pairs(config, layout, layer=3) == layout.num_tokens**2
 
 
-def test_cpu_smoke_run_prints_a_table(capsys) -> None:
-    main(["--tiers", "256p", "--text-tokens", "8"])
+def test_forward_mode_prints_a_table(capsys) -> None:
+    main(["--forward", "--tiers", "256p", "--text-tokens", "8"])
     out = capsys.readouterr().out
     assert "tiny preset" in out and "256p" in out and "ms/forward" in out
+
+
+def test_pipeline_mode_prints_stages_start_up_and_fp8_quality(capsys) -> None:
+    main(["--tiers", "256p,540p", "--text-tokens", "40", "--fp8", "--no-cache"])
+    out = capsys.readouterr().out
+    assert "mode: pipeline" in out and "tiny preset" in out and "start-up:" in out and "ready in" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["256p"], ["540p"])}
+    assert set(rows) == {"256p", "540p"}
+    for tier, cells in rows.items():
+        text, denoise, sr, decode, mux, scope = map(float, cells[1:7])
+        assert denoise > 0 and decode > 0 and mux > 0, tier
+        assert (sr > 0) == (tier == "540p")
+        assert scope <= denoise + sr + decode + 1e-9
+    assert "not comparable here" in out  # the tiny preset is never set against the H100 numbers
+    for name in ("one velocity", "8-step latent"):
+        assert f"fp8 vs bf16, distill at 256p, {name}" in out
+
+
+def test_flop_counter_sees_every_dit_forward() -> None:
+    """8 distilled forwards for the base take, then 5 SR forwards at the SR layout for the 540p upscale."""
+    engine = load_engine("tiny")
+    runs = run_tiers(engine, ["256p", "540p"], seconds=1, text_tokens=20, repetition=0)
+    assert engine.models.text.count_tokens(bench_prompt(20, 0)) == 20
+    presets = dit_presets("tiny")
+    base_case, sr_case = cases(["256p", "540p"], latent_frames(1), video_frames(1), 20, "tiny")
+    base = SAMPLING.distill_steps * forward_flops(presets["distill"].dit, base_case.layout)
+    sr = SAMPLING.sr_steps * forward_flops(presets[RESOLUTIONS["540p"].sr_model].dit, sr_case.layout)
+    assert math.isclose(runs["256p"].dit_flops, base, rel_tol=1e-12)
+    assert math.isclose(runs["540p"].dit_flops, base + sr, rel_tol=1e-12)
+    assert runs["540p"].published_scope == pytest.approx(
+        runs["540p"].base["denoise"] + runs["540p"].sr["sr"] + runs["540p"].sr["decode"]
+    )
+
+
+def test_fp8_quality_reports_velocity_and_latent_errors() -> None:
+    model = init_random_(build_dit(dit_presets("tiny")["distill"].dit, "cpu"), seed=0).eval()
+    model.set_attention_backend(select_backend(torch.device("cpu"), None))
+    layout = cases(["256p"], 2, 9, 6, "tiny")[0].layout
+    quality = fp8_quality(model, layout, torch.device("cpu"), steps=2)
+    assert set(quality) == {"one velocity", "2-step latent"}
+    for video_error, audio_error in quality.values():
+        assert 0 < video_error < 0.5 and 0 < audio_error < 0.5  # e4m3 noise, amplified by the random tiny DiT
+    assert any(isinstance(m, Fp8ExpertLinear) for m in model.modules())  # quantised in place
+
+
+def test_full_size_random_components_have_the_published_shapes() -> None:
+    """The benchmark's full-size text encoder, VAEs and decoder, built on meta: parameter counts of spec/pipeline.md
+    §0 (the DiTs use the same presets as real loading, checked against full_keys.json elsewhere)."""
+    models = random_models("full", device="meta", dits=[])
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(models.text.model) == 9_241_705_984
+    assert models.text.model.dtype == torch.bfloat16
+    assert count(models.video_vae.model) == 704_688_668
+    assert count(models.audio_vae.model) == 156_112_514
+    assert count(models.decoder) == 107_122_892

@@ -25,6 +25,7 @@ import dataclasses
 import gc
 import shutil
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ from magihuman.optimize import (
     add_speed_arguments,
     apply_speed_flags,
     compile_dit,
+    default_cache_dir,
     is_compiled,
     linear_bytes,
     offload_,
@@ -87,8 +89,11 @@ def parse(argv: list[str], device: str) -> SpeedFlags:
 
 
 def test_flags_parse_with_device_dependent_compile_default() -> None:
-    assert parse([], "cpu") == SpeedFlags(compile=False, fp8=False, offload=False, attention=None)
-    assert parse([], "cuda") == SpeedFlags(compile=True)
+    home_cache = default_cache_dir()
+    assert parse([], "cpu") == SpeedFlags(compile=False, fp8=False, offload=False, attention=None, cache_dir=home_cache)
+    assert parse([], "cuda") == SpeedFlags(compile=True, cache_dir=home_cache)
+    assert parse(["--no-cache"], "cuda").cache_dir is None
+    assert parse(["--cache-dir", "/data/cache"], "cuda").cache_dir == Path("/data/cache")
     assert parse(["--no-compile"], "cuda").compile is False
     assert parse(["--compile"], "cpu").compile is True
     flags = parse(["--fp8", "--offload", "--attention", "sdpa"], "cpu")
@@ -103,9 +108,13 @@ def test_flags_parse_with_device_dependent_compile_default() -> None:
 
 
 def test_flags_from_environment() -> None:
-    env = {"MAGIHUMAN_COMPILE": "0", "MAGIHUMAN_FP8": "yes", "MAGIHUMAN_ATTENTION": "math"}
+    env = {"MAGIHUMAN_COMPILE": "0", "MAGIHUMAN_FP8": "yes", "MAGIHUMAN_ATTENTION": "math", "MAGIHUMAN_CACHE": "off"}
     assert SpeedFlags.from_env("cuda", env) == SpeedFlags(compile=False, fp8=True, attention="math")
-    assert SpeedFlags.from_env("cuda", {}) == SpeedFlags.default("cuda") == SpeedFlags(compile=True)
+    assert SpeedFlags.from_env("cuda", {}).cache_dir == Path.home() / ".cache" / "magihuman"
+    assert SpeedFlags.from_env("cuda", {"XDG_CACHE_HOME": "/xdg"}).cache_dir == Path("/xdg/magihuman")
+    on_a_space = SpeedFlags.from_env("cuda", {"MAGIHUMAN_CACHE_DIR": "/data/magihuman"})
+    assert on_a_space == SpeedFlags(compile=True, cache_dir=Path("/data/magihuman"))
+    assert "cache /data/magihuman" in on_a_space.describe()
     with pytest.raises(ValueError, match="MAGIHUMAN_OFFLOAD"):
         SpeedFlags.from_env("cpu", {"MAGIHUMAN_OFFLOAD": "maybe"})
 
