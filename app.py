@@ -532,7 +532,7 @@ def engine_slot(
         engine = load_engine(size, weights_dir=weights_dir, speed=speed, on_status=status)
         if ON_ZEROGPU and size == "full":
             status("ahead-of-time compiling the shared DiT layers")
-            status(f"ahead-of-time compiled in {aot_compile(engine):.0f} s")
+            status(f"ahead-of-time compiled in {aot_compile(engine, speed.cache_dir):.0f} s")
         elif speed.compile:
             status("compiling and warming up the DiT for each resolution")
             status(f"compiled and warmed up in {warm_up(engine):.0f} s")
@@ -542,12 +542,11 @@ def engine_slot(
 
 
 @spaces.GPU(duration=1500)
-def aot_compile(engine) -> float:
-    """ZeroGPU start-up: one AOTInductor package per DiT for its shared layers (see studio/zerogpu.py)."""
-    packages = Path(tempfile.gettempdir()) / "magihuman-aoti"
-    return sum(
-        compile_shared_layers(dit, *example_inputs(dit), packages / name) for name, dit in engine.models.dits.items()
-    )
+def aot_compile(engine, cache_dir: Path | None) -> float:
+    """ZeroGPU start-up: an AOTInductor package for the shared layers of each DiT configuration (see
+    studio/zerogpu.py), kept in the cache folder so that a restart only loads it."""
+    packages = (cache_dir or Path(tempfile.gettempdir())) / "aoti"
+    return sum(compile_shared_layers(dit, *example_inputs(dit), packages) for dit in engine.models.dits.values())
 
 
 def _parse_auth(value: str | None) -> tuple[str, str] | None:

@@ -12,9 +12,10 @@ instead, so the start-up line measures a real start from local disk.
 Forward mode (`--forward`). Times one DiT forward at the token counts of each tier (1080p with the
 frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
 
-Both take the speed flags of `magihuman.optimize` (--no-compile, --fp8, --offload, --attention, --cache).
-With --fp8 they report the quality check: the relative RMS error of the fp8 model against the same model in
-bf16, on the same inputs, for one velocity and (pipeline mode) for a whole 8-step distilled latent.
+Both take the speed flags of `magihuman.optimize` (--no-compile, --fp8/--no-fp8, --offload, --attention,
+--cache); fp8 left unset is "auto" (`magihuman.memory`), as in the app. Whenever fp8 is used they report the
+quality check: the relative RMS error of the fp8 distilled model against the same model in bf16, on the same
+inputs, for one velocity and (pipeline mode) for a whole 8-step latent.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from magihuman.build import ALL_DITS, load_engine, random_models
 from magihuman.config import RESOLUTIONS, DiTConfig, decoded_frames, dit_presets, latent_frames, video_frames
 from magihuman.engine import Engine, GenerationRequest, Result
+from magihuman.memory import plan_fp8
 from magihuman.model.attention import select_backend
 from magihuman.model.dit import DiT, build_dit, init_random_
 from magihuman.optimize import (
@@ -258,7 +260,10 @@ def run_pipeline(
     dits = [d for d in ALL_DITS if d in dits]
     seconds = args.seconds or (5 if size == "full" else 1)
     on_gpu = device.type == "cuda"
-    if flags.fp8 and not args.weights_dir:
+    plan = plan_fp8(dits, flags.fp8, device, size, flags.offload)
+    if plan.describe():
+        print(plan.describe())
+    if plan.quantised and not args.weights_dir:
         config = dit_presets(size)["distill"].dit
         layout = cases(["256p"], latent_frames(seconds), video_frames(seconds), args.text_tokens, size)[0].layout
         quality = fp8_quality(make_model(config, device, flags.attention), layout, device, steps=8)
@@ -277,9 +282,9 @@ def run_pipeline(
             source = f"weights loaded from {args.weights_dir}"
             built = steps = time.perf_counter() - start
         else:
-            models = random_models(size, 0, device, dits, fp8=flags.fp8)
+            models = random_models(size, 0, device, dits, fp8=plan.quantised)
             built = time.perf_counter() - start
-            for line in apply_speed_flags(models, flags, device):
+            for line in apply_speed_flags(models, flags, device, plan.quantised):
                 print(f"  {line}")
             engine = Engine(models, device, preview=size == "tiny", output_root=output_root)
             steps = time.perf_counter() - start

@@ -7,7 +7,7 @@ and noise sound. Tests, CI and newcomers without a GPU use it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from magihuman.cache import load_dit_cached
 from magihuman.config import FULL_DIT, FULL_TURBO_VAE, TINY_TURBO_VAE, ModelSize, dit_presets
 from magihuman.engine import Engine, Models
+from magihuman.memory import plan_fp8
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
 from magihuman.optimize import SpeedFlags, apply_speed_flags, fp8_kernel, quantize_fp8_
@@ -62,13 +63,16 @@ def load_engine(
     status = on_status or (lambda line: None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     speed = speed or SpeedFlags.default(device)
+    if model not in ("full", "tiny"):
+        raise ValueError(f"unknown model {model!r}; expected 'full' or 'tiny'")
+    plan = plan_fp8(ALL_DITS if model == "tiny" else dits, speed.fp8, device, model, speed.offload)
+    if plan.describe():
+        status(plan.describe())
     if model == "tiny":
         models = tiny_models(device=device)
-    elif model == "full":
-        models = full_models(weights_dir, device, dits, status, speed)
     else:
-        raise ValueError(f"unknown model {model!r}; expected 'full' or 'tiny'")
-    for line in apply_speed_flags(models, speed, device):
+        models = full_models(weights_dir, device, dits, status, speed.cache_dir, plan.quantised)
+    for line in apply_speed_flags(models, speed, device, plan.quantised):
         status(line)
     backend = next(iter(models.dits.values())).attention_backend
     status(f"ready: {', '.join(models.dits)} on {device} (attention: {backend})")
@@ -85,13 +89,14 @@ def random_models(
     seed: int = 0,
     device: torch.device | str = "cpu",
     dits: Iterable[str] = ALL_DITS,
-    fp8: bool = False,
+    fp8: Collection[str] = (),
 ) -> Models:
     """Every component with seeded random weights: the tiny preview engine, or the full-size models of the
     benchmark (speed does not depend on weight values; the text encoder gets the byte-level tokenizer).
 
-    Full size is built directly on `device`, in the dtypes the loaders give there (bf16 on CUDA). With `fp8`
-    each DiT is quantised as soon as it is built, so the peak is the final footprint plus one bf16 DiT.
+    Full size is built directly on `device`, in the dtypes the loaders give there (bf16 on CUDA). The DiTs
+    named in `fp8` are quantised as soon as they are built, so the peak is the final footprint plus one bf16
+    DiT.
     """
     device = torch.device(device)
     full = size == "full"
@@ -101,7 +106,7 @@ def random_models(
     for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
         if name in dits:
             built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
-            if fp8:
+            if name in fp8:
                 quantize_fp8_(built[name], fp8_kernel(device))
     if full:
         text = build_random_text_encoder(t5gemma_9b_config(), seed, device, torch.bfloat16)
@@ -121,14 +126,14 @@ def full_models(
     device: torch.device,
     dits: Iterable[str],
     status: StatusFn,
-    speed: SpeedFlags | None = None,
+    cache_dir: Path | None = None,
+    fp8: Collection[str] = (),
 ) -> Models:
     """Load the official weights from a local folder (see `python -m magihuman download`).
 
-    The DiTs go through the converted-weight cache of `speed.cache_dir` (bf16, or fp8 with `speed.fp8`);
-    the other speed steps are applied afterwards by `apply_speed_flags`.
+    The DiTs go through the converted-weight cache in `cache_dir` (None: no cache), with fp8 linears for the
+    DiTs named in `fp8`; the other speed steps are applied afterwards by `apply_speed_flags`.
     """
-    speed = speed or SpeedFlags()
     dits = list(dict.fromkeys(dits))
     unknown = [d for d in dits if d not in ALL_DITS]
     if unknown:
@@ -147,6 +152,6 @@ def full_models(
     for name in dits:
         status(f"loading the {name} DiT from {paths.dit(name)}")
         loaded[name] = load_dit_cached(
-            paths.dit(name), presets[name].dit, device, fp8=speed.fp8, cache_dir=speed.cache_dir, status=status
+            paths.dit(name), presets[name].dit, device, fp8=name in fp8, cache_dir=cache_dir, status=status
         )
     return Models(text, video_vae, audio_vae, decoder, loaded)

@@ -4,7 +4,8 @@ Each step is switchable by one flag shared by the CLI, the app and the benchmark
 
 - regional compile, `--compile/--no-compile` (default: on with CUDA): `torch.compile` of each
   `TransformerLayer`. Bit-identical to eager on a CPU; matmul/reduction-order rounding on CUDA.
-- fp8 linears, `--fp8`: the transformer `ExpertLinear`s become row-wise scaled float8 (`torch._scaled_mm`,
+- fp8 linears, `--fp8/--no-fp8` (default: auto, see `magihuman.memory`: on a GPU the DiTs that must shrink
+  for the engine to fit): the transformer `ExpertLinear`s become row-wise scaled float8 (`torch._scaled_mm`,
   exactly emulated where that kernel does not run). Relative RMS error of one linear ≈ 3.6 % (the e4m3
   floor); of one velocity of the tiny random DiT 15-23 % (tests/test_optimize.py explains the gap).
 - offload, `--offload`: the text encoder and the extra DiTs live in pinned CPU memory and are copied to
@@ -32,9 +33,9 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -64,12 +65,12 @@ CACHE_DIR_ENV = "MAGIHUMAN_CACHE_DIR"
 class SpeedFlags:
     """Which speed steps to apply. `attention=None` keeps the backend chosen at load (the fastest available).
 
-    Use `SpeedFlags.default(device)` for the defaults (compile on CUDA only, fp8 and offload off), or
+    Use `SpeedFlags.default(device)` for the defaults (compile on CUDA only, fp8 auto, offload off), or
     `from_args` / `from_env` to read the shared command-line flags or their environment equivalents.
     """
 
     compile: bool = False
-    fp8: bool = False
+    fp8: bool | None = False  # None: auto (magihuman.memory.plan_fp8), resolved per DiT when an engine loads
     offload: bool = False
     attention: str | None = None
     cache_dir: Path | None = None  # converted weights and compiled kernels; None: nothing cached
@@ -80,7 +81,7 @@ class SpeedFlags:
 
     @classmethod
     def default(cls, device: torch.device | str) -> SpeedFlags:
-        return cls(compile=torch.device(device).type == "cuda", cache_dir=default_cache_dir())
+        return cls(compile=torch.device(device).type == "cuda", fp8=None, cache_dir=default_cache_dir())
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, device: torch.device | str) -> SpeedFlags:
@@ -89,7 +90,7 @@ class SpeedFlags:
         cache_dir = getattr(args, "cache_dir", None)
         return cls(
             compile=cls.default(device).compile if compile_flag is None else bool(compile_flag),
-            fp8=bool(getattr(args, "fp8", False)),
+            fp8=getattr(args, "fp8", None),
             offload=bool(getattr(args, "offload", False)),
             attention=getattr(args, "attention", None),
             cache_dir=(Path(cache_dir) if cache_dir else default_cache_dir()) if getattr(args, "cache", True) else None,
@@ -104,7 +105,7 @@ class SpeedFlags:
         default = cls.default(device)
         return cls(
             compile=_env_bool(env, "MAGIHUMAN_COMPILE", default.compile),
-            fp8=_env_bool(env, "MAGIHUMAN_FP8", default.fp8),
+            fp8=_env_bool(env, "MAGIHUMAN_FP8", None),
             offload=_env_bool(env, "MAGIHUMAN_OFFLOAD", default.offload),
             attention=env.get("MAGIHUMAN_ATTENTION") or None,
             cache_dir=default_cache_dir(env) if _env_bool(env, "MAGIHUMAN_CACHE", True) else None,
@@ -113,7 +114,7 @@ class SpeedFlags:
     def describe(self) -> str:
         """One line for logs and the benchmark header, e.g.
         `compile on · fp8 off · offload off · attention auto · cache /root/.cache/magihuman`."""
-        on = {True: "on", False: "off"}
+        on = {True: "on", False: "off", None: "auto"}
         return (
             f"compile {on[self.compile]} · fp8 {on[self.fp8]} · offload {on[self.offload]} · "
             f"attention {self.attention or 'auto'} · cache {self.cache_dir or 'off'}"
@@ -129,7 +130,12 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="regional torch.compile of the DiT layers (default: on with CUDA, off on CPU)",
     )
-    group.add_argument("--fp8", action="store_true", help="float8 transformer linears (row-wise scaled)")
+    group.add_argument(
+        "--fp8",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="float8 transformer linears, row-wise scaled (default: auto: the DiTs that must shrink to fit the GPU)",
+    )
     group.add_argument(
         "--offload", action="store_true", help="keep the text encoder and extra DiTs in CPU memory (24-48 GB cards)"
     )
@@ -152,7 +158,7 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return base / "magihuman"
 
 
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def _env_bool(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
     value = env.get(name, "").strip().lower()
     if not value:
         return default
@@ -516,18 +522,24 @@ def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, o
     return applied
 
 
-def apply_speed_flags(models: Models, flags: SpeedFlags, device: torch.device | str) -> list[str]:
+def apply_speed_flags(
+    models: Models, flags: SpeedFlags, device: torch.device | str, fp8: Collection[str] | None = None
+) -> list[str]:
     """Apply `flags` to a loaded engine's models in place; returns one status line per step taken.
 
-    DiTs: attention backend, fp8, compile. Offload keeps the first base model (distill, else base) resident
-    and offloads the text encoder and every other DiT (the SR models, and the CFG base model when both base
-    models are loaded): with fp8 the resident set is the 15 GB DiT plus the VAEs, and the peak adds the largest
-    offloaded model while it runs (about 34 GB with the text encoder in bf16: a 48 GB card).
+    DiTs: attention backend, fp8 (for the DiTs named in `fp8`; by default all of them if `flags.fp8` is True,
+    none otherwise: `magihuman.memory.plan_fp8` resolves "auto"), compile. Offload keeps the first base
+    model (distill, else base) resident and offloads the text encoder and every other DiT (the SR models, and
+    the CFG base model when both base models are loaded): with fp8 the resident set is the 15 GB DiT plus the
+    VAEs, and the peak adds the largest offloaded model while it runs (about 34 GB with the text encoder in
+    bf16: a 48 GB card).
     """
     device = torch.device(device)
     keep = next((name for name in ("distill", "base") if name in models.dits), None)
+    if fp8 is None:
+        fp8 = list(models.dits) if flags.fp8 else []
     per_dit = {
-        name: optimize_dit(dit, flags, device, offload=flags.offload and name != keep)
+        name: optimize_dit(dit, replace(flags, fp8=name in fp8), device, offload=flags.offload and name != keep)
         for name, dit in models.dits.items()
     }
     lines = [f"{name}: {', '.join(steps)}" for name, steps in per_dit.items() if steps]

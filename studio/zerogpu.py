@@ -9,6 +9,9 @@ PyTorch's AOTInductor API, so it also runs (and is tested) on the CPU.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
@@ -49,19 +52,35 @@ def export_shared_layer(dit: DiT, x: torch.Tensor, rope: torch.Tensor) -> torch.
     return torch.export.export(module, (x, rope), dynamic_shapes=({0: tokens}, {0: tokens}))
 
 
+def package_path(dit: DiT, package_dir: str | Path) -> Path:
+    """Where the package for `dit`'s shared layer lives in `package_dir`: the name is a digest of everything
+    the compiled code depends on (torch version, the layer's modules and weight dtypes and shapes, attention
+    backend, device kind and compute capability), so a package is reused only where it fits."""
+    device = next(dit.parameters()).device
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    layer = shared_layers(dit)[0]
+    weights = [(name, str(t.dtype), list(t.shape)) for name, t in layer.state_dict().items()]  # fp8 or bf16
+    key = json.dumps([torch.__version__, repr(layer), weights, dit.attention_backend, device.type, capability])
+    return Path(package_dir) / f"shared_layer-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt2"
+
+
 def compile_shared_layers(dit: DiT, x: torch.Tensor, rope: torch.Tensor, package_dir: str | Path) -> float:
     """AoT-compile the shared layer once and run every shared layer through it; returns the seconds it took.
 
     `x` (N, D) fp32 and `rope` (N, R) are example inputs of the right dtypes and device (any N in range). The
-    package (a .pt2 archive without weights) is written to `package_dir`; each shared layer loads it and binds
-    its own weights as user-managed constants, so the weights are not copied.
+    package (a .pt2 archive without weights) is kept in `package_dir` (`package_path`): a restart, or another
+    DiT of the same configuration, loads it instead of compiling again. Each shared layer loads the package
+    and binds its own weights as user-managed constants, so the weights are not copied.
     """
     start = time.perf_counter()
-    package = Path(package_dir) / "shared_layer.pt2"
-    package.parent.mkdir(parents=True, exist_ok=True)
-    torch._inductor.aoti_compile_and_package(
-        export_shared_layer(dit, x, rope), package_path=str(package), inductor_configs=WEIGHTS_OUTSIDE_PACKAGE
-    )
+    package = package_path(dit, package_dir)
+    if not package.exists():
+        package.parent.mkdir(parents=True, exist_ok=True)
+        partial = package.with_name(f"{package.name}.partial-{os.getpid()}")
+        torch._inductor.aoti_compile_and_package(
+            export_shared_layer(dit, x, rope), package_path=str(partial), inductor_configs=WEIGHTS_OUTSIDE_PACKAGE
+        )
+        os.replace(partial, package)  # complete or absent: a stopped start never leaves half a package
     for layer in shared_layers(dit):
         call = SharedLayerCall(layer, dit.attention_backend)
         graph = torch._inductor.aoti_load_package(str(package))

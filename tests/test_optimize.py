@@ -90,8 +90,9 @@ def parse(argv: list[str], device: str) -> SpeedFlags:
 
 def test_flags_parse_with_device_dependent_compile_default() -> None:
     home_cache = default_cache_dir()
-    assert parse([], "cpu") == SpeedFlags(compile=False, fp8=False, offload=False, attention=None, cache_dir=home_cache)
-    assert parse([], "cuda") == SpeedFlags(compile=True, cache_dir=home_cache)
+    assert parse([], "cpu") == SpeedFlags(compile=False, fp8=None, offload=False, attention=None, cache_dir=home_cache)
+    assert parse([], "cuda") == SpeedFlags(compile=True, fp8=None, cache_dir=home_cache)
+    assert parse(["--no-fp8"], "cuda").fp8 is False and "fp8 auto" in parse([], "cuda").describe()
     assert parse(["--no-cache"], "cuda").cache_dir is None
     assert parse(["--cache-dir", "/data/cache"], "cuda").cache_dir == Path("/data/cache")
     assert parse(["--no-compile"], "cuda").compile is False
@@ -113,7 +114,7 @@ def test_flags_from_environment() -> None:
     assert SpeedFlags.from_env("cuda", {}).cache_dir == Path.home() / ".cache" / "magihuman"
     assert SpeedFlags.from_env("cuda", {"XDG_CACHE_HOME": "/xdg"}).cache_dir == Path("/xdg/magihuman")
     on_a_space = SpeedFlags.from_env("cuda", {"MAGIHUMAN_CACHE_DIR": "/data/magihuman"})
-    assert on_a_space == SpeedFlags(compile=True, cache_dir=Path("/data/magihuman"))
+    assert on_a_space == SpeedFlags(compile=True, fp8=None, cache_dir=Path("/data/magihuman"))
     assert "cache /data/magihuman" in on_a_space.describe()
     with pytest.raises(ValueError, match="MAGIHUMAN_OFFLOAD"):
         SpeedFlags.from_env("cpu", {"MAGIHUMAN_OFFLOAD": "maybe"})

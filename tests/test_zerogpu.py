@@ -7,7 +7,7 @@ import torch
 
 from magihuman.config import TINY_DIT
 from magihuman.model.dit import build_dit, init_random_
-from studio.zerogpu import compile_shared_layers, example_inputs, shared_layers
+from studio.zerogpu import compile_shared_layers, example_inputs, package_path, shared_layers
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -32,3 +32,18 @@ def test_aot_compiled_shared_layers_match_eager(tmp_path) -> None:
         for got, want in ((v_c, v_e), (a_c, a_e)):
             assert (got - want).abs().max() < 0.1
             assert (got - want).norm() / want.norm() < 0.02
+
+    # A restart finds the package: nothing is compiled or written again, and the results are the same.
+    (package,) = tmp_path.glob("*.pt2")
+    before = package.stat()
+    restarted = init_random_(build_dit(TINY_DIT, "cpu"), seed=3).eval().requires_grad_(False)
+    restarted.set_attention_backend("sdpa")
+    with torch.no_grad():
+        compile_shared_layers(restarted, *example_inputs(restarted), tmp_path)
+        again = [restarted(*args) for args in inputs]
+    assert list(tmp_path.iterdir()) == [package] and package.stat().st_mtime_ns == before.st_mtime_ns
+    assert package_path(restarted, tmp_path) == package
+    for got, want in zip(again, compiled, strict=True):
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    restarted.set_attention_backend("math")  # other compiled code: another package
+    assert package_path(restarted, tmp_path) != package
