@@ -261,7 +261,7 @@ def run_pipeline(
     seconds = args.seconds or (5 if size == "full" else 1)
     on_gpu = device.type == "cuda"
     plan = plan_fp8(dits, flags.fp8, device, size, flags.offload)
-    if plan.describe():
+    if plan.describe() and not args.weights_dir:  # load_engine reports it itself
         print(plan.describe())
     if plan.quantised and not args.weights_dir:
         config = dit_presets(size)["distill"].dit
@@ -301,7 +301,7 @@ def run_pipeline(
         timed = [run_tiers(engine, tiers, seconds, args.text_tokens, repetition=i) for i in range(iters)]
     finally:
         shutil.rmtree(output_root, ignore_errors=True)
-    print_pipeline_table(tiers, timed, seconds, size, device)
+    print_pipeline_table(tiers, timed, seconds, size)
 
 
 def _free(device: torch.device) -> None:
@@ -309,9 +309,19 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], seconds: int, size: str, device) -> None:
-    """Median over the repetitions of each stage, in seconds."""
-    full = size == "full"
+STAGES = ("text", "denoise", "sr", "decode", "mux")
+
+
+def summarise(runs: list[TierTimes]) -> dict[str, float]:
+    """Medians over the repetitions of one tier: each stage, the published scope and the DiT seconds."""
+    columns = {stage: [r.stage(stage) for r in runs] for stage in STAGES}
+    columns["scope"] = [r.published_scope for r in runs]
+    columns["dit"] = [r.dit_seconds for r in runs]
+    return {name: statistics.median(values) for name, values in columns.items()}
+
+
+def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], seconds: int, size: str) -> None:
+    comparable = size == "full" and seconds == 5  # the published numbers: the 15B model, 5-second clips
     header = (
         f"{'tier':<6} {'text':>6} {'denoise':>8} {'SR':>7} {'decode':>7} {'mux':>6} {'scope*':>7} "
         f"{'published':>9} {'ratio':>6} {'goal bf16/fp8':>13} {'floor':>6} {'TFLOP/s':>8} {'peak GiB':>8}"
@@ -321,34 +331,26 @@ def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], se
     print("-" * len(header))
     for tier in tiers:
         runs = [t[tier] for t in timed]
-
-        def median(value, runs=runs) -> float:
-            return statistics.median(value(r) for r in runs)
-
-        scope = median(lambda r: r.published_scope)
-        flops = runs[0].dit_flops
-        tflops = flops / median(lambda r: r.dit_seconds) / 1e12
+        m = summarise(runs)
         published, goal_bf16, goal_fp8 = PUBLISHED[tier]
-        comparable = full and seconds == 5
+        versus = (
+            f"{published:>9.1f} {m['scope'] / published:>6.2f} {f'{goal_bf16}/{goal_fp8}':>13}"
+            if comparable
+            else f"{'-':>9} {'-':>6} {'-':>13}"
+        )
+        flops = runs[0].dit_flops
         peaks = [r.peak_gb for r in runs if r.peak_gb is not None]
         print(
-            f"{tier:<6} {median(lambda r: r.stage('text')):>6.2f} {median(lambda r: r.stage('denoise')):>8.2f} "
-            f"{median(lambda r: r.stage('sr')):>7.2f} {median(lambda r: r.stage('decode')):>7.2f} "
-            f"{median(lambda r: r.stage('mux')):>6.2f} {scope:>7.2f} "
-            + (
-                f"{published:>9.1f} {scope / published:>6.2f} {f'{goal_bf16}/{goal_fp8}':>13} "
-                if comparable
-                else f"{'-':>9} {'-':>6} {'-':>13} "
-            )
-            + f"{flops / (H100_BF16_DENSE_TFLOPS * 1e12):>6.2f} {tflops:>8.2f} "
-            + (f"{max(peaks):>8.1f}" if peaks else f"{'-':>8}")
+            f"{tier:<6} {m['text']:>6.2f} {m['denoise']:>8.2f} {m['sr']:>7.2f} {m['decode']:>7.2f} {m['mux']:>6.2f} "
+            f"{m['scope']:>7.2f} {versus} {flops / (H100_BF16_DENSE_TFLOPS * 1e12):>6.2f} "
+            f"{flops / m['dit'] / 1e12:>8.2f} " + (f"{max(peaks):>8.1f}" if peaks else f"{'-':>8}")
         )
     print(
         "* scope = base denoise + SR denoise + decode of the final video (what the published numbers time); "
         "decode and mux include the 256p preview the studio also writes. floor = DiT FLOPs at "
         f"{H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s; TFLOP/s = DiT FLOPs / (denoise + SR)."
     )
-    if not full or seconds != 5:
+    if not comparable:
         print("published/goal columns apply to the full model, 5-second clips on an H100: not comparable here.")
 
 

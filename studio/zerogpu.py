@@ -76,7 +76,7 @@ def compile_shared_layers(dit: DiT, x: torch.Tensor, rope: torch.Tensor, package
     package = package_path(dit, package_dir)
     if not package.exists():
         package.parent.mkdir(parents=True, exist_ok=True)
-        partial = package.with_name(f"{package.name}.partial-{os.getpid()}")
+        partial = package.with_name(f"{package.stem}.partial-{os.getpid()}.pt2")
         torch._inductor.aoti_compile_and_package(
             export_shared_layer(dit, x, rope), package_path=str(partial), inductor_configs=WEIGHTS_OUTSIDE_PACKAGE
         )

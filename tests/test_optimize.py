@@ -297,7 +297,7 @@ def test_apply_speed_flags_and_warm_up_on_the_tiny_engine(tmp_path) -> None:
 def test_bench_reports_the_fp8_quality_check(capsys) -> None:
     from magihuman.bench import main
 
-    main(["--tiers", "256p", "--text-tokens", "8", "--fp8", "--no-compile"])
+    main(["--forward", "--tiers", "256p", "--text-tokens", "8", "--fp8", "--no-compile"])
     out = capsys.readouterr().out
     assert "speed steps: compile off · fp8 on" in out and "ms/forward" in out
     line = next(line for line in out.splitlines() if line.startswith("fp8 vs bf16"))
