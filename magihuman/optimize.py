@@ -2,8 +2,9 @@
 
 Each step is switchable by one flag shared by the CLI, the app and the benchmark (`add_speed_arguments`):
 
-- regional compile, `--compile/--no-compile` (default: on with CUDA): `torch.compile` of each
-  `TransformerLayer`. Bit-identical to eager on a CPU; matmul/reduction-order rounding on CUDA.
+- regional compile, `--compile/--no-compile` (default: on with CUDA): `torch.compile` of each DiT
+  `TransformerLayer` and of each resnet block of the Turbo VAE decoder. Bit-identical to eager on a CPU;
+  matmul/reduction-order rounding on CUDA.
 - fp8 linears, `--fp8/--no-fp8` (default: auto, see `magihuman.memory`: on a GPU the DiTs that must shrink
   for the engine to fit): the transformer `ExpertLinear`s become row-wise scaled float8 (`torch._scaled_mm`,
   exactly emulated where that kernel does not run). Relative RMS error of one linear ≈ 3.6 % (the e4m3
@@ -48,6 +49,7 @@ from torch import nn
 
 from magihuman.model.attention import BACKENDS, select_backend
 from magihuman.model.dit import DiT, ExpertLinear, Segments, TransformerLayer
+from magihuman.model.turbo_vae import ResnetBlock3d, TurboVAE
 
 if TYPE_CHECKING:  # engine imports the samplers and media stack; only its types are needed here
     from magihuman.engine import Engine, Models
@@ -175,8 +177,9 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool | None) -> bool |
 
 # Distinct layer graphs share one code object (TransformerLayer.forward), and dynamo's recompile limit counts
 # per code object: (sandwich gelu, shared swiglu, sandwich swiglu) x (global, frame-local) = 6 graphs, close to
-# the default limit of 8, past which layers silently run eagerly.
-_RECOMPILE_LIMIT = 32
+# the default limit of 8, past which layers silently run eagerly. The decoder's resnet blocks (one code object)
+# need one graph per (width, activation, shortcut) and a few more where a size of 1 is specialised.
+_RECOMPILE_LIMIT = 64
 
 
 def compile_dit(model: DiT, *, dynamic: bool = True, exact_casts: bool = True) -> DiT:
@@ -206,6 +209,23 @@ def compile_dit(model: DiT, *, dynamic: bool = True, exact_casts: bool = True) -
         if layer._compiled_call_impl is None:
             layer.compile(dynamic=dynamic, options=options)
     return model
+
+
+def compile_decoder(vae: TurboVAE) -> TurboVAE:
+    """Compile every `ResnetBlock3d` of the Turbo VAE decoder in place (dynamic shapes); returns `vae`.
+
+    The decoder's time goes to 3-D convolutions at up to 1080p and to what surrounds them: each weightless
+    RMSNorm, activation and residual add runs eagerly as about seven full passes over the activations (fp32
+    statistics, scale, cast, activation, add). Inductor fuses them into one or two passes around the
+    convolution kernels, which it leaves to cuDNN/oneDNN. `emulate_precision_casts` keeps eager's roundings,
+    so the decode is bit-identical to eager on a CPU. Window lengths and tiers change the shapes; the channel
+    widths (static with the weights) give one graph per block structure, about ten in all.
+    """
+    _raise_recompile_limit(_RECOMPILE_LIMIT)
+    for block in vae.modules():
+        if isinstance(block, ResnetBlock3d) and block._compiled_call_impl is None:
+            block.compile(dynamic=True, options={"emulate_precision_casts": True})
+    return vae
 
 
 def use_compile_cache(cache_dir: str | Path) -> Path:
@@ -546,6 +566,9 @@ def apply_speed_flags(
     if flags.offload:
         offload_(models.text.model, device)
         lines.append("text encoder: offloaded")
+    if flags.compile:
+        compile_decoder(models.decoder)
+        lines.append("Turbo VAE decoder: compiled resnet blocks")
     return lines
 
 

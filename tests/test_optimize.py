@@ -30,14 +30,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from magihuman.config import FULL_DIT, TINY_DIT
+from magihuman.config import FULL_DIT, TINY_DIT, TINY_TURBO_VAE
 from magihuman.model.dit import DiT, ExpertLinear, TransformerLayer, build_dit, init_random_
+from magihuman.model.turbo_vae import ResnetBlock3d, build_random_turbo_vae
 from magihuman.optimize import (
     FP8_DTYPE,
     Fp8ExpertLinear,
     SpeedFlags,
     add_speed_arguments,
     apply_speed_flags,
+    compile_decoder,
     compile_dit,
     default_cache_dir,
     is_compiled,
@@ -70,6 +72,11 @@ def inputs(seed: int = 0, frames: int = 3, text_len: int = TEXT_LEN, device: str
     audio = torch.randn(1, 4 * (frames - 1) + 1, 64, generator=g)
     text = torch.randn(text_len, TINY_DIT.text_in_channels, generator=g)
     return tuple(t.to(device) for t in (video, audio, text))
+
+
+def is_compiled_decoder(vae) -> bool:
+    blocks = [m for m in vae.modules() if isinstance(m, ResnetBlock3d)]
+    return bool(blocks) and all(block._compiled_call_impl is not None for block in blocks)
 
 
 def distilled_latents(model: DiT, text: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,6 +239,20 @@ def test_compiled_layers_match_eager_without_recompiling_for_new_lengths() -> No
             assert relative_rms(out, ref) < 1e-3  # measured 0 (bit-identical) on CPU
 
 
+@pytest.mark.skipif(not has_compiler, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_decoder_matches_eager_for_every_window_shape() -> None:
+    """A 16-latent clip (first window, a middle one with context on both sides, the last one) and another
+    resolution: the compiled resnet blocks decode bit for bit like eager ones."""
+    vae = build_random_turbo_vae(TINY_TURBO_VAE, seed=2, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    latents = [torch.randn(1, 48, 16, 4, 6, generator=g), torch.randn(1, 48, 2, 6, 4, generator=g)]
+    eager = [vae.decode(z) for z in latents]
+    compile_decoder(vae)
+    assert is_compiled_decoder(vae)
+    for z, want in zip(latents, eager, strict=True):
+        assert torch.equal(vae.decode(z), want)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 4. Offload
 # ---------------------------------------------------------------------------------------------------------
@@ -287,7 +308,7 @@ def test_apply_speed_flags_and_warm_up_on_the_tiny_engine(tmp_path) -> None:
     lines = apply_speed_flags(engine.models, SpeedFlags(fp8=True, offload=True, attention="math"), engine.device)
     assert lines[0] == "distill: attention math, fp8 linears (emulated)"
     assert "sr-540p: attention math, fp8 linears (emulated), offloaded" in lines
-    assert lines[-1] == "text encoder: offloaded"
+    assert lines[-1] == "text encoder: offloaded"  # compile is off: the decoder stays eager
     assert not hasattr(engine.models.dits["distill"], "_magihuman_offload")  # the base model stays resident
     assert isinstance(engine.models.dits["sr-1080p"].block.layers[0].mlp.down_proj, Fp8ExpertLinear)
     seconds = warm_up(engine, ["256p"])
