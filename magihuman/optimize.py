@@ -130,7 +130,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="regional torch.compile of the DiT layers (default: on with CUDA, off on CPU)",
+        help="regional torch.compile of the DiT layers and decoder blocks (default: on with CUDA, off on CPU)",
     )
     group.add_argument(
         "--fp8",
