@@ -63,6 +63,7 @@ def load_engine(
     status = on_status or (lambda line: None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     speed = speed or SpeedFlags.default(device)
+    dits = list(dict.fromkeys(dits))  # read twice below: a generator would be empty the second time
     if model not in ("full", "tiny"):
         raise ValueError(f"unknown model {model!r}; expected 'full' or 'tiny'")
     plan = plan_fp8(ALL_DITS if model == "tiny" else dits, speed.fp8, device, model, speed.offload)
