@@ -34,6 +34,7 @@ import torch
 from magihuman.build import ALL_DITS, load_engine, random_models
 from magihuman.config import RESOLUTIONS, DiTConfig, decoded_frames, dit_presets, latent_frames, video_frames
 from magihuman.engine import Engine, GenerationRequest, Result
+from magihuman.fp8 import fp8_kernel, quantize_fp8_, relative_rms
 from magihuman.memory import plan_fp8
 from magihuman.model.attention import select_backend
 from magihuman.model.dit import DiT, build_dit, init_random_
@@ -41,10 +42,7 @@ from magihuman.optimize import (
     SpeedFlags,
     add_speed_arguments,
     apply_speed_flags,
-    fp8_kernel,
     optimize_dit,
-    quantize_fp8_,
-    relative_rms,
     warm_up,
 )
 from magihuman.packing import TokenLayout

@@ -15,10 +15,11 @@ import torch
 from magihuman.cache import load_dit_cached
 from magihuman.config import FULL_DIT, FULL_TURBO_VAE, TINY_TURBO_VAE, ModelSize, dit_presets
 from magihuman.engine import Engine, Models
+from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.memory import plan_fp8
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
-from magihuman.optimize import SpeedFlags, apply_speed_flags, fp8_kernel, quantize_fp8_
+from magihuman.optimize import SpeedFlags, apply_speed_flags
 from magihuman.text import build_random_text_encoder, build_tiny_text_encoder, load_text_encoder, t5gemma_9b_config
 from magihuman.vae import (
     SAO_VAE_CONFIG,

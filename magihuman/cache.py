@@ -31,9 +31,10 @@ import torch
 
 from magihuman.config import DiTConfig
 from magihuman.errors import CheckpointError
+from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.loading import INDEX_NAME, SINGLE_NAME, load_dit, load_state_dict_strict, save_checkpoint
 from magihuman.model.dit import DiT, build_dit
-from magihuman.optimize import CACHE_DIR_ENV, fp8_kernel, quantize_fp8_
+from magihuman.optimize import CACHE_DIR_ENV
 
 FORMAT_VERSION = 1  # bump when the layout of a converted entry changes
 COMPLETE_NAME = "converted.json"  # written last: an entry without it is incomplete

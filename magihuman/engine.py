@@ -49,7 +49,7 @@ from magihuman.errors import GenerationCancelled, InputError
 from magihuman.media import crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k, write_mp4
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
-from magihuman.optimize import resident
+from magihuman.offload import resident
 from magihuman.sampling import StepEvent, denoise_base, denoise_distill, denoise_sr, gaussian_noise
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.vae import AudioVAE, VideoVAE

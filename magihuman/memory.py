@@ -18,8 +18,8 @@ from functools import lru_cache
 import torch
 
 from magihuman.config import DiTConfig, ModelSize, dit_presets
+from magihuman.fp8 import quantize_fp8_
 from magihuman.model.dit import build_dit
-from magihuman.optimize import quantize_fp8_
 
 GB = 1e9
 # spec/pipeline.md §0: T5Gemma encoder 9,241,705,984 bf16; Wan2.2 VAE 704,688,668 bf16; Oobleck 156,112,514

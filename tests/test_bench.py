@@ -10,9 +10,9 @@ import torch
 from magihuman.bench import attended_pairs, bench_prompt, cases, forward_flops, fp8_quality, main, run_tiers
 from magihuman.build import load_engine, random_models
 from magihuman.config import RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
+from magihuman.fp8 import Fp8ExpertLinear
 from magihuman.model.attention import select_backend
 from magihuman.model.dit import build_dit, init_random_
-from magihuman.optimize import Fp8ExpertLinear
 
 
 def test_flops_match_the_published_arithmetic_floor() -> None:

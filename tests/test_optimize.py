@@ -31,11 +31,19 @@ import pytest
 import torch
 
 from magihuman.config import FULL_DIT, TINY_DIT, TINY_TURBO_VAE
-from magihuman.model.dit import DiT, ExpertLinear, TransformerLayer, build_dit, init_random_
-from magihuman.model.turbo_vae import ResnetBlock3d, build_random_turbo_vae
-from magihuman.optimize import (
+from magihuman.fp8 import (
     FP8_DTYPE,
     Fp8ExpertLinear,
+    linear_bytes,
+    quantize_fp8_,
+    quantize_rows,
+    relative_rms,
+    scaled_matmul,
+)
+from magihuman.model.dit import DiT, ExpertLinear, TransformerLayer, build_dit, init_random_
+from magihuman.model.turbo_vae import ResnetBlock3d, build_random_turbo_vae
+from magihuman.offload import offload_, resident
+from magihuman.optimize import (
     SpeedFlags,
     add_speed_arguments,
     apply_speed_flags,
@@ -43,13 +51,6 @@ from magihuman.optimize import (
     compile_dit,
     default_cache_dir,
     is_compiled,
-    linear_bytes,
-    offload_,
-    quantize_fp8_,
-    quantize_rows,
-    relative_rms,
-    resident,
-    scaled_matmul,
     warm_up,
 )
 from magihuman.sampling import denoise_distill, gaussian_noise
@@ -334,7 +335,7 @@ def test_bench_reports_the_fp8_quality_check(capsys) -> None:
 @pytest.mark.gpu
 @cuda
 def test_scaled_mm_kernel_matches_the_emulation() -> None:
-    from magihuman.optimize import fp8_kernel
+    from magihuman.fp8 import fp8_kernel
 
     if fp8_kernel("cuda") != "scaled_mm":
         pytest.skip("no row-wise fp8 GEMM on this GPU")
