@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,7 +47,7 @@ from magihuman.config import (
     video_frames,
 )
 from magihuman.errors import GenerationCancelled, InputError
-from magihuman.media import crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k, write_mp4
+from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
 from magihuman.offload import resident
@@ -350,21 +351,34 @@ class Engine:
         return virtual_to_44k(np.asarray(wave, dtype=np.float32))
 
     def _write(self, video: torch.Tensor, audio: np.ndarray, path: Path, timer, progress, cancel) -> Path:
-        with timer("decode"):
-
-            def on_window(done: int, total: int) -> None:
-                progress("decode", done, total)
-                if cancel is not None and cancel.is_set():
-                    raise GenerationCancelled("decode", done, total)
-
-            pixels = self.models.decoder.decode(video, on_window=on_window)
-            frames = to_uint8(pixels)
-        if frames.shape[0] != decoded_frames(video.shape[2]):
-            raise RuntimeError(f"decoder returned {frames.shape[0]} frames for {video.shape[2]} latent frames")
-        with timer("mux"):
-            progress("mux", 0, 1)
-            write_mp4(path, np.asarray(frames), audio, crf=18, preset=self.x264_preset)
-            progress("mux", 1, 1)
+        """Decode `video` window by window and encode each finished piece into the mp4 on a worker thread
+        while the next window decodes (the encoder's time hides behind the decoder's). "decode" times the
+        decode loop, "mux" the encoding left after it."""
+        expected = decoded_frames(video.shape[2])
+        with (
+            Mp4Writer(path, audio, crf=18, preset=self.x264_preset) as writer,
+            ThreadPoolExecutor(1, thread_name_prefix="mux") as encoder,
+        ):
+            pending = None
+            try:
+                with timer("decode"):
+                    for done, total, piece in self.models.decoder.decode_windows(video):
+                        frames = to_uint8(piece).numpy()
+                        if pending is not None:
+                            pending.result()  # in order, and at most one piece waiting in memory
+                        pending = encoder.submit(writer.write, frames)
+                        progress("decode", done, total)
+                        if cancel is not None and cancel.is_set():
+                            raise GenerationCancelled("decode", done, total)
+                with timer("mux"):
+                    progress("mux", 0, 1)
+                    pending.result()
+            finally:
+                if pending is not None:
+                    pending.exception()  # let a running encode finish before the file is closed or removed
+            if writer.frames_written != expected:
+                raise RuntimeError(f"decoder returned {writer.frames_written} frames for {video.shape[2]} latents")
+        progress("mux", 1, 1)
         return path
 
     def _step_reporter(self, phase: str, progress: ProgressFn) -> Callable[[StepEvent], None]:

@@ -280,21 +280,108 @@ def write_mp4(
     """Encode (F, H, W, 3) uint8 RGB frames and optional (N, 2) float audio into a web-playable MP4.
 
     One pass, in-process: H.264 (libx264, yuv420p, `crf`, `preset`) at `fps`, AAC stereo at `sample_rate`,
-    `moov` before `mdat` (faststart) so a browser starts playing before the download ends. Frames are
-    encoded one at a time and audio is interleaved with them. Audio longer than the video is kept whole (the
-    reference muxes without `-shortest`). A failed write leaves no partial file. Returns `path`.
+    `moov` before `mdat` (faststart) so a browser starts playing before the download ends. Audio is
+    interleaved with the frames. Audio longer than the video is kept whole (the reference muxes without
+    `-shortest`). A failed write leaves no partial file. Returns `path`. `Mp4Writer` does the same with the
+    frames arriving in pieces.
     """
-    _check_frames(frames)
-    if audio is not None:
-        audio = _checked_audio(audio)
-    path = Path(path)
-    try:
-        with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
-            _encode(container, frames, audio, fps, sample_rate, {"crf": str(crf), "preset": preset})
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+    with Mp4Writer(path, audio, fps=fps, sample_rate=sample_rate, crf=crf, preset=preset) as writer:
+        writer.write(frames)
+    return writer.path
+
+
+class Mp4Writer:
+    """`write_mp4` with the frames given in consecutive pieces, e.g. one decoder window at a time, so that
+    encoding overlaps the decoding of the next window. Use as a context manager: leaving it normally
+    finishes the file, leaving it by an exception removes the partial file.
+
+    The audio is known from the start and is interleaved as the frames arrive; the size of the first piece
+    fixes the video's size.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        audio: np.ndarray | None = None,
+        *,
+        fps: int = FPS,
+        sample_rate: int = OUTPUT_SAMPLE_RATE,
+        crf: int = DEFAULT_CRF,
+        preset: str = "medium",
+    ) -> None:
+        self.path = Path(path)
+        self.audio = None if audio is None else _checked_audio(audio)
+        self.fps, self.sample_rate, self.options = fps, sample_rate, {"crf": str(crf), "preset": preset}
+        self.frames_written = 0
+        self._audio_sent = 0  # samples handed to the AAC encoder so far
+        self._container: av.container.OutputContainer | None = None
+        self._video: av.VideoStream | None = None
+        self._sound: av.AudioStream | None = None
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode (f, H, W, 3) uint8 frames, the next ones of the clip."""
+        _check_frames(frames)
+        if self._container is None:
+            self._open(*frames.shape[1:3])
+        elif (frames.shape[1], frames.shape[2]) != (self._video.height, self._video.width):
+            raise ValueError(
+                f"frames of {frames.shape[2]}×{frames.shape[1]} in a {self._video.width}×{self._video.height} video"
+            )
+        for pixels in frames:
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = self.frames_written
+            self._container.mux(self._video.encode(frame))
+            self.frames_written += 1
+            # Keep the audio level with the video so that the muxer can interleave the two closely.
+            self._send_audio(round(self.frames_written * self.sample_rate / self.fps))
+
+    def close(self) -> Path:
+        """Flush the encoders (and the audio that outlasts the video) and finish the file."""
+        if self._container is None:
+            raise ValueError("an MP4 needs at least one frame")
+        try:
+            self._container.mux(self._video.encode(None))
+            if self._sound is not None:
+                self._send_audio(len(self.audio))
+                self._container.mux(self._sound.encode(None))
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and remove the partial file."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # the file is removed anyway; the original error is what matters
+                pass
+        self.path.unlink(missing_ok=True)
+
+    def _open(self, height: int, width: int) -> None:
+        container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "faststart"})
+        self._container = container
+        self._video = container.add_stream("libx264", rate=self.fps, options=self.options)
+        self._video.height, self._video.width = height, width
+        self._video.pix_fmt = "yuv420p"
+        if self.audio is not None:
+            self._sound = container.add_stream("aac", rate=self.sample_rate, layout="stereo")
+
+    def _send_audio(self, until: int) -> None:
+        if self._sound is not None:
+            until = min(len(self.audio), until)
+            _mux_audio(self._container, self._sound, self.audio, self._audio_sent, until)
+            self._audio_sent = max(self._audio_sent, until)
 
 
 def _check_frames(frames: np.ndarray) -> None:
@@ -309,34 +396,6 @@ def _checked_audio(audio: np.ndarray) -> np.ndarray:
     if audio.ndim != 2 or audio.shape[1] != 2 or not np.issubdtype(audio.dtype, np.floating):
         raise ValueError(f"expected (N, 2) float stereo audio, got {audio.dtype} {audio.shape}")
     return np.asarray(audio, dtype=np.float32)
-
-
-def _encode(
-    container: av.container.OutputContainer,
-    frames: np.ndarray,
-    audio: np.ndarray | None,
-    fps: int,
-    sample_rate: int,
-    x264_options: dict[str, str],
-) -> None:
-    video = container.add_stream("libx264", rate=fps, options=x264_options)
-    video.height, video.width = frames.shape[1:3]
-    video.pix_fmt = "yuv420p"
-    sound = None if audio is None else container.add_stream("aac", rate=sample_rate, layout="stereo")
-    sent = 0  # audio samples handed to the encoder so far
-    for index, pixels in enumerate(frames):
-        frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-        frame.pts = index
-        container.mux(video.encode(frame))
-        if sound is not None:
-            # Keep the audio level with the video so that the muxer can interleave the two closely.
-            until = min(len(audio), round((index + 1) * sample_rate / fps))
-            _mux_audio(container, sound, audio, sent, until)
-            sent = max(sent, until)
-    container.mux(video.encode(None))
-    if sound is not None:
-        _mux_audio(container, sound, audio, sent, len(audio))  # what outlasts the video
-        container.mux(sound.encode(None))
 
 
 def _mux_audio(

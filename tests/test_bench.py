@@ -51,7 +51,7 @@ def test_pipeline_mode_prints_stages_start_up_and_fp8_quality(capsys) -> None:
         text, denoise, sr, decode, mux, scope = map(float, cells[1:7])
         assert denoise > 0 and decode > 0 and mux > 0, tier
         assert (sr > 0) == (tier == "540p")
-        assert scope <= denoise + sr + decode + 1e-9
+        assert scope <= denoise + sr + decode + 0.015  # each printed to 0.01 s
     assert "not comparable here" in out  # the tiny preset is never set against the H100 numbers
     for name in ("one velocity", "8-step latent"):
         assert f"fp8 vs bf16, distill at 256p, {name}" in out

@@ -115,6 +115,23 @@ def test_cancel_stops_within_one_step_and_the_engine_keeps_working(engine, input
     assert engine.generate(_request("T2V", inputs, seed=3)).video_path.exists()
 
 
+def test_cancel_while_decoding_stops_the_encoder_and_leaves_no_files(engine, inputs) -> None:
+    """Encoding runs on a worker thread beside the decoder: a cancel between windows waits for the piece being
+    encoded, then removes the take's folder, half-written mp4 included."""
+    cancel = threading.Event()
+
+    def progress(phase: str, step: int, total: int) -> None:
+        if phase == "decode" and step == 1:
+            cancel.set()
+
+    before = set(engine.output_root.iterdir())
+    with pytest.raises(GenerationCancelled) as info:
+        engine.generate(_request("T2V", inputs, seconds=2), on_progress=progress, cancel=cancel)
+    assert (info.value.stage, info.value.step) == ("decode", 1) and info.value.total > 1
+    assert set(engine.output_root.iterdir()) == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("mux")]  # the encoder thread has ended
+
+
 def test_base_model_with_guidance(engine, inputs) -> None:
     result = engine.generate(_request("T2V", inputs, base_model="base", steps=3, guidance=4.0))
     _check_clip(result.video_path, "256p")

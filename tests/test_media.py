@@ -20,6 +20,7 @@ from magihuman.errors import InputError
 from magihuman.media import (
     OUTPUT_SAMPLE_RATE,
     VIRTUAL_SAMPLE_RATE,
+    Mp4Writer,
     crop_resize,
     image_to_tensor,
     load_audio,
@@ -427,6 +428,34 @@ def test_write_mp4_video_only_and_no_stray_files(tmp_path: Path, monkeypatch: py
     info = probe_media(write_mp4(out / "clip.mp4", _frames(3, 16, 16), preset="ultrafast"))
     assert info.audio is None and info.video.frames == 3
     assert [p.name for p in out.iterdir()] == ["clip.mp4"] and not any(cwd.iterdir())
+
+
+def _decoded(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def test_mp4_written_in_pieces_equals_the_one_written_at_once(tmp_path: Path) -> None:
+    """The engine encodes each decoder window as it arrives: same frames, same audio, same file layout."""
+    frames, audio = _frames(29, 32, 48), tone(1.3, OUTPUT_SAMPLE_RATE).T
+    whole = write_mp4(tmp_path / "whole.mp4", frames, audio, preset="ultrafast")
+    with Mp4Writer(tmp_path / "pieces.mp4", audio, preset="ultrafast") as writer:
+        for piece in (frames[:1], frames[1:13], frames[13:28], frames[28:]):  # the decoder's uneven windows
+            writer.write(piece)
+    assert writer.frames_written == 29
+    assert np.array_equal(_decoded(writer.path), _decoded(whole))
+    assert probe_media(writer.path) == probe_media(whole)
+
+
+def test_mp4_writer_refuses_a_size_change_and_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    with pytest.raises(ValueError, match="16×16 in a 48×32 video"), Mp4Writer(path, preset="ultrafast") as writer:
+        writer.write(_frames(2, 32, 48))
+        writer.write(_frames(2, 16, 16))
+    assert not path.exists()
+    with pytest.raises(ValueError, match="at least one frame"), Mp4Writer(path):
+        pass
+    assert not path.exists()
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -324,18 +324,28 @@ class TurboVAE(nn.Module):
         z is cast to the weights' dtype, de-normalised (§1.6) and decoded window by window; each window is
         independent (no cache, no blending). `on_window(done, total)` is called after every window.
         """
+        pieces = []
+        for done, total, piece in self.decode_windows(z):
+            pieces.append(piece)
+            if on_window is not None:
+                on_window(done, total)
+        return torch.cat(pieces, dim=2)
+
+    @torch.no_grad()
+    def decode_windows(self, z: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """`decode` one window at a time: yields (done, total windows, piece), the pieces being consecutive
+        runs of frames (B, 3, f, 16h, 16w) whose concatenation is `decode(z)`. For consumers that start on a
+        piece (encoding it, say) while the next window decodes."""
+        frames_left = self.config.temporal_compression_ratio * (z.shape[2] - 1) + 1
         z = denormalize(z.to(self.decoder.conv_in.conv.weight.dtype))
         pad, windows = window_schedule(z.shape[2], self.config)
         if pad:
             z = torch.cat([z, z[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
-        pieces = []
         for done, window in enumerate(windows, start=1):
             video = self.decoder(z[:, :, window.start : window.stop], window.is_first_chunk)
-            pieces.append(video[:, :, window.trim_front : video.shape[2] - window.trim_back])
-            if on_window is not None:
-                on_window(done, len(windows))
-        video = torch.cat(pieces, dim=2)
-        return video[:, :, : video.shape[2] - pad * self.config.temporal_compression_ratio]
+            piece = video[:, :, window.trim_front : video.shape[2] - window.trim_back][:, :, :frames_left]
+            frames_left -= piece.shape[2]  # the padding's frames are cut from the end
+            yield done, len(windows), piece
 
 
 # ---------------------------------------------------------------------------------------------------------
