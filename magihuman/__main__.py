@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, RESOLUTIONS, SAMPLING
 from magihuman.errors import MagiHumanError
 from magihuman.optimize import SpeedFlags, add_speed_arguments
@@ -38,8 +40,6 @@ def _run_generate(args: argparse.Namespace) -> None:
     size = args.model or default_model_size()
     sr_model = RESOLUTIONS[args.resolution].sr_model
     print(f"loading the {size} engine ...", file=sys.stderr)
-    import torch
-
     speed = SpeedFlags.from_args(args, "cuda" if torch.cuda.is_available() else "cpu")
     dits = [args.base_model, *([sr_model] if sr_model else [])]
     engine = load_engine(size, weights_dir=args.weights_dir, dits=dits, speed=speed)

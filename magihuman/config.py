@@ -79,11 +79,6 @@ class DiTConfig:
     def rope_rotary_dims(self) -> int:
         return 6 * self.rope_bands_per_axis
 
-    @property
-    def token_width(self) -> int:
-        """Width of a packed input token: every modality is zero-padded to the widest one."""
-        return max(self.video_in_channels, self.audio_in_channels, self.text_in_channels)
-
     def num_experts(self, layer: int) -> int:
         return 3 if layer in self.mm_layers else 1
 
@@ -255,7 +250,12 @@ def video_frames(seconds: int) -> int:
 
 
 def latent_frames(seconds: int) -> int:
-    return (video_frames(seconds) - 1) // VAE_STRIDE_THW[0] + 1
+    return latents_for_frames(video_frames(seconds))
+
+
+def latents_for_frames(num_frames: int) -> int:
+    """Latent frames that decode to at least `num_frames` frames: (F − 1)//4 + 1 (inverse of decoded_frames)."""
+    return (num_frames - 1) // VAE_STRIDE_THW[0] + 1
 
 
 def decoded_frames(num_latent_frames: int) -> int:

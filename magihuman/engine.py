@@ -44,6 +44,7 @@ from magihuman.config import (
     Aspect,
     BaseModel,
     decoded_frames,
+    latents_for_frames,
     video_frames,
 )
 from magihuman.errors import GenerationCancelled, InputError
@@ -179,7 +180,8 @@ class Engine:
     ) -> Result:
         """Super-resolve an earlier take to `resolution` (540p or 1080p) without re-running its base stage."""
         if resolution not in RESOLUTIONS or RESOLUTIONS[resolution].sr_model is None:
-            raise InputError(f"cannot upscale to {resolution!r}; choose one of 540p, 1080p")
+            sr_tiers = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
+            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(sr_tiers)}")
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
@@ -263,12 +265,11 @@ class Engine:
                 num_audio = audio_latent.shape[1]
                 output_audio = virtual_to_44k(np.repeat(wave[: num_audio * AUDIO.samples_per_latent, None], 2, axis=1))
                 progress("audio", 1, 1)
-        num_latent = (num_audio - 1) // 4 + 1
-        video_shape = (1, 48, num_latent, lat_h, lat_w)
-        audio_shape = None if audio_latent is not None else (1, num_audio, 64)
+        dit = self.models.dits[request.base_model]
+        video_shape = (1, dit.config.latent_channels, latents_for_frames(num_audio), lat_h, lat_w)
+        audio_shape = None if audio_latent is not None else (1, num_audio, AUDIO.latent_channels)
 
         # 4. Base denoising loop.
-        dit = self.models.dits[request.base_model]
         steps = request.steps
         step_report = self._step_reporter("base", progress)
         with timer("denoise"), resident(dit):
@@ -346,9 +347,7 @@ class Engine:
         return self.models.video_vae.encode_image(pixels).to(self.device, torch.float32)
 
     def _decode_audio(self, audio: torch.Tensor) -> np.ndarray:
-        wave = self.models.audio_vae.decode(audio)
-        wave = wave.cpu().numpy() if isinstance(wave, torch.Tensor) else wave
-        return virtual_to_44k(np.asarray(wave, dtype=np.float32))
+        return virtual_to_44k(self.models.audio_vae.decode(audio).numpy())
 
     def _write(self, video: torch.Tensor, audio: np.ndarray, path: Path, timer, progress, cancel) -> Path:
         """Decode `video` window by window and encode each finished piece into the mp4 on a worker thread

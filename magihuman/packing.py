@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from magihuman.config import CoordsStyle
+from magihuman.config import CoordsStyle, latents_for_frames
 
 VIDEO, AUDIO, TEXT = 0, 1, 2  # modality ids; also the expert order of the sandwich layers
 
@@ -108,7 +108,7 @@ def token_coords(
     video = torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=1)
     video = torch.cat([video, video.new_tensor([tp, hp, wp] * 2).expand(video.shape[0], 6)], dim=1)
 
-    audio_ref = (a - 1) // 4 + 1 if style == "v2" else tp
+    audio_ref = latents_for_frames(a) if style == "v2" else tp
     audio = _time_only(torch.arange(a, **f32), size=a, ref=audio_ref)
 
     if style == "v2":

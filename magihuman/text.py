@@ -36,8 +36,7 @@ from transformers import (
 
 from magihuman.config import TEXT_ENCODER, TINY_DIT
 from magihuman.errors import CheckpointError
-
-T5GEMMA_REPO_ID = "google/t5gemma-9b-9b-ul2"
+from magihuman.weights import COMPONENTS, T5GEMMA_REPO
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. The embedding and the encoder wrapper
@@ -97,11 +96,6 @@ class TextEncoder:
     def hidden_size(self) -> int:
         return self.model.config.encoder.hidden_size
 
-    def to(self, device: torch.device | str) -> TextEncoder:
-        """Move the model (e.g. off the GPU between requests). Cached embeddings stay where they were made."""
-        self.model.to(device)
-        return self
-
     def count_tokens(self, prompt: str) -> int:
         """Tokens the encoder would see, `<bos>` included (tokenizer only, cheap; before the 640 cap)."""
         return len(self.tokenizer(_valid_text(prompt))["input_ids"])
@@ -147,13 +141,6 @@ def _encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
 # 2. Loading the official checkpoint
 # ---------------------------------------------------------------------------------------------------------
 
-_REQUIRED_FILES = (
-    ("config.json",),
-    ("tokenizer_config.json",),
-    ("tokenizer.json", "tokenizer.model"),
-    ("model.safetensors.index.json", "model.safetensors"),
-)
-
 
 def load_text_encoder(
     folder: str | Path,
@@ -170,10 +157,10 @@ def load_text_encoder(
     `text_in_channels`) an encoder of another width.
     """
     folder = Path(folder)
-    get_it = f"download the whole {T5GEMMA_REPO_ID} repository (gated: request access on its page) into it"
+    get_it = f"download the whole {T5GEMMA_REPO.repo_id} repository (gated: request access on its page) into it"
     if not folder.is_dir():
         raise CheckpointError(f"text encoder folder {folder} does not exist: {get_it}")
-    for alternatives in _REQUIRED_FILES:
+    for alternatives in COMPONENTS["text-encoder"].required:
         if not any((folder / name).exists() for name in alternatives):
             raise CheckpointError(f"{folder / alternatives[0]} is missing: {get_it}")
     try:

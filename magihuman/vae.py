@@ -26,11 +26,7 @@ from diffusers import AutoencoderKLWan, AutoencoderOobleck, ModelMixin
 from magihuman.config import AUDIO, VAE_STRIDE_THW
 from magihuman.errors import CheckpointError
 from magihuman.model.turbo_vae import LATENT_MEAN, LATENT_STD
-
-WAN_VAE_REPO_ID = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
-SAO_REPO_ID = "stabilityai/stable-audio-open-1.0"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+from magihuman.weights import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, STABLE_AUDIO_REPO, WAN_VAE_REPO
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Video VAE
@@ -113,13 +109,13 @@ class VideoVAE:
 def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> VideoVAE:
     """Load the diffusers-format Wan2.2 VAE from `folder` (the repository's `vae/` folder, or the repository
     folder holding it). Raises `CheckpointError` for missing files or weights that do not fit."""
-    folder = _model_folder(folder, f"download `vae/` of {WAN_VAE_REPO_ID}")
+    folder = _model_folder(folder, f"download `vae/` of {WAN_VAE_REPO.repo_id}")
     model = _load_strict(AutoencoderKLWan, folder, dtype)
     config = model.config
     if config.z_dim != 48 or len(config.latents_mean) != 48 or len(config.latents_std) != 48:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: not a Wan2.2 VAE (z_dim {config.z_dim}, expected 48)")
+        raise CheckpointError(f"{folder / DIFFUSERS_CONFIG}: not a Wan2.2 VAE (z_dim {config.z_dim}, expected 48)")
     if (config.scale_factor_temporal, config.scale_factor_spatial) != VAE_STRIDE_THW[:2]:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: strides differ from the Wan2.2 VAE's 4× time, 16× space")
+        raise CheckpointError(f"{folder / DIFFUSERS_CONFIG}: strides differ from the Wan2.2 VAE's 4× time, 16× space")
     return VideoVAE(model.to(device))
 
 
@@ -202,13 +198,15 @@ class AudioVAE:
 def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
     """Load the diffusers-format Oobleck VAE (fp32) from `folder` (`vae/` of stable-audio-open-1.0, or the
     repository folder holding it). Raises `CheckpointError` for missing files or weights that do not fit."""
-    folder = _model_folder(folder, f"download `vae/` of {SAO_REPO_ID} (accept its licence on the model page first)")
+    folder = _model_folder(
+        folder, f"download `vae/` of {STABLE_AUDIO_REPO.repo_id} (accept its licence on the model page first)"
+    )
     model = _load_strict(AutoencoderOobleck, folder, torch.float32)
     config = model.config
     if int(np.prod(config.downsampling_ratios)) != AUDIO.samples_per_latent:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: downsampling {config.downsampling_ratios}, expected 2048×")
+        raise CheckpointError(f"{folder / DIFFUSERS_CONFIG}: downsampling {config.downsampling_ratios}, expected 2048×")
     if config.decoder_input_channels != AUDIO.latent_channels or config.audio_channels != 2:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: expected 64 latent channels and stereo audio")
+        raise CheckpointError(f"{folder / DIFFUSERS_CONFIG}: expected 64 latent channels and stereo audio")
     return AudioVAE(model.to(device))
 
 
@@ -244,9 +242,9 @@ def _model_folder(folder: str | Path, get_it: str) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"VAE folder {folder} does not exist: {get_it} into it")
-    if not (folder / CONFIG_NAME).exists() and (folder / "vae" / CONFIG_NAME).exists():
+    if not (folder / DIFFUSERS_CONFIG).exists() and (folder / "vae" / DIFFUSERS_CONFIG).exists():
         folder = folder / "vae"
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+    for name in (DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS):
         if not (folder / name).exists():
             raise CheckpointError(f"{folder / name} is missing: {get_it} into {folder}")
     return folder
@@ -254,7 +252,7 @@ def _model_folder(folder: str | Path, get_it: str) -> Path:
 
 def _load_strict(cls: type[ModelMixin], folder: Path, dtype: torch.dtype) -> ModelMixin:
     """`cls.from_pretrained(folder)`, failing on any missing, unexpected or wrongly shaped weight."""
-    weights = folder / WEIGHTS_NAME
+    weights = folder / DIFFUSERS_WEIGHTS
     try:
         model, info = cls.from_pretrained(
             folder, torch_dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True

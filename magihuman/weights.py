@@ -36,13 +36,12 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 
 from magihuman.config import RESOLUTIONS, dit_presets
 from magihuman.errors import CheckpointError, DownloadError
+from magihuman.loading import INDEX_NAME, SINGLE_NAME
 
 Gate = Literal["none", "auto", "manual"]
 
 WEIGHTS_ENV = "MAGIHUMAN_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = Path("weights")
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 TURBO_VAE_CONFIG = "TurboV3-Wan22-TinyShallow_7_7.json"
 TURBO_VAE_CHECKPOINT = "checkpoint-340000.ckpt"
 DIFFUSERS_CONFIG = "config.json"
@@ -133,7 +132,7 @@ COMPONENTS: dict[str, Component] = {
             T5GEMMA_REPO,
             "",
             ("*.json", "*.safetensors", "tokenizer*"),
-            (("config.json",), ("tokenizer_config.json",), ("tokenizer.model", "tokenizer.json"), SAFETENSORS),
+            (("config.json",), ("tokenizer_config.json",), ("tokenizer.json", "tokenizer.model"), SAFETENSORS),
             37.91,
         ),
         # 704.7 M fp32 parameters ≈ 2.6 GiB [inferred]; it encodes the portrait.

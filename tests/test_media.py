@@ -213,11 +213,15 @@ def _truncated(encoded_as: str) -> Callable[[Path], None]:
 def test_load_portrait_rejects_unusable_files(
     tmp_path: Path, name: str, make: Callable[[Path], None], message: str
 ) -> None:
-    path = tmp_path / name
+    _assert_refused(load_portrait, tmp_path / name, make, message)
+
+
+def _assert_refused(load: Callable[[Path], object], path: Path, make: Callable[[Path], None], message: str) -> None:
+    """`load` refuses the file `make` writes with an `InputError` that names it and says to upload again."""
     make(path)
     with pytest.raises(InputError, match=message) as caught:
-        load_portrait(path)
-    assert name in str(caught.value) and "upload" in str(caught.value)
+        load(path)
+    assert path.name in str(caught.value) and "upload" in str(caught.value)
 
 
 def test_load_portrait_refuses_oversized_files_before_opening_them(tmp_path: Path) -> None:
@@ -352,11 +356,7 @@ def _video_only_mp4(path: Path) -> None:
 def test_load_audio_rejects_unusable_files(
     tmp_path: Path, name: str, make: Callable[[Path], None], message: str
 ) -> None:
-    path = tmp_path / name
-    make(path)
-    with pytest.raises(InputError, match=message) as caught:
-        load_audio(path)
-    assert name in str(caught.value) and "upload" in str(caught.value)
+    _assert_refused(load_audio, tmp_path / name, make, message)
 
 
 def test_load_audio_refuses_oversized_files_and_overlong_requests(tmp_path: Path) -> None:

@@ -133,15 +133,21 @@ def is_unipc(fx: Fixture) -> bool:
     return "corrected_sample" in fx
 
 
-def check_unipc(fx: Fixture, report: Report) -> None:
-    atol = fx.tolerance.get("recommended_atol", 0.0)
+def _check_grid(fx: Fixture, report: Report) -> tuple[torch.Tensor, int]:
+    """Our sigma grid (and timesteps, when recorded) against the file's, exactly; returns (sigmas, steps)."""
     sigmas = fx["sigmas"]
     n = sigmas.numel() - 1
-    # 1. The grid itself (exact), then a replay on the file's grid, free running from x_init.
     ours_sigmas, ours_timesteps = sigma_schedule(n, fx.config.get("shift", SAMPLING.shift))
     report.equal("sigmas", ours_sigmas, sigmas)
     if "timesteps" in fx:
         report.equal("timesteps", ours_timesteps, fx["timesteps"])
+    return sigmas, n
+
+
+def check_unipc(fx: Fixture, report: Report) -> None:
+    atol = fx.tolerance.get("recommended_atol", 0.0)
+    # 1. The grid itself (exact), then a replay on the file's grid, free running from x_init.
+    sigmas, n = _check_grid(fx, report)
     solver = FlowUniPC(sigmas)
     x = fx["x_init"]
     corrected, x0_pred, orders, prev = [], [], [], []
@@ -174,10 +180,7 @@ def is_renoise(fx: Fixture) -> bool:
 
 def check_renoise(fx: Fixture, report: Report) -> None:
     atol = fx.tolerance.get("recommended_atol", 0.0)
-    sigmas = fx["sigmas"]
-    n = sigmas.numel() - 1
-    ours_sigmas, _ = sigma_schedule(n, fx.config.get("shift", SAMPLING.shift))
-    report.equal("sigmas", ours_sigmas, sigmas)
+    sigmas, n = _check_grid(fx, report)
     for name in _renoise_latents(fx):
         x = fx[f"{name}_init"]
         outs = []
