@@ -38,7 +38,7 @@ from magihuman.errors import GenerationCancelled, MagiHumanError
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.prompts import (
     EXAMPLES,
-    LANGUAGES,
+    LANGUAGE_NAMES,
     DialogueLine,
     PromptExample,
     build_prompt,
@@ -54,6 +54,7 @@ AUTH_ENV = "MAGIHUMAN_AUTH"
 MAX_QUEUE = 16
 MAX_UPLOAD = f"{MEDIA_LIMITS.max_image_bytes // 2**20}mb"
 GPU_JOBS = "gpu"  # one concurrency group: one job on the GPU at a time
+SR_TIERS = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
 
 PHASES = {
     "text": "Encoding the prompt",
@@ -374,7 +375,7 @@ def build_demo(slot: EngineSlot) -> gr.Blocks:
                     with gr.Row():
                         speaker = gr.Textbox(label="Speaker tag", value="A young woman", elem_id="db-speaker")
                         language = gr.Dropdown(
-                            [lang.name for lang in LANGUAGES], value="English", label="Language", elem_id="db-language"
+                            list(LANGUAGE_NAMES), value="English", label="Language", elem_id="db-language"
                         )
                     line = gr.Textbox(label="What they say", lines=2, elem_id="db-line")
                     background = gr.Textbox(
@@ -414,7 +415,7 @@ def build_demo(slot: EngineSlot) -> gr.Blocks:
             with gr.Column(scale=6):
                 player = ComparePlayer(elem_id="compare-player")
                 with gr.Row():
-                    upscale_to = gr.Radio(["540p", "1080p"], value="540p", label="Upscale this take to")
+                    upscale_to = gr.Radio(SR_TIERS, value=SR_TIERS[0], label="Upscale this take to")
                     upscale_btn = gr.Button("Upscale this take", interactive=False, elem_id="upscale")
                 seed_used = gr.Number(label="Seed used", interactive=False, precision=0, elem_id="seed-used")
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
@@ -561,8 +562,13 @@ def _parse_auth(value: str | None) -> tuple[str, str] | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="daVinci-MagiHuman Studio")
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on a CUDA machine, tiny elsewhere")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=7860)
+    # Hugging Face Spaces run `python app.py` with GRADIO_SERVER_NAME=0.0.0.0; elsewhere this machine only.
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
+        help="interface to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only)",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (anyone can use it)")
     parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
     parser.add_argument("--weights-dir", help="local weights folder (see `python -m magihuman download`)")

@@ -698,7 +698,7 @@ def fake_launch(server, monkeypatch) -> list[dict]:
     launches: list[dict] = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, *args, **kwargs: launches.append(kwargs))
     monkeypatch.setattr(studio_app, "engine_slot", lambda *args, **kwargs: EngineSlot.ready(server.engine))
-    for name in (studio_app.AUTH_ENV, "GRADIO_SERVER_NAME", "GRADIO_SHARE"):
+    for name in (studio_app.AUTH_ENV, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_SHARE"):
         monkeypatch.delenv(name, raising=False)
     return launches
 
@@ -722,6 +722,16 @@ def test_main_binds_loopback_by_default_and_warns_when_sharing(fake_launch, caps
     assert fake_launch[-1]["share"] is True
     assert _warned_about_sharing(lambda: studio_app.main(["--share", "--auth", "user:pass"]), capsys, caplog)
     assert tuple(fake_launch[-1]["auth"]) == ("user", "pass")
+
+
+def test_main_binds_where_a_space_asks(fake_launch, monkeypatch) -> None:
+    """Spaces start `python app.py` with GRADIO_SERVER_NAME=0.0.0.0: a loopback bind would be unreachable."""
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7861")
+    studio_app.main([])
+    assert (fake_launch[-1]["server_name"], fake_launch[-1]["server_port"]) == ("0.0.0.0", 7861)
+    studio_app.main(["--host", "127.0.0.1"])
+    assert fake_launch[-1]["server_name"] == "127.0.0.1"
 
 
 def test_auth_blocks_the_page_the_api_and_the_files_without_credentials(server) -> None:
