@@ -1,8 +1,9 @@
 """Attention behind one dispatch point (spec/model.md §1, §8.1).
 
-Every backend takes q (N, Hq, D), k and v (N, Hkv, D) in bf16 for one packed sequence (batch 1), uses
-grouped-query attention (query head h reads KV head h // (Hq / Hkv)), softmax scale 1/sqrt(D), no mask
-except the optional frame-local window of the 1080p super-resolution model, and returns (N, Hq, D) bf16.
+Every backend takes q (N, Hq, D), k and v (N, Hkv, D) for one packed sequence (batch 1), in bf16 (the
+reference) or fp32 (the preview engine on CPUs without bf16 units), uses grouped-query attention (query head
+h reads KV head h // (Hq / Hkv)), softmax scale 1/sqrt(D), no mask except the optional frame-local window of
+the 1080p super-resolution model, and returns (N, Hq, D) in the inputs' dtype.
 
 Backends, chosen once when a model is set up (`select_backend`):
 - "math": softmax(q·kᵀ·scale)·v in fp32 on the bf16 inputs, rounded to bf16 once. The reference's
@@ -134,7 +135,7 @@ def _math(q, k, v, mask: torch.Tensor | None = None) -> torch.Tensor:
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     out = scores.softmax(dim=-1) @ vf
-    return out.transpose(0, 1).to(torch.bfloat16)
+    return out.transpose(0, 1).to(q.dtype)
 
 
 def _sdpa(q, k, v) -> torch.Tensor:

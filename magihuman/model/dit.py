@@ -7,6 +7,9 @@ Numerics (spec §1.1), which the golden fixtures check bit for bit:
 - the residual stream is fp32; input embedders and output heads are fp32 linears;
 - transformer linears hold bf16 weights and compute bf16 in, bf16 out;
 - RMSNorm runs in fp32 with scale (1 + weight); q/k norm and RoPE in fp32, then q, k, v go to bf16.
+The bf16 of the last two lines is the transformer's compute dtype: the reference's, and the default. The
+preview engine may switch it to fp32 (`DiT.set_compute_dtype`) on CPUs without bf16 units, where bf16
+matrix products are several times slower than fp32 (docs/numerics.md).
 
 Sandwich ("multimodal") layers keep three experts of every weight, stacked along dim 0 in the order video,
 audio, text; each token uses its modality's expert. Since the sequence is always ordered by modality, the
@@ -39,7 +42,8 @@ def _split_rows(x: torch.Tensor, segments: Segments) -> list[torch.Tensor]:
 
 
 class ExpertLinear(nn.Module):
-    """bf16 linear without bias; `experts` weight blocks of `out_features` rows stacked along dim 0."""
+    """Linear without bias in the compute dtype (bf16 unless the model was switched); `experts` weight blocks
+    of `out_features` rows stacked along dim 0."""
 
     def __init__(self, in_features: int, out_features: int, experts: int) -> None:
         super().__init__()
@@ -47,8 +51,9 @@ class ExpertLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(experts * out_features, in_features, dtype=torch.bfloat16))
 
     def forward(self, x: torch.Tensor, segments: Segments) -> torch.Tensor:
-        """(N, in) -> (N, out) bf16: input rounded to bf16, one bf16 rounding of the fp32-accumulated result."""
-        x = x.to(torch.bfloat16)
+        """(N, in) -> (N, out) in the weights' dtype: for bf16, input rounded to bf16 and one bf16 rounding of
+        the fp32-accumulated result."""
+        x = x.to(self.weight.dtype)
         if self.experts == 1:
             return F.linear(x, self.weight)
         blocks = self.weight.split(self.out_features, dim=0)
@@ -118,16 +123,18 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         n = x.shape[0]
         hq, hkv, d = self.num_heads_q, self.num_heads_kv, self.head_dim
-        # 1. Norm and projection; the bf16 result is split into q (N,Hq,D), k, v (N,Hkv,D), gate (N,Hq).
-        qkv = self.linear_qkv(self.pre_norm(x, segments), segments).float()
+        # 1. Norm and projection; the result (compute dtype) is split into q (N,Hq,D), k, v (N,Hkv,D), gate (N,Hq).
+        qkv = self.linear_qkv(self.pre_norm(x, segments), segments)
+        compute = qkv.dtype
+        qkv = qkv.float()
         q, k, v, gate = qkv.split([hq * d, hkv * d, hkv * d, hq], dim=1)
         q, k, v = q.reshape(n, hq, d), k.reshape(n, hkv, d), v.reshape(n, hkv, d)
         # 2. QK-norm per head and RoPE, in fp32.
         q = apply_rope(self.q_norm(q, segments), rope)
         k = apply_rope(self.k_norm(k, segments), rope)
-        # 3. Attention over the whole sequence on bf16 inputs.
-        out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), backend, local)  # (N, Hq, D) bf16
-        # 4. Per-head sigmoid gate, then the output projection (bf16, added to the fp32 residual by the caller).
+        # 3. Attention over the whole sequence on inputs in the compute dtype.
+        out = attention(q.to(compute), k.to(compute), v.to(compute), backend, local)  # (N, Hq, D)
+        # 4. Per-head sigmoid gate, then the output projection (added to the fp32 residual by the caller).
         out = (out * torch.sigmoid(gate).unsqueeze(-1)).reshape(n, hq * d)
         return self.linear_proj(out, segments)
 
@@ -197,6 +204,14 @@ class DiT(nn.Module):
 
     def set_attention_backend(self, backend: str) -> None:
         self.attention_backend = backend
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> DiT:
+        """Hold the transformer linears (and so compute them and attention) in `dtype`. bf16 is the reference;
+        fp32 gives the same weights with less rounding, for CPUs where bf16 is slow."""
+        for module in self.modules():
+            if isinstance(module, ExpertLinear):
+                module.weight.data = module.weight.data.to(dtype)
+        return self
 
     # --- packing --------------------------------------------------------------------------------------
 
