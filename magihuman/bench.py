@@ -9,6 +9,11 @@ and the issue's goals, the arithmetic floor of the DiT work at 790 TFLOP/s, the 
 memory; and the start-up time (build or load, speed steps, warm-up). `--weights-dir` loads the real weights
 instead, so the start-up line measures a real start from local disk.
 
+Preview mode (the default for `--model tiny` without `--tiers`/`--seconds`): what a newcomer without a GPU
+waits for. After a warm-up it times the studio's default clip (256p, 5 s, distilled, text-to-video) end to end
+and the upscale of a 2-s take to 540p, against the goals of a 2-core CPU without bf16 instructions (10 s and
+20 s), and names the CPU, its bf16/AVX-512 instructions and the dtype the preview computes in.
+
 Forward mode (`--forward`). Times one DiT forward at the token counts of each tier (1080p with the
 frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
 
@@ -46,6 +51,7 @@ from magihuman.optimize import (
     warm_up,
 )
 from magihuman.packing import TokenLayout
+from magihuman.precision import compute_dtype, cpu_info
 from magihuman.sampling import denoise_distill, gaussian_noise
 
 H100_BF16_DENSE_TFLOPS = 790.0  # measured 8192³ bf16 matmul ceiling (shared/platform.md)
@@ -353,6 +359,59 @@ def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], se
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Preview mode
+# ---------------------------------------------------------------------------------------------------------
+
+# (what, request seconds, goal in seconds on a 2-core CPU without bf16 instructions)
+PREVIEW_GOALS = {
+    "clip": ("default clip: 256p, 5 s, distilled, text-to-video", 5, 10.0),
+    "upscale": ("upscale a 2-s take to 540p", 2, 20.0),
+}
+
+
+def run_preview(args: argparse.Namespace, device: torch.device, flags: SpeedFlags) -> None:
+    """Time the two preview goals with the tiny engine, warm, median of `--iters` runs (default 1)."""
+    print(f"CPU: {cpu_info().describe()}")
+    print(f"preview compute dtype: {str(compute_dtype(device)).removeprefix('torch.')} (the faster one, measured)")
+    output_root = Path(tempfile.mkdtemp(prefix="magihuman-bench-"))
+    try:
+        start = time.perf_counter()
+        engine = load_engine("tiny", device=device, speed=flags, output_root=output_root)
+        warm = warm_up(engine, ["256p", "540p"])
+        print(f"start-up: tiny engine built in {time.perf_counter() - start - warm:.1f} s, warm-up {warm:.1f} s")
+        times: dict[str, list[dict[str, float]]] = {"clip": [], "upscale": []}
+        for i in range(args.iters or 1):
+            clip = engine.generate(
+                GenerationRequest(bench_prompt(args.text_tokens, i), seconds=PREVIEW_GOALS["clip"][1], seed=i)
+            )
+            times["clip"].append(clip.timings)
+            take = engine.generate(
+                GenerationRequest(bench_prompt(args.text_tokens, -1 - i), seconds=PREVIEW_GOALS["upscale"][1], seed=i)
+            )
+            times["upscale"].append(engine.upscale(take.take, "540p").timings)
+    finally:
+        shutil.rmtree(output_root, ignore_errors=True)
+    print_preview_table(times)
+
+
+def print_preview_table(times: dict[str, list[dict[str, float]]]) -> None:
+    header = f"{'preview':<48} {'text':>5} {'denoise':>8} {'SR':>6} {'decode':>7} {'mux':>5} {'total':>6} {'goal':>6}"
+    print(f"\nseconds per stage, median of {len(times['clip'])} run(s), after warm-up")
+    print(header)
+    print("-" * len(header))
+    for key, runs in times.items():
+        what, _, goal = PREVIEW_GOALS[key]
+        m = {stage: statistics.median(r.get(stage, 0.0) for r in runs) for stage in STAGES}
+        total = statistics.median(sum(r.values()) for r in runs)
+        verdict = "met" if total <= goal else "MISSED"
+        print(
+            f"{what:<48} {m['text']:>5.2f} {m['denoise']:>8.2f} {m['sr']:>6.2f} {m['decode']:>7.2f} {m['mux']:>5.2f} "
+            f"{total:>6.2f} {goal:>5.0f}s {verdict}"
+        )
+    print("goals: a 2-core CPU without bf16 instructions; total = the engine call (what the studio waits for).")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Forward mode
 # ---------------------------------------------------------------------------------------------------------
 
@@ -419,8 +478,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m magihuman.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny on CPU")
     parser.add_argument("--forward", action="store_true", help="time single DiT forwards instead of the pipeline")
-    parser.add_argument("--tiers", default="256p,540p,1080p", help="comma-separated output tiers")
-    parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny)")
+    parser.add_argument("--tiers", help="comma-separated output tiers (default: all; tiny: the preview goals)")
+    parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny tiers)")
     parser.add_argument("--latent-frames", type=int, help="--forward: override the latent frame count (CPU: 2)")
     parser.add_argument("--text-tokens", type=int, default=300)
     parser.add_argument("--weights-dir", help="pipeline: load the real weights from here instead of random ones")
@@ -436,19 +495,23 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("the full-size benchmark needs a CUDA GPU; run with --model tiny on a CPU")
     if args.weights_dir and (args.forward or size != "full"):
         parser.error("--weights-dir loads the full model in pipeline mode")
-    tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    preview = size == "tiny" and not args.forward and args.tiers is None and args.seconds is None
+    tiers = [t.strip() for t in (args.tiers or ",".join(RESOLUTIONS)).split(",") if t.strip()]
     unknown = [t for t in tiers if t not in RESOLUTIONS]
     if unknown:
         parser.error(f"unknown tier(s) {unknown}; choose from {', '.join(RESOLUTIONS)}")
 
     flags = SpeedFlags.from_args(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    mode = "forward" if args.forward else "pipeline"
+    mode = "forward" if args.forward else "preview" if preview else "pipeline"
     print(f"device: {name} · torch {torch.__version__} · preset: {size} · mode: {mode}")
     print(f"speed steps: {flags.describe()}")
     if size == "tiny":
         print("NOTE: tiny preset (a smoke test of the code path, not a speed measurement of the 15B model)")
-    (run_forward if args.forward else run_pipeline)(args, device, size, flags, tiers)
+    if preview:
+        run_preview(args, device, flags)
+    else:
+        (run_forward if args.forward else run_pipeline)(args, device, size, flags, tiers)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from magihuman.memory import plan_fp8
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
 from magihuman.optimize import SpeedFlags, apply_speed_flags
+from magihuman.precision import compute_dtype
 from magihuman.text import build_random_text_encoder, build_tiny_text_encoder, load_text_encoder, t5gemma_9b_config
 from magihuman.vae import (
     SAO_VAE_CONFIG,
@@ -82,7 +83,13 @@ def load_engine(
 
 
 def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
-    """Every component with a tiny random configuration; the same seed gives the same weights."""
+    """Every component with a tiny random configuration; the same seed gives the same weights.
+
+    The DiT transformers and the Turbo VAE decoder (where the preview spends its time) compute in the
+    fastest dtype of `device` (`magihuman.precision`): bf16 on CUDA and on CPUs with bf16 units, fp32 on
+    the others. The weights are the same either way (drawn in bf16 first), only the arithmetic differs.
+    The tiny text encoder and the Wan and audio VAEs are fp32 everywhere.
+    """
     return random_models("tiny", seed, device)
 
 
@@ -92,22 +99,27 @@ def random_models(
     device: torch.device | str = "cpu",
     dits: Iterable[str] = ALL_DITS,
     fp8: Collection[str] = (),
+    compute: torch.dtype | None = None,
 ) -> Models:
     """Every component with seeded random weights: the tiny preview engine, or the full-size models of the
     benchmark (speed does not depend on weight values; the text encoder gets the byte-level tokenizer).
 
     Full size is built directly on `device`, in the dtypes the loaders give there (bf16 on CUDA). The DiTs
     named in `fp8` are quantised as soon as they are built, so the peak is the final footprint plus one bf16
-    DiT.
+    DiT. `compute` is the tiny models' compute dtype (default: the fastest on `device`, see `tiny_models`);
+    the full size follows the reference.
     """
     device = torch.device(device)
     full = size == "full"
     dtype = torch.bfloat16 if full and device.type == "cuda" else torch.float32
+    compute = None if full else compute or compute_dtype(device)
     presets = dit_presets(size)
     built = {}
     for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
         if name in dits:
             built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
+            if compute is not None:
+                built[name].set_compute_dtype(compute)
             if name in fp8:
                 quantize_fp8_(built[name], fp8_kernel(device))
     if full:
@@ -118,7 +130,7 @@ def random_models(
         text = build_tiny_text_encoder(seed, device=device)
         video_vae = build_tiny_video_vae(seed, device=device)
         audio_vae = build_tiny_audio_vae(seed, device=device)
-    decoder_config, decoder_dtype = (FULL_TURBO_VAE, dtype) if full else (TINY_TURBO_VAE, torch.bfloat16)
+    decoder_config, decoder_dtype = (FULL_TURBO_VAE, dtype) if full else (TINY_TURBO_VAE, compute)
     decoder = build_random_turbo_vae(decoder_config, seed, device=device, dtype=decoder_dtype)
     return Models(text=text, video_vae=video_vae, audio_vae=audio_vae, decoder=decoder, dits=built)
 

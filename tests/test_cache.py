@@ -141,8 +141,14 @@ def test_no_entry_without_room_or_without_a_cache(source, tmp_path, monkeypatch)
     assert _entries(cache_dir) == []
     _assert_same_weights(model, load_dit(source, TINY_DIT))
 
+    # Without a cache nothing is written: not in the default cache folder, not beside the source shards.
+    default_home = tmp_path / "default-cache"
+    monkeypatch.setenv("MAGIHUMAN_CACHE_DIR", str(default_home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(default_home))
+    source_files = sorted(p.name for p in source.iterdir())
     model, lines = _load(source, None)
-    assert lines == [] and not (tmp_path / "none").exists()
+    assert lines == [] and not default_home.exists()
+    assert sorted(p.name for p in source.iterdir()) == source_files
     _assert_same_weights(model, load_dit(source, TINY_DIT))
 
 
