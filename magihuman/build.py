@@ -20,7 +20,7 @@ from magihuman.memory import plan_fp8
 from magihuman.model.dit import build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
 from magihuman.optimize import SpeedFlags, apply_speed_flags
-from magihuman.precision import compute_dtype
+from magihuman.precision import model_dtypes
 from magihuman.text import build_random_text_encoder, build_tiny_text_encoder, load_text_encoder, t5gemma_9b_config
 from magihuman.vae import (
     SAO_VAE_CONFIG,
@@ -99,39 +99,35 @@ def random_models(
     device: torch.device | str = "cpu",
     dits: Iterable[str] = ALL_DITS,
     fp8: Collection[str] = (),
-    compute: torch.dtype | None = None,
 ) -> Models:
     """Every component with seeded random weights: the tiny preview engine, or the full-size models of the
     benchmark (speed does not depend on weight values; the text encoder gets the byte-level tokenizer).
 
     Full size is built directly on `device`, in the dtypes the loaders give there (bf16 on CUDA). The DiTs
     named in `fp8` are quantised as soon as they are built, so the peak is the final footprint plus one bf16
-    DiT. `compute` is the tiny models' compute dtype (default: the fastest on `device`, see `tiny_models`);
-    the full size follows the reference.
+    DiT. Dtypes per component: `magihuman.precision.model_dtypes` (the tiny DiTs and decoder compute in the
+    fastest dtype of `device`).
     """
     device = torch.device(device)
     full = size == "full"
-    dtype = torch.bfloat16 if full and device.type == "cuda" else torch.float32
-    compute = None if full else compute or compute_dtype(device)
+    dtypes = model_dtypes(size, device)
     presets = dit_presets(size)
     built = {}
     for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
         if name in dits:
             built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
-            if compute is not None:
-                built[name].set_compute_dtype(compute)
+            built[name].set_compute_dtype(dtypes.transformer)
             if name in fp8:
                 quantize_fp8_(built[name], fp8_kernel(device))
     if full:
-        text = build_random_text_encoder(t5gemma_9b_config(), seed, device, torch.bfloat16)
-        video_vae = build_random_video_vae(WAN22_VAE_CONFIG, seed, device, dtype, build_on_device=True)
+        text = build_random_text_encoder(t5gemma_9b_config(), seed, device, dtypes.text)
+        video_vae = build_random_video_vae(WAN22_VAE_CONFIG, seed, device, dtypes.video_vae, build_on_device=True)
         audio_vae = build_random_audio_vae(SAO_VAE_CONFIG, seed, device, build_on_device=True)
     else:
         text = build_tiny_text_encoder(seed, device=device)
         video_vae = build_tiny_video_vae(seed, device=device)
         audio_vae = build_tiny_audio_vae(seed, device=device)
-    decoder_config, decoder_dtype = (FULL_TURBO_VAE, dtype) if full else (TINY_TURBO_VAE, compute)
-    decoder = build_random_turbo_vae(decoder_config, seed, device=device, dtype=decoder_dtype)
+    decoder = build_random_turbo_vae(FULL_TURBO_VAE if full else TINY_TURBO_VAE, seed, device, dtypes.decoder)
     return Models(text=text, video_vae=video_vae, audio_vae=audio_vae, decoder=decoder, dits=built)
 
 
@@ -153,15 +149,15 @@ def full_models(
     if unknown:
         raise ValueError(f"unknown DiT(s) {unknown}; choose from {', '.join(ALL_DITS)}")
     paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = model_dtypes("full", device)
     presets = dit_presets("full")
     status(f"loading the text encoder from {paths.text_encoder}")
-    text = load_text_encoder(paths.text_encoder, device, hidden_size=FULL_DIT.text_in_channels)
+    text = load_text_encoder(paths.text_encoder, device, dtypes.text, hidden_size=FULL_DIT.text_in_channels)
     status("loading the video and audio VAEs")
-    video_vae = load_video_vae(paths.video_vae, device, dtype)
+    video_vae = load_video_vae(paths.video_vae, device, dtypes.video_vae)
     audio_vae = load_audio_vae(paths.audio_vae, device)
     status("loading the Turbo VAE decoder")
-    decoder = load_turbo_vae(paths.turbo_vae_config, paths.turbo_vae_checkpoint, device, dtype)
+    decoder = load_turbo_vae(paths.turbo_vae_config, paths.turbo_vae_checkpoint, device, dtypes.decoder)
     loaded = {}
     for name in dits:
         status(f"loading the {name} DiT from {paths.dit(name)}")

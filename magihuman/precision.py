@@ -51,6 +51,29 @@ def cpu_info() -> CpuInfo:
     )
 
 
+@dataclass(frozen=True)
+class ModelDtypes:
+    """The dtype each component is built or loaded in (docs/numerics.md). `transformer` is the DiTs' compute
+    dtype: their transformer linears and attention (the embedders, norms and heads are always fp32)."""
+
+    transformer: torch.dtype
+    text: torch.dtype
+    video_vae: torch.dtype
+    audio_vae: torch.dtype
+    decoder: torch.dtype
+
+
+def model_dtypes(size: str, device: torch.device | str) -> ModelDtypes:
+    """The full model follows the reference (bf16 on CUDA; the VAEs and the decoder fp32 on a CPU); the tiny
+    preview computes its DiTs and decoder in the fastest dtype of `device` and the rest in fp32."""
+    device = torch.device(device)
+    if size == "full":
+        on_gpu = torch.bfloat16 if device.type == "cuda" else torch.float32
+        return ModelDtypes(torch.bfloat16, torch.bfloat16, on_gpu, torch.float32, on_gpu)
+    fastest = compute_dtype(device)
+    return ModelDtypes(fastest, torch.float32, torch.float32, torch.float32, fastest)
+
+
 def compute_dtype(device: torch.device | str) -> torch.dtype:
     """The dtype the preview engine computes in on `device`: bf16 on CUDA, the faster of fp32/bf16 on CPU."""
     if torch.device(device).type != "cpu":
