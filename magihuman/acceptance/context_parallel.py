@@ -1,0 +1,26 @@
+"""Check 7, context parallelism over several GPUs (per-forward scaling for CP 2/4/8 and CP vs one GPU on an
+8-step latent). The multi-GPU engine lives in `magihuman.distributed`, built separately: this check lights up
+when that module exists, provides `acceptance_check(context) -> Outcome`, and more than one GPU is visible."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import torch
+
+from magihuman.acceptance.runner import Context, Outcome, Skip
+
+MODULE = "magihuman.distributed"
+
+
+def check_context_parallel(ctx: Context) -> Outcome:
+    if importlib.util.find_spec(MODULE) is None:
+        raise Skip(f"context parallel not available in this build (no {MODULE})")
+    gpus = torch.cuda.device_count() if ctx.cuda else 0
+    if gpus < 2:
+        raise Skip(f"needs N>1 GPUs (found {gpus})")
+    entry = getattr(importlib.import_module(MODULE), "acceptance_check", None)
+    if entry is None:
+        raise Skip(f"{MODULE} has no acceptance_check(context) yet")
+    return entry(ctx)
