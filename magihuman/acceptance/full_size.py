@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from magihuman.acceptance.measure import free_memory, peak_gib, reset_peak, synchronize
-from magihuman.acceptance.runner import Context, Outcome, Skip
+from magihuman.acceptance.runner import Context, Outcome, Skip, describe_device
 from magihuman.config import FULL_TURBO_VAE, RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
 
 SECONDS = 5  # the clip length of the published numbers
@@ -125,7 +125,7 @@ def check_pipeline(ctx: Context) -> Outcome:
         if run.peak_gib is not None:
             name = f"{run.tier} peak GiB (≤ plan estimate of the models held)"
             out.at_most(name, run.peak_gib, run.held_estimate_gib)
-    out.table = speed_table(runs, PUBLISHED, H100_BF16_DENSE_TFLOPS, torch.cuda.get_device_name(device))
+    out.table = speed_table(runs, PUBLISHED, H100_BF16_DENSE_TFLOPS, describe_device(device))
     out.notes += [
         f"random weights, {SECONDS}-second clip, {TEXT_TOKENS} random text-embedding rows (text encoder not run), "
         "1-step warm-up at the same shapes, then one timed run; decode is the Turbo VAE video decode only",

@@ -27,7 +27,12 @@ def write_report(out_dir: Path, run: Run) -> None:
 def markdown(data: dict[str, Any]) -> str:
     """report.md from the JSON form of a run."""
     summary = data["summary"]
-    state = f"finished {data['finished']}" if data["finished"] else "still running or cut short"
+    if data["finished"]:
+        state = f"finished {data['finished']}"
+    elif data["running"]:
+        state = f"still running or cut short during `{data['running']}`"
+    else:
+        state = "still running or cut short"
     lines = [
         "# GPU acceptance report",
         "",

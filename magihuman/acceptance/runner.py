@@ -123,6 +123,7 @@ class Run:
     budget_s: float
     started: str
     results: list[CheckResult] = field(default_factory=list)
+    running: str | None = None  # the check in progress (what a killed run was doing)
     pending: list[str] = field(default_factory=list)
     finished: str | None = None
     elapsed_s: float = 0.0
@@ -162,7 +163,10 @@ def run_checks(
     write_report(out_dir, run)
     for check in checks:
         run.pending.remove(check.name)
+        run.running = check.name
+        write_report(out_dir, run)
         run.results.append(run_one(check, context))
+        run.running = None
         run.elapsed_s = clock() - start
         write_report(out_dir, run)
     run.finished = _now()
