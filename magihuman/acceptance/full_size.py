@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from magihuman.acceptance.measure import free_memory, peak_gib, reset_peak, synchronize
-from magihuman.acceptance.runner import Context, Outcome, Skip, describe_device
+from magihuman.acceptance.runner import Context, Outcome, Skip, child_env, describe_device
 from magihuman.config import FULL_TURBO_VAE, RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
 
 SECONDS = 5  # the clip length of the published numbers
@@ -84,13 +84,12 @@ def check_pipeline(ctx: Context) -> Outcome:
     counter = FlopCounter({"distill": distill})
 
     # 256p: warm-up at the real shapes with one step (compiles), then the timed run.
-    _base(distill, text, device, steps=1)
-    decoder.decode(_base(distill, text, device, steps=1)[0])
+    decoder.decode(base_stage(distill, text, device, steps=1)[0])
     out.measured["start-up s (build + compile + 256p warm-up, in this process)"] = time.perf_counter() - start
     out.measured["build s"] = built
     reset_peak(device)
     counter.take()
-    (video, audio), base_s = _timed(device, _base, distill, text, device, SAMPLING.distill_steps)
+    (video, audio), base_s = _timed(device, base_stage, distill, text, device, SAMPLING.distill_steps)
     base_flops = counter.take()
     _, decode_s = _timed(device, decoder.decode, video)
     held = _held_estimate_gib(["distill"], plan.quantised)
@@ -104,10 +103,10 @@ def check_pipeline(ctx: Context) -> Outcome:
         sr = _build_dit(sr_name, plan.quantised, flags, device, optimize_dit)
         counter = FlopCounter({sr_name: sr})
         latent_hw = RESOLUTIONS[tier].latent_hw()
-        _sr(sr, text, video, audio, latent_hw, device, steps=1, decoder=decoder)  # warm-up (compiles)
+        sr_stage(sr, text, video, audio, latent_hw, device, steps=1, decoder=decoder)  # warm-up (compiles)
         reset_peak(device)
         counter.take()
-        sr_video, sr_s = _timed(device, _sr, sr, text, video, audio, latent_hw, device, SAMPLING.sr_steps)
+        sr_video, sr_s = _timed(device, sr_stage, sr, text, video, audio, latent_hw, device, SAMPLING.sr_steps)
         sr_flops = counter.take()
         _, decode_s = _timed(device, decoder.decode, sr_video)
         held = _held_estimate_gib(["distill", sr_name], plan.quantised)
@@ -146,7 +145,8 @@ def _build_dit(name: str, quantised, flags, device: torch.device, optimize_dit):
     return model
 
 
-def _base(dit, text: torch.Tensor, device: torch.device, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def base_stage(dit, text: torch.Tensor, device: torch.device, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distilled 256p stage of a SECONDS-long clip: (video latent, audio latent)."""
     from magihuman.sampling import denoise_distill, gaussian_noise
 
     video_shape = (1, dit.config.latent_channels, latent_frames(SECONDS), *RESOLUTIONS["256p"].latent_hw())
@@ -155,7 +155,8 @@ def _base(dit, text: torch.Tensor, device: torch.device, steps: int) -> tuple[to
     return denoise_distill(dit, noise, text, video_shape, audio_shape, steps=steps)
 
 
-def _sr(dit, text, video, audio, latent_hw, device: torch.device, steps: int, decoder=None) -> torch.Tensor:
+def sr_stage(dit, text, video, audio, latent_hw, device: torch.device, steps: int, decoder=None) -> torch.Tensor:
+    """The super-resolution stage of a base take to `latent_hw`: the SR video latent."""
     from magihuman.sampling import denoise_sr, gaussian_noise
 
     noise = gaussian_noise(torch.Generator(device=device).manual_seed(1), device)
@@ -273,7 +274,7 @@ def _fresh_process_start(cache_dir, timeout_s: float) -> dict[str, float]:
         capture_output=True,
         text=True,
         timeout=max(timeout_s, 1),
-        env=env,
+        env=child_env(env),
     )
     total = time.perf_counter() - start
     if done.returncode != 0:

@@ -224,8 +224,8 @@ def check_offload(ctx: Context) -> Outcome:
     # 2. Host-to-device rate of one load of 2 GiB of pinned weights (what an offloaded DiT pays per stage).
     if ctx.seconds_left() < 30:
         raise Skip("budget: no time left for the bandwidth part")
-    big = torch.nn.ModuleList(torch.nn.Linear(8192, 8192, bias=False, dtype=torch.bfloat16) for _ in range(16))
-    big = big.to(device).requires_grad_(False)
+    layers = (torch.nn.Linear(8192, 8192, bias=False, device=device, dtype=torch.bfloat16) for _ in range(16))
+    big = torch.nn.ModuleList(layers).requires_grad_(False)
     handle = offload_(big, device)
     num_bytes = sum(p.numel() * p.element_size() for p in big.parameters())
 

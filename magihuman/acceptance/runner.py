@@ -251,5 +251,14 @@ def _short(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
+def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a fresh `python -m magihuman...` process: the repository root on PYTHONPATH, so that it
+    imports this checkout (and `studio`) wherever the command was started."""
+    env = dict(os.environ if environ is None else environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def command_line() -> str:
     return " ".join(["python -m magihuman.acceptance", *sys.argv[1:]])

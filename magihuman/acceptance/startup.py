@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    from magihuman.acceptance.full_size import _base
+    from magihuman.acceptance.full_size import base_stage
     from magihuman.bench import make_model
     from magihuman.config import FULL_TURBO_VAE, dit_presets
     from magihuman.memory import plan_fp8
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = time.perf_counter() - start - imported - built
     with torch.no_grad():
         text = torch.randn(300, dit.config.text_in_channels, device=device)
-        video, _ = _base(dit, text, device, steps=1)
+        video, _ = base_stage(dit, text, device, steps=1)
         decoder.decode(video)
     torch.cuda.synchronize(device)
     warm = time.perf_counter() - start - imported - built - steps

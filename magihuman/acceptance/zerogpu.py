@@ -8,6 +8,7 @@ compiled library does not ask for an executable stack (glibc ≥ 2.41 refuses to
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import struct
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from magihuman.acceptance.runner import Context, Outcome
+from magihuman.acceptance.measure import free_memory
+from magihuman.acceptance.runner import Context, Outcome, child_env
 
 # Inductor fuses the eager layer's bf16 roundings differently: the golden DiT cases' other-kernel tolerance.
 AOT_VS_EAGER = 0.02
+MODEL_SIZE = "full"  # the model whose shared layer is packaged ("tiny" exercises the same path on a CPU)
 PT_GNU_STACK = 0x6474E551
 PF_X = 0x1
 
@@ -31,7 +34,7 @@ def check_zerogpu(ctx: Context) -> Outcome:
     out = Outcome()
     package_dir = ctx.work_dir / "aot"
     shutil.rmtree(package_dir, ignore_errors=True)  # "builds" means built by this run
-    built = measure_aot(package_dir, ctx.device)
+    built = measure_aot(package_dir, ctx.device, MODEL_SIZE)
     out.measured["build s"] = built["seconds"]
     out.require("package built in this process", not built["package existed"])
     out.at_most("AoT vs eager rel_rms", built["rel_rms"], AOT_VS_EAGER)
@@ -43,11 +46,15 @@ def check_zerogpu(ctx: Context) -> Outcome:
     flagged = [name for name, data in libraries.items() if executable_stack(data)]
     out.require("no executable-stack flag", not flagged, f"flagged: {flagged}")
 
+    gc.collect()  # this process's copy of the 15B model, before the fresh process builds its own
+    free_memory(ctx.device)
     done = subprocess.run(
-        [sys.executable, "-m", "magihuman.acceptance.zerogpu", "--package-dir", str(package_dir)],
+        [sys.executable, "-m", "magihuman.acceptance.zerogpu", "--package-dir", str(package_dir)]
+        + ["--size", MODEL_SIZE, "--device", str(ctx.device)],
         capture_output=True,
         text=True,
         timeout=max(ctx.seconds_left(), 1),
+        env=child_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"fresh process failed ({done.returncode}): {done.stderr.strip()[-400:]}")
@@ -60,8 +67,8 @@ def check_zerogpu(ctx: Context) -> Outcome:
 
 
 @torch.no_grad()
-def measure_aot(package_dir: Path, device: torch.device) -> dict:
-    """Build (or find) the package for the full distilled DiT's shared layer in `package_dir`, run every shared
+def measure_aot(package_dir: Path, device: torch.device, size: str = "full") -> dict:
+    """Build (or find) the package for the distilled DiT's shared layer in `package_dir`, run every shared
     layer through it, and compare one forward with eager."""
     from magihuman.bench import make_model, sample_inputs
     from magihuman.config import RESOLUTIONS, dit_presets, latent_frames, video_frames
@@ -69,7 +76,7 @@ def measure_aot(package_dir: Path, device: torch.device) -> dict:
     from magihuman.packing import TokenLayout
     from studio.zerogpu import compile_shared_layers, example_inputs, package_path
 
-    config = dit_presets("full")["distill"].dit
+    config = dit_presets(size)["distill"].dit
     dit = make_model(config, device, None)  # seeded: the fresh process builds the same weights
     latent_thw = (latent_frames(1), *RESOLUTIONS["256p"].latent_hw())
     layout = TokenLayout(latent_thw, video_frames(1), 77, config.patch_size_thw)
@@ -117,8 +124,10 @@ def executable_stack(elf: bytes) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m magihuman.acceptance.zerogpu", description=__doc__)
     parser.add_argument("--package-dir", required=True, type=Path)
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
-    print(json.dumps(measure_aot(args.package_dir, torch.device("cuda"))))
+    print(json.dumps(measure_aot(args.package_dir, torch.device(args.device), args.size)))
 
 
 if __name__ == "__main__":
