@@ -161,6 +161,7 @@ def test_statuses_of_skips_missing_modules_errors_and_broken_bounds(tmp_path) ->
         import magihuman.no_such_module  # noqa: F401
 
     def crash(ctx):
+        ctx.outcome.measured["256p scope s"] = 2.5  # measured before the crash: kept in the report
         raise RuntimeError("CUDA error: an illegal memory access")
 
     def out_of_tolerance(ctx):
@@ -188,7 +189,7 @@ def test_statuses_of_skips_missing_modules_errors_and_broken_bounds(tmp_path) ->
     assert r["missing_dependency"].reason == "needs av_not_installed_anywhere (not installed)"
     assert r["missing_module_of_ours"].status == "failed"  # a bug of ours, not a missing dependency
     assert r["crash"].status == "failed" and "illegal memory access" in r["crash"].reason
-    assert "RuntimeError" in r["crash"].error
+    assert "RuntimeError" in r["crash"].error and r["crash"].measured == {"256p scope s": 2.5}
     assert r["out_of_tolerance"].status == "failed"
     assert r["out_of_tolerance"].reason == "rel_rms = 0.3 > 0.02; nan rel_rms = nan > 0.02"
     assert r["cuda_only"].status == "skipped" and r["cuda_only"].reason.endswith("the 15B model")

@@ -6,8 +6,9 @@ skipped and why), its measured numbers and its tolerance, and rewrites `DIR/repo
 after every check, so that a run cut short still leaves a report. Without CUDA the CUDA checks are skipped
 with the reason and the CPU-runnable ones run.
 
-- `runner`: check and result types, the budget, the report files.
+- `runner`: check and result types, the budget, running one check; `report`: the two report files.
 - `registry`: the ordered list of checks with their expected seconds.
-- `environment`, `golden`, `kernels`, `full_size`, `zerogpu`, `context_parallel`: the checks themselves.
+- `environment`, `golden`, `kernels`, `full_size`, `zerogpu`, `context_parallel`: the checks themselves
+  (`measure`: their timing helpers; `startup` and `zerogpu` also run as fresh processes).
 - `cli`: the command line.
 """

@@ -23,7 +23,7 @@ OPTIONAL_MODULES = ("av", "diffusers", "gradio", "transformers")
 
 
 def check_environment(ctx: Context) -> Outcome:
-    out = Outcome()
+    out = ctx.outcome
     device = ctx.device
     out.measured.update(
         python=platform.python_version(),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from magihuman.acceptance.measure import free_memory, peak_gib, reset_peak, synchronize
-from magihuman.acceptance.runner import Context, Outcome, Skip, child_env, describe_device
+from magihuman.acceptance.runner import Context, Outcome, child_env, describe_device
 from magihuman.config import FULL_TURBO_VAE, RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
 
 SECONDS = 5  # the clip length of the published numbers
@@ -68,7 +68,7 @@ def check_pipeline(ctx: Context) -> Outcome:
     from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import SpeedFlags, compile_decoder, optimize_dit
 
-    device, out = ctx.device, Outcome()
+    device, out = ctx.device, ctx.outcome
     flags = SpeedFlags.default(device)  # the app's defaults: compile on, fp8 auto
     plan = plan_fp8(["distill", *SR_DITS.values()], None, device)
     out.measured["fp8 (auto plan for distill + both SR DiTs)"] = ", ".join(sorted(plan.quantised)) or "none"
@@ -225,7 +225,7 @@ def check_fp8_quality(ctx: Context) -> Outcome:
     from magihuman.bench import cases, fp8_quality, make_model
     from magihuman.fp8 import fp8_kernel
 
-    device, out = ctx.device, Outcome()
+    device, out = ctx.device, ctx.outcome
     config = dit_presets("full")["distill"].dit
     layout = cases(["256p"], latent_frames(SECONDS), video_frames(SECONDS), TEXT_TOKENS, "full")[0].layout
     out.measured["kernel"] = fp8_kernel(device)
@@ -246,18 +246,20 @@ def check_fp8_quality(ctx: Context) -> Outcome:
 
 
 def check_startup(ctx: Context) -> Outcome:
-    out = Outcome()
+    out = ctx.outcome
     cache_dir = ctx.work_dir / "startup-cache"
     shutil.rmtree(cache_dir, ignore_errors=True)  # "cold" must start from an empty cache, also on a rerun
     cache_dir.mkdir(parents=True)
     for label in ("cold", "warm"):
         if label == "warm" and ctx.seconds_left() < 60:
-            raise Skip(f"budget: the warm start did not fit ({ctx.seconds_left():.0f} s left); cold: {out.measured}")
+            out.notes.append(f"warm start not run: {ctx.seconds_left():.0f} s of budget left")
+            break
         result = _fresh_process_start(cache_dir, ctx.seconds_left())
         for key, value in result.items():
             out.measured[f"{label} {key}"] = value
-    cold, warm = out.measured["cold ready s"], out.measured["warm ready s"]
-    out.require("the warm cache starts faster", warm < cold, f"warm {warm:.1f} s vs cold {cold:.1f} s")
+    if "warm ready s" in out.measured:
+        cold, warm = out.measured["cold ready s"], out.measured["warm ready s"]
+        out.require("the warm cache starts faster", warm < cold, f"warm {warm:.1f} s vs cold {cold:.1f} s")
     out.notes.append(
         "fresh `python -m magihuman.acceptance.startup` processes: the full distilled DiT (random weights) and the "
         "Turbo VAE decoder built on the GPU, compiled with the compile cache in one folder (empty for the cold "

@@ -58,7 +58,7 @@ def check_golden(ctx: Context) -> Outcome:
     paths = harness.fixture_paths(folder)
     if not paths:
         raise Skip(f"no fixtures in {folder}")
-    out = Outcome()
+    out = ctx.outcome
     out.measured["folder"] = str(folder)
 
     # 1. Every fixture through the test suite's check (CPU reference path, the fixtures' own tolerances).

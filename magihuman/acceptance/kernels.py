@@ -43,7 +43,7 @@ COMPILED_VS_EAGER = 0.02
 
 @torch.no_grad()
 def check_fp8_linear(ctx: Context) -> Outcome:
-    device, out = ctx.device, Outcome()
+    device, out = ctx.device, ctx.outcome
     if ctx.cuda:  # the 15B model's shared-layer up/gate projection, one clip's worth of tokens
         c = dit_presets("full")["distill"].dit
         tokens, in_features, out_features, experts = 8192, c.hidden_size, 2 * c.mlp_intermediate_size(8), 1
@@ -66,8 +66,10 @@ def check_fp8_linear(ctx: Context) -> Outcome:
         flops = 2 * tokens * in_features * out_features
         out.measured.update(bf16_tflops=flops / bf16_s / 1e12, fp8_tflops=flops / fp8_s / 1e12)
         out.notes.append("fp8 TFLOP/s include the per-call activation quantisation")
+    elif ctx.cuda and torch.cuda.get_device_capability(device) >= (8, 9):
+        out.failures.append("the row-wise fp8 GEMM failed its probe on a GPU that has fp8 tensor cores (see warnings)")
     elif ctx.cuda:
-        out.failures.append(f"no row-wise fp8 GEMM on this GPU (capability {torch.cuda.get_device_capability()})")
+        out.notes.append(f"no fp8 tensor cores (capability {torch.cuda.get_device_capability(device)}): emulation only")
     else:
         out.notes.append("CPU: fp8 runs the exact fp32 emulation of the kernel (scaled_mm needs CUDA ≥ 8.9)")
     return out
@@ -95,7 +97,7 @@ def _even_segments(tokens: int, experts: int) -> tuple[int, int, int]:
 
 @torch.no_grad()
 def check_flex_window(ctx: Context) -> Outcome:
-    device, out = ctx.device, Outcome()
+    device, out = ctx.device, ctx.outcome
     if ctx.cuda:  # the 1080p SR model on a 5-second clip: 32 latent frames of 34×60 tokens, 40/8 heads of 128
         c = dit_presets("full")["sr-1080p"].dit
         frames = latent_frames(5)
@@ -147,7 +149,7 @@ def check_compiled(ctx: Context) -> Outcome:
     from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import compile_decoder, compile_dit
 
-    device, out = ctx.device, Outcome()
+    device, out = ctx.device, ctx.outcome
     config = dit_presets("full")["distill"].dit
     model = make_model(config, device, None)
     lat_hw = RESOLUTIONS["256p"].latent_hw()
@@ -205,7 +207,7 @@ def check_offload(ctx: Context) -> Outcome:
     from magihuman.bench import make_model, sample_inputs
     from magihuman.offload import offload_
 
-    device, out = ctx.device, Outcome()
+    device, out = ctx.device, ctx.outcome
     # 1. Round trip on a tiny DiT: weights pinned in CPU memory, identical results, `remove` restores them.
     config = dit_presets("tiny")["distill"].dit
     model = make_model(config, device, None)

@@ -36,12 +36,14 @@ class Skip(Exception):  # noqa: N818  (raised to say "skipped", not an error con
 
 @dataclass
 class Context:
-    """What a check may use: the device, a scratch folder for its files, and the time left in the budget."""
+    """What a check may use: the device, a scratch folder for its files, the time left in the budget, and the
+    `outcome` to fill (a fresh one per check: numbers recorded before an exception still reach the report)."""
 
     device: torch.device
     work_dir: Path
     deadline: float  # on `clock`'s scale
     clock: Callable[[], float] = time.perf_counter
+    outcome: Outcome = field(default_factory=lambda: Outcome())
 
     def seconds_left(self) -> float:
         return self.deadline - self.clock()
@@ -178,7 +180,9 @@ def run_one(check: Check, context: Context) -> CheckResult:
     """Run one check (or decide not to start it) and classify what happened."""
     expected = check.expected_on(context.device)
 
-    def result(status: Status, reason: str, outcome: Outcome | None = None, seconds: float = 0.0, error=None):
+    def result(
+        status: Status, reason: str, outcome: Outcome | None = None, seconds: float = 0.0, error: str | None = None
+    ) -> CheckResult:
         outcome = outcome or Outcome()
         return CheckResult(
             check.name,
@@ -202,18 +206,20 @@ def run_one(check: Check, context: Context) -> CheckResult:
         return result("skipped", f"budget: expected {expected:.0f} s, {max(left, 0):.0f} s left")
 
     started = context.clock()
+    context.outcome = partial = Outcome()
     try:
         outcome = check.run(context)
     except Skip as skip:
-        return result("skipped", str(skip), seconds=context.clock() - started)
+        return result("skipped", str(skip), partial, context.clock() - started)
     except ModuleNotFoundError as missing:
         name = missing.name or str(missing)
         if name.split(".")[0] in OUR_PACKAGES:
-            return result("failed", f"ModuleNotFoundError: {missing}", seconds=context.clock() - started)
-        return result("skipped", f"needs {name} (not installed)", seconds=context.clock() - started)
+            return result("failed", f"ModuleNotFoundError: {missing}", partial, context.clock() - started)
+        return result("skipped", f"needs {name} (not installed)", partial, context.clock() - started)
     except Exception as exc:  # a broken check must not stop the others: it is reported as failed
         seconds = context.clock() - started
-        return result("failed", f"{type(exc).__name__}: {exc}"[:500], seconds=seconds, error=traceback.format_exc())
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        return result("failed", reason, partial, seconds, error=traceback.format_exc())
     finally:
         _free_memory(context.device)
     seconds = context.clock() - started

@@ -31,7 +31,7 @@ PF_X = 0x1
 
 
 def check_zerogpu(ctx: Context) -> Outcome:
-    out = Outcome()
+    out = ctx.outcome
     package_dir = ctx.work_dir / "aot"
     shutil.rmtree(package_dir, ignore_errors=True)  # "builds" means built by this run
     built = measure_aot(package_dir, ctx.device, MODEL_SIZE)
