@@ -50,7 +50,7 @@ class TierRun:
     stages: dict[str, float]  # seconds: denoise (base), sr, decode
     dit_flops: float
     peak_gib: float | None
-    held_estimate_gib: float
+    held_gib: float  # the fp8-auto plan's estimate for the models held during this tier
 
     @property
     def scope(self) -> float:
@@ -66,19 +66,38 @@ def check_pipeline(ctx: Context) -> Outcome:
     from magihuman.bench import H100_BF16_DENSE_TFLOPS, PUBLISHED, FlopCounter
     from magihuman.memory import plan_fp8
     from magihuman.model.turbo_vae import build_random_turbo_vae
-    from magihuman.optimize import SpeedFlags, compile_decoder, optimize_dit
+    from magihuman.optimize import SpeedFlags, compile_decoder
 
     device, out = ctx.device, ctx.outcome
+    runs: list[TierRun] = []
+
+    def record(run: TierRun) -> None:
+        """Into the outcome at once: a later tier that fails (e.g. out of memory) keeps the earlier ones."""
+        runs.append(run)
+        out.measured[f"{run.tier} scope s"] = run.scope
+        out.measured[f"{run.tier} vs published H100"] = run.scope / PUBLISHED[run.tier][0]
+        out.measured[f"{run.tier} DiT TFLOP/s"] = run.dit_flops / run.dit_seconds / 1e12
+        if run.peak_gib is not None:
+            out.at_most(f"{run.tier} peak GiB (≤ plan estimate of the models held)", run.peak_gib, run.held_gib)
+        out.table = speed_table(runs, PUBLISHED, H100_BF16_DENSE_TFLOPS, describe_device(device))
+
     flags = SpeedFlags.default(device)  # the app's defaults: compile on, fp8 auto
     plan = plan_fp8(["distill", *SR_DITS.values()], None, device)
     out.measured["fp8 (auto plan for distill + both SR DiTs)"] = ", ".join(sorted(plan.quantised)) or "none"
     out.measured["plan estimate GiB (studio set incl. text encoder)"] = plan.needed_bytes / 2**30
+    out.notes += [
+        f"random weights, {SECONDS}-second clip, {TEXT_TOKENS} random text-embedding rows (text encoder not run), "
+        "1-step warm-up at the same shapes, then one timed run; decode is the Turbo VAE video decode only",
+        "scope = base denoise + SR denoise + decode of the final video (what the published numbers time)",
+        "the plan estimate of the models held = DiTs (fp8 per the auto plan) + headroom, without the text encoder "
+        "and VAE encoders this check does not build",
+    ]
 
     start = time.perf_counter()
     decoder = build_random_turbo_vae(FULL_TURBO_VAE, 0, device=device, dtype=torch.bfloat16)
     if flags.compile:
         compile_decoder(decoder)
-    distill = _build_dit("distill", plan.quantised, flags, device, optimize_dit)
+    distill = _build_dit("distill", plan.quantised, flags, device)
     built = time.perf_counter() - start
     text = torch.randn(TEXT_TOKENS, distill.config.text_in_channels, device=device)
     counter = FlopCounter({"distill": distill})
@@ -93,14 +112,14 @@ def check_pipeline(ctx: Context) -> Outcome:
     base_flops = counter.take()
     _, decode_s = _timed(device, decoder.decode, video)
     held = _held_estimate_gib(["distill"], plan.quantised)
-    runs = [TierRun("256p", {"denoise": base_s, "decode": decode_s}, base_flops, peak_gib(device), held)]
+    record(TierRun("256p", {"denoise": base_s, "decode": decode_s}, base_flops, peak_gib(device), held))
     counter.remove()
 
     for tier, sr_name in SR_DITS.items():
         if tier == "1080p" and ctx.seconds_left() < EXPECTED_1080P_S:
             out.notes.append(f"1080p not run: {ctx.seconds_left():.0f} s of budget left")
             break
-        sr = _build_dit(sr_name, plan.quantised, flags, device, optimize_dit)
+        sr = _build_dit(sr_name, plan.quantised, flags, device)
         counter = FlopCounter({sr_name: sr})
         latent_hw = RESOLUTIONS[tier].latent_hw()
         sr_stage(sr, text, video, audio, latent_hw, device, steps=1, decoder=decoder)  # warm-up (compiles)
@@ -111,34 +130,20 @@ def check_pipeline(ctx: Context) -> Outcome:
         _, decode_s = _timed(device, decoder.decode, sr_video)
         held = _held_estimate_gib(["distill", sr_name], plan.quantised)
         stages = {"denoise": base_s, "sr": sr_s, "decode": decode_s}
-        runs.append(TierRun(tier, stages, base_flops + sr_flops, peak_gib(device), held))
+        record(TierRun(tier, stages, base_flops + sr_flops, peak_gib(device), held))
         counter.remove()
         del sr, sr_video
         free_memory(device)
 
-    for run in runs:
-        published = PUBLISHED[run.tier][0]
-        out.measured[f"{run.tier} scope s"] = run.scope
-        out.measured[f"{run.tier} vs published H100"] = run.scope / published
-        out.measured[f"{run.tier} DiT TFLOP/s"] = run.dit_flops / run.dit_seconds / 1e12
-        if run.peak_gib is not None:
-            name = f"{run.tier} peak GiB (≤ plan estimate of the models held)"
-            out.at_most(name, run.peak_gib, run.held_estimate_gib)
-    out.table = speed_table(runs, PUBLISHED, H100_BF16_DENSE_TFLOPS, describe_device(device))
-    out.notes += [
-        f"random weights, {SECONDS}-second clip, {TEXT_TOKENS} random text-embedding rows (text encoder not run), "
-        "1-step warm-up at the same shapes, then one timed run; decode is the Turbo VAE video decode only",
-        "scope = base denoise + SR denoise + decode of the final video (what the published numbers time)",
-        "the plan estimate of the models held = DiTs (fp8 per the auto plan) + headroom, without the text encoder "
-        "and VAE encoders this check does not build",
-    ]
     return out
 
 
-def _build_dit(name: str, quantised, flags, device: torch.device, optimize_dit):
+def _build_dit(name: str, quantised: frozenset[str], flags, device: torch.device):
+    """A full-size DiT with random weights and the app's speed steps (fp8 if the plan quantises it)."""
     from dataclasses import replace
 
     from magihuman.bench import make_model
+    from magihuman.optimize import optimize_dit
 
     model = make_model(dit_presets("full")[name].dit, device, flags.attention)
     optimize_dit(model, replace(flags, fp8=name in quantised), device)
