@@ -33,12 +33,11 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from magihuman.build import ALL_DITS, load_engine, random_models
 from magihuman.config import RESOLUTIONS, DiTConfig, decoded_frames, dit_presets, latent_frames, video_frames
-from magihuman.engine import Engine, GenerationRequest, Result
 from magihuman.fp8 import fp8_kernel, quantize_fp8_, relative_rms
 from magihuman.memory import plan_fp8
 from magihuman.model.attention import select_backend
@@ -53,6 +52,9 @@ from magihuman.optimize import (
 from magihuman.packing import TokenLayout
 from magihuman.precision import compute_dtype, cpu_info
 from magihuman.sampling import denoise_distill, gaussian_noise
+
+if TYPE_CHECKING:  # the engine needs the media stack (av, diffusers); forward mode and the DiT helpers do not
+    from magihuman.engine import Engine, Result
 
 H100_BF16_DENSE_TFLOPS = 790.0  # measured 8192³ bf16 matmul ceiling (shared/platform.md)
 # Issue 6: one H100, 5-second clip, warm, distilled base, denoising + decode. (published, goal bf16, goal fp8)
@@ -235,6 +237,8 @@ def run_tiers(
     engine: Engine, tiers: list[str], seconds: int, text_tokens: int, repetition: int
 ) -> dict[str, TierTimes]:
     """One 256p generation, then the upscale of that take to each SR tier in `tiers`."""
+    from magihuman.engine import GenerationRequest
+
     counter = FlopCounter(engine.models.dits)
     try:
         request = GenerationRequest(bench_prompt(text_tokens, repetition), resolution="256p", seconds=seconds, seed=0)
@@ -260,6 +264,9 @@ def _max_peak(*results: Result) -> float | None:
 def run_pipeline(
     args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, tiers: list[str]
 ) -> None:
+    from magihuman.build import ALL_DITS, load_engine, random_models
+    from magihuman.engine import Engine
+
     dits = ["distill", *(RESOLUTIONS[t].sr_model for t in tiers if RESOLUTIONS[t].sr_model)]
     dits = [d for d in ALL_DITS if d in dits]
     seconds = args.seconds or (5 if size == "full" else 1)

@@ -1,0 +1,3 @@
+from magihuman.acceptance.cli import main
+
+raise SystemExit(main())
