@@ -378,6 +378,9 @@ PREVIEW_GOALS = {
 
 def run_preview(args: argparse.Namespace, device: torch.device, flags: SpeedFlags) -> None:
     """Time the two preview goals with the tiny engine, warm, median of `--iters` runs (default 1)."""
+    from magihuman.build import load_engine
+    from magihuman.engine import GenerationRequest
+
     print(f"CPU: {cpu_info().describe()}")
     print(f"preview compute dtype: {str(compute_dtype(device)).removeprefix('torch.')} (the faster one, measured)")
     output_root = Path(tempfile.mkdtemp(prefix="magihuman-bench-"))
