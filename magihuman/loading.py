@@ -1,4 +1,4 @@
-"""Strict loading of DiT checkpoints in the official layout (spec/model.md §9).
+"""Strict loading of DiT checkpoints in the official layout.
 
 A model folder holds either `model.safetensors.index.json` (whose `weight_map` names the shard of every
 key) with its shards, or one `model.safetensors`. Keys are bare module paths. The model is built on the

@@ -1,4 +1,4 @@
-"""Token packing: latents and text in, one token sequence out, and back (spec/model.md §3.1, §4).
+"""Token packing: latents and text in, one token sequence out, and back.
 
 The sequence is always [video tokens | audio tokens | text tokens]; video tokens are ordered by latent
 frame, then patch row, then patch column. Two channel orders exist and both are reproduced on purpose:

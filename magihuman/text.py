@@ -1,4 +1,4 @@
-"""Prompt -> text embedding for the DiT, with the T5Gemma encoder (spec/pipeline.md §4, spec/model.md §4.4).
+"""Prompt -> text embedding for the DiT, with the T5Gemma encoder.
 
 The reference tokenises with the tokenizer's defaults (`<bos>` prepended, no padding, no truncation), runs the
 whole sequence through the encoder, casts the last hidden state to fp16, keeps at most 640 rows and casts to
@@ -115,7 +115,7 @@ class TextEncoder:
 
     @torch.no_grad()
     def _encode(self, prompt: str) -> TextEmbedding:
-        # Defaults only: the reference neither pads nor truncates before the encoder (spec gotcha 14).
+        # Defaults only: the reference neither pads nor truncates before the encoder, so neither do we.
         batch = self.tokenizer([_valid_text(prompt)], return_tensors="pt")
         input_ids = batch["input_ids"].to(self.device)  # (1, n)
         attention_mask = batch["attention_mask"].to(self.device)  # all ones: a single unpadded prompt
@@ -133,7 +133,7 @@ def _valid_text(prompt: str) -> str:
 def _encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
     """Make a T5Gemma config load as `T5GemmaEncoderModel` and compute what the reference computed."""
     config.is_encoder_decoder = False  # the encoder-only class refuses an encoder-decoder config
-    config.encoder.attn_logit_softcapping = None  # the reference's SDPA path never applied it (spec §4.2)
+    config.encoder.attn_logit_softcapping = None  # the reference's SDPA path never applied it
     return config
 
 
@@ -272,7 +272,7 @@ def tiny_t5gemma_config(hidden_size: int = TINY_DIT.text_in_channels) -> T5Gemma
 
 
 def t5gemma_9b_config() -> T5GemmaConfig:
-    """The encoder shape of google/t5gemma-9b-9b-ul2 (spec/pipeline.md §4.3): 9,241,705,984 parameters. For
+    """The encoder shape of google/t5gemma-9b-9b-ul2: 9,241,705,984 parameters. For
     the benchmark's random full-size encoder; real loading reads the repository's own config."""
     return t5gemma_config(3584, 14336, 42, 16, 8, 256, sliding_window=4096, vocab_size=256_000)
 
@@ -299,7 +299,7 @@ def build_tiny_text_encoder(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. The negative prompt (the unconditional text of the 32-step base model's CFG; spec/model.md §6.2)
+# 4. The negative prompt (the unconditional text of the 32-step base model's CFG)
 # ---------------------------------------------------------------------------------------------------------
 
 _VISUAL_DEFECTS = (

@@ -1,4 +1,4 @@
-"""The two encoder-decoders around the DiT, both diffusers modules (spec/pipeline.md §2-3).
+"""The two encoder-decoders around the DiT, both diffusers modules.
 
 - `VideoVAE`: Wan2.2 VAE (`AutoencoderKLWan`, Wan2.2-TI2V-5B config). Encodes the portrait of TI2V into
   frame 0 of the latent; its decoder is the fallback when the Turbo VAE is not used.
@@ -32,7 +32,7 @@ from magihuman.weights import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, STABLE_AUDIO_
 # 1. Video VAE
 # ---------------------------------------------------------------------------------------------------------
 
-# `vae/config.json` of Wan2.2-TI2V-5B-Diffusers (spec §2.2). Its obsolete `clip_output` key is left out:
+# `vae/config.json` of Wan2.2-TI2V-5B-Diffusers. Its obsolete `clip_output` key is left out:
 # current diffusers ignores it and always clamps the decoded pixels.
 WAN22_VAE_CONFIG = MappingProxyType(
     dict(
@@ -65,8 +65,8 @@ class VideoVAE:
 
     Normalised latent = (μ − mean) · (1/std) per channel, μ the posterior mean (encoding is deterministic),
     mean/std the model config's `latents_mean`/`latents_std`. The normalisation runs in fp32 whatever the
-    model dtype (the reference used bf16 statistics; spec §2.6 explains why bf16 results differ slightly
-    anyway). Tiling stays off: the reference never tiles and tiles change the pixels.
+    model dtype (the reference used bf16 statistics; a bf16 model rounds its own activations, so its results
+    differ slightly anyway). Tiling stays off: the reference never tiles and tiles change the pixels.
     """
 
     def __init__(self, model: AutoencoderKLWan) -> None:
@@ -140,7 +140,7 @@ def build_tiny_video_vae(seed: int = 0, device: torch.device | str = "cpu") -> V
 # 2. Audio VAE
 # ---------------------------------------------------------------------------------------------------------
 
-# `vae/config.json` of stable-audio-open-1.0 (spec §3.2). Its `sampling_rate` plays no role: see AUDIO.
+# `vae/config.json` of stable-audio-open-1.0. Its `sampling_rate` plays no role: see AUDIO.
 SAO_VAE_CONFIG = MappingProxyType(
     dict(
         encoder_hidden_size=128,

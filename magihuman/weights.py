@@ -1,6 +1,6 @@
 """Where every weight file comes from, which tiers need which, and how they get onto the disk.
 
-Four Hugging Face repositories hold everything (spec/pipeline.md §5.8); each is mirrored into its own folder
+Four Hugging Face repositories hold everything; each is mirrored into its own folder
 under one weights directory (`--weights-dir`, else `$MAGIHUMAN_WEIGHTS`, else `./weights`), keeping the
 repository's own layout, so a copy made elsewhere with `huggingface-cli download` works as well:
 
@@ -86,7 +86,7 @@ class Component:
     subdir: str  # inside the repository; "" for its root
     patterns: tuple[str, ...]  # allow-patterns relative to `subdir` (fnmatch; `*` also matches `/`)
     required: tuple[Requirement, ...]  # relative to `subdir`
-    approx_gib: float  # download size from spec/pipeline.md §5.8 (third-party figures), or inferred
+    approx_gib: float  # download size (third-party figures), or inferred
 
     @property
     def hub_patterns(self) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Attention behind one dispatch point (spec/model.md §1, §8.1).
+"""Attention behind one dispatch point.
 
 Every backend takes q (N, Hq, D), k and v (N, Hkv, D) for one packed sequence (batch 1), in bf16 (the
 reference) or fp32 (the preview engine on CPUs without bf16 units), uses grouped-query attention (query head

@@ -1,4 +1,4 @@
-"""3-axis rotary position embedding (spec/model.md §3).
+"""3-axis rotary position embedding.
 
 Per token, each axis a ∈ (t, h, w) gets a position p_a = (coord_a − centre_a) · scale_a with
 scale_a = (ref_a − 1)/(size_a − 1) (1 when ref = size = 1), centre_t = 0 and centre_h/w = (size − 1)/2.

@@ -1,15 +1,15 @@
-"""Turbo VAE decoder: Wan2.2 48-channel latents to RGB video (spec/pipeline.md §1).
+"""Turbo VAE decoder: Wan2.2 48-channel latents to RGB video.
 
 A decode-only, non-causal 3-D conv network (LTX-style, distilled from the Wan2.2 decoder). The module's state
 dict is exactly the official checkpoint's decoder key set (`decoder.conv_in.conv.weight`, ...), so weights load
 strictly. Sections follow the spec:
 
-1. Latent statistics and de-normalisation (§1.6)
-2. Building blocks: time-padded conv, RMSNorm, resnet, upsampler, block (§1.4)
-3. The decoder, one call on one window (§1.5)
-4. The sliding-window decode (§1.7)
-5. uint8 post-processing (§1.8)
-6. Loading: official checkpoint, strict state dict, seeded random weights (§1.1)
+1. Latent statistics and de-normalisation
+2. Building blocks: time-padded conv, RMSNorm, resnet, upsampler, block
+3. The decoder, one call on one window
+4. The sliding-window decode
+5. uint8 post-processing
+6. Loading: official checkpoint, strict state dict, seeded random weights
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from magihuman.config import TINY_TURBO_VAE, TurboVAEConfig
 from magihuman.errors import CheckpointError
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. Latent statistics and de-normalisation (§1.6)
+# 1. Latent statistics and de-normalisation
 # ---------------------------------------------------------------------------------------------------------
 
 # The 48 Wan2.2 latent statistics, as published (Wan2.2-TI2V-5B VAE config). Read as float32 these are
@@ -61,7 +61,7 @@ def denormalize(z: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. Building blocks (§1.4)
+# 2. Building blocks
 # ---------------------------------------------------------------------------------------------------------
 
 NORM_EPS = 1e-8  # norm1, norm2 and the final norm; the shortcut norm uses config.resnet_norm_eps
@@ -194,7 +194,7 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. The decoder (§1.5)
+# 3. The decoder
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -272,7 +272,7 @@ class TurboVAEDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Sliding-window decode (§1.7)
+# 4. Sliding-window decode
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -321,7 +321,7 @@ class TurboVAE(nn.Module):
     def decode(self, z: torch.Tensor, on_window: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Normalised latent (B, 48, T, h, w) -> video (B, 3, r·(T-1)+1, 16h, 16w) in the weights' dtype.
 
-        z is cast to the weights' dtype, de-normalised (§1.6) and decoded window by window; each window is
+        z is cast to the weights' dtype, de-normalised and decoded window by window; each window is
         independent (no cache, no blending). `on_window(done, total)` is called after every window.
         """
         pieces = []
@@ -349,7 +349,7 @@ class TurboVAE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 5. uint8 post-processing (§1.8)
+# 5. uint8 post-processing
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -367,7 +367,7 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 6. Loading (§1.1)
+# 6. Loading
 # ---------------------------------------------------------------------------------------------------------
 
 EMA_KEY = "ema_state_dict"
