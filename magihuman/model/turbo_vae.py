@@ -2,7 +2,7 @@
 
 A decode-only, non-causal 3-D conv network (LTX-style, distilled from the Wan2.2 decoder). The module's state
 dict is exactly the official checkpoint's decoder key set (`decoder.conv_in.conv.weight`, ...), so weights load
-strictly. Sections follow the spec:
+strictly. Sections:
 
 1. Latent statistics and de-normalisation
 2. Building blocks: time-padded conv, RMSNorm, resnet, upsampler, block
