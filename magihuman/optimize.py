@@ -225,7 +225,8 @@ def compile_decoder(vae: TurboVAE) -> TurboVAE:
 
 
 def onednn_conv3d_(module: nn.Module) -> int:
-    """Run every fp32 `nn.Conv3d` in `module` through oneDNN's convolution; returns how many were switched.
+    """Run every fp32 `nn.Conv3d` in `module` through oneDNN's convolution; returns how many it switched (the
+    ones already switched are left as they are).
 
     For an fp32 Conv3d with a batch of one PyTorch's CPU dispatcher picks its generic im2col kernel
     (`slow_conv3d`), which on the preview decoder's narrow layers (3-8 channels over whole 256p-1080p frames)
@@ -236,10 +237,19 @@ def onednn_conv3d_(module: nn.Module) -> int:
         return 0
     switched = 0
     for conv in module.modules():
-        if isinstance(conv, nn.Conv3d) and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu":
+        if (
+            isinstance(conv, nn.Conv3d)
+            and conv.weight.dtype == torch.float32
+            and conv.weight.device.type == "cpu"
+            and not is_onednn_conv3d(conv)
+        ):
             conv.forward = _onednn_forward(conv)
             switched += 1
     return switched
+
+
+def is_onednn_conv3d(conv: nn.Module) -> bool:
+    return getattr(conv.forward, "onednn", False)
 
 
 def _onednn_forward(conv: nn.Conv3d):
@@ -251,6 +261,7 @@ def _onednn_forward(conv: nn.Conv3d):
             x.contiguous(), conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
         )
 
+    forward.onednn = True
     return forward
 
 

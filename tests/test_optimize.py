@@ -51,6 +51,7 @@ from magihuman.optimize import (
     compile_dit,
     default_cache_dir,
     is_compiled,
+    is_onednn_conv3d,
     warm_up,
 )
 from magihuman.sampling import denoise_distill, gaussian_noise
@@ -309,7 +310,10 @@ def test_apply_speed_flags_and_warm_up_on_the_tiny_engine(tmp_path) -> None:
     lines = apply_speed_flags(engine.models, SpeedFlags(fp8=True, offload=True, attention="math"), engine.device)
     assert lines[0] == "distill: attention math, fp8 linears (emulated)"
     assert "sr-540p: attention math, fp8 linears (emulated), offloaded" in lines
-    assert lines[-1] == "text encoder: offloaded"  # compile is off: the decoder stays eager
+    assert lines[-1] == "text encoder: offloaded"  # compile is off; the decoder's convolutions were switched at load
+    convs = [m for m in engine.models.decoder.modules() if isinstance(m, torch.nn.Conv3d)]
+    fp32_decoder = engine.models.decoder.decoder.conv_in.conv.weight.dtype == torch.float32
+    assert all(is_onednn_conv3d(conv) == fp32_decoder for conv in convs)
     assert not hasattr(engine.models.dits["distill"], "_magihuman_offload")  # the base model stays resident
     assert isinstance(engine.models.dits["sr-1080p"].block.layers[0].mlp.down_proj, Fp8ExpertLinear)
     seconds = warm_up(engine, ["256p"])
