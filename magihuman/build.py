@@ -8,6 +8,7 @@ and noise sound. Tests, CI and newcomers without a GPU use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,9 +18,9 @@ from magihuman.config import FULL_DIT, FULL_TURBO_VAE, TINY_TURBO_VAE, ModelSize
 from magihuman.engine import Engine, Models
 from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.memory import plan_fp8
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import DiT, build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
-from magihuman.optimize import SpeedFlags, apply_speed_flags
+from magihuman.optimize import SpeedFlags, apply_speed_flags, optimize_dit
 from magihuman.text import build_random_text_encoder, build_tiny_text_encoder, load_text_encoder, t5gemma_9b_config
 from magihuman.vae import (
     SAO_VAE_CONFIG,
@@ -79,6 +80,42 @@ def load_engine(
     backend = next(iter(models.dits.values())).attention_backend
     status(f"ready: {', '.join(models.dits)} on {device} (attention: {backend})")
     return Engine(models, device, preview=model == "tiny", output_root=output_root)
+
+
+def load_dits(
+    model: ModelSize = "full",
+    weights_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    dits: Iterable[str] = DEFAULT_DITS,
+    speed: SpeedFlags | None = None,
+    on_status: StatusFn | None = None,
+) -> dict[str, DiT]:
+    """Only the DiTs, as `load_engine` holds them (same weights, fp8 plan and speed steps, no offload): what a
+    context-parallel worker rank serves. The text encoder and VAEs (about 20 GB) stay on rank 0."""
+    status = on_status or (lambda line: None)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    speed = speed or SpeedFlags.default(device)
+    if model == "tiny":
+        # Built whole (seconds): its DiTs are then the driver's, whatever preview settings load_engine applies.
+        return load_engine("tiny", device=device, speed=speed, on_status=status).models.dits
+    dits = list(dict.fromkeys(dits))
+    plan = plan_fp8(dits, speed.fp8, device, model, offload=False)
+    paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
+    presets = dit_presets("full")
+    loaded = {}
+    for name in dits:
+        status(f"loading the {name} DiT from {paths.dit(name)}")
+        dit = load_dit_cached(
+            paths.dit(name),
+            presets[name].dit,
+            device,
+            fp8=name in plan.quantised,
+            cache_dir=speed.cache_dir,
+            status=status,
+        )
+        optimize_dit(dit, replace(speed, fp8=name in plan.quantised), device)
+        loaded[name] = dit
+    return loaded
 
 
 def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
