@@ -252,6 +252,8 @@ def serve_forever(ctx: ParallelContext, dits: Mapping[str, DiT]) -> None:
         op, index, t, h, w, a, length, negative_length = (int(v) for v in header)
         if op == STOP:
             return
+        if op not in (FORWARD, PAIR):
+            raise RuntimeError(f"rank {ctx.rank}: unknown command {op} from rank 0; stopping this worker")
         name = names[index]
         dit = dits[name]
         c, ca, ct = channels[name]
@@ -262,10 +264,8 @@ def serve_forever(ctx: ParallelContext, dits: Mapping[str, DiT]) -> None:
                 dist.broadcast(x, src=0)
             if op == FORWARD:
                 dit(*inputs)
-            elif op == PAIR:
-                _pair_forward(ctx, dit, dit, *inputs)
             else:
-                raise RuntimeError(f"unknown command {op}")
+                _pair_forward(ctx, dit, dit, *inputs)
         except BaseException:
             print(f"rank {ctx.rank}: the {name} forward failed; stopping this worker", file=sys.stderr)
             traceback.print_exc()
