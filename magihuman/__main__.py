@@ -12,6 +12,7 @@ import torch
 from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, RESOLUTIONS, SAMPLING
 from magihuman.errors import MagiHumanError
 from magihuman.optimize import SpeedFlags, add_speed_arguments
+from magihuman.parallel.launch import add_parallel_argument
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,22 +32,6 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output mp4 (the SR clip when a SR tier is asked)")
     add_parallel_argument(parser)
     add_speed_arguments(parser)
-
-
-def add_parallel_argument(parser: argparse.ArgumentParser) -> None:
-    """`--cp N`: spread each clip over the N processes torchrun started (shared by the CLI, bench and app)."""
-    parser.add_argument(
-        "--cp",
-        type=int,
-        help="GPUs per clip (context parallel; 1, 2, 4 or 8), under `torchrun --nproc-per-node N`; "
-        "default: the number of processes",
-    )
-    parser.add_argument(
-        "--cfg-parallel",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="with --cp ≥ 2, run the base model's two CFG forwards on two halves of the GPUs (default: on)",
-    )
 
 
 def _run_generate(args: argparse.Namespace) -> None:

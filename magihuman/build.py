@@ -140,13 +140,7 @@ def random_models(
     device = torch.device(device)
     full = size == "full"
     dtype = torch.bfloat16 if full and device.type == "cuda" else torch.float32
-    presets = dit_presets(size)
-    built = {}
-    for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
-        if name in dits:
-            built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
-            if name in fp8:
-                quantize_fp8_(built[name], fp8_kernel(device))
+    built = random_dits(size, seed, device, dits, fp8)
     if full:
         text = build_random_text_encoder(t5gemma_9b_config(), seed, device, torch.bfloat16)
         video_vae = build_random_video_vae(WAN22_VAE_CONFIG, seed, device, dtype, build_on_device=True)
@@ -158,6 +152,25 @@ def random_models(
     decoder_config, decoder_dtype = (FULL_TURBO_VAE, dtype) if full else (TINY_TURBO_VAE, torch.bfloat16)
     decoder = build_random_turbo_vae(decoder_config, seed, device=device, dtype=decoder_dtype)
     return Models(text=text, video_vae=video_vae, audio_vae=audio_vae, decoder=decoder, dits=built)
+
+
+def random_dits(
+    size: ModelSize = "tiny",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dits: Iterable[str] = ALL_DITS,
+    fp8: Collection[str] = (),
+) -> dict[str, DiT]:
+    """The DiTs of `random_models` alone (the same weights): what a benchmark's worker rank holds."""
+    device = torch.device(device)
+    presets = dit_presets(size)
+    built = {}
+    for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
+        if name in dits:
+            built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
+            if name in fp8:
+                quantize_fp8_(built[name], fp8_kernel(device))
+    return built
 
 
 def full_models(

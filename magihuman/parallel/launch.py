@@ -13,6 +13,7 @@ Launched as `torchrun --standalone --nproc-per-node N <entry point> --cp N`; wit
 
 from __future__ import annotations
 
+import argparse
 import atexit
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,22 @@ from magihuman.parallel.serve import Driver, serve_forever
 if TYPE_CHECKING:  # the engine pulls in the media stack, which worker ranks do not need
     from magihuman.engine import Engine
     from magihuman.optimize import SpeedFlags
+
+
+def add_parallel_argument(parser: argparse.ArgumentParser) -> None:
+    """`--cp N`: spread each clip over the N processes torchrun started (shared by the CLI, bench and app)."""
+    parser.add_argument(
+        "--cp",
+        type=int,
+        help="GPUs per clip (context parallel; 1, 2, 4 or 8), under `torchrun --nproc-per-node N`; "
+        "default: the number of processes",
+    )
+    parser.add_argument(
+        "--cfg-parallel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --cp ≥ 2, run the base model's two CFG forwards on two halves of the GPUs (default: on)",
+    )
 
 
 def init_parallel(
