@@ -4,7 +4,7 @@
 groups), `serve` (rank 0 drives, the other ranks serve DiT forwards), `launch` (the calls an entry point makes).
 """
 
-from magihuman.parallel.launch import attach, init_parallel, run_worker, shutdown
+from magihuman.parallel.launch import add_parallel_argument, attach, init_parallel, run_worker, shutdown
 from magihuman.parallel.runtime import Layout, ParallelContext
 from magihuman.parallel.serve import Driver, WorkerLost, serve_forever
 
@@ -13,6 +13,7 @@ __all__ = [
     "Layout",
     "ParallelContext",
     "WorkerLost",
+    "add_parallel_argument",
     "attach",
     "init_parallel",
     "run_worker",
