@@ -12,6 +12,7 @@ import torch
 from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, RESOLUTIONS, SAMPLING
 from magihuman.errors import MagiHumanError
 from magihuman.optimize import SpeedFlags, add_speed_arguments
+from magihuman.parallel.launch import add_parallel_argument
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,20 +30,38 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
     parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
     parser.add_argument("--out", type=Path, required=True, help="output mp4 (the SR clip when a SR tier is asked)")
+    add_parallel_argument(parser)
     add_speed_arguments(parser)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
     from magihuman.build import default_model_size, load_engine
-    from magihuman.engine import GenerationRequest
+    from magihuman.parallel import attach, init_parallel, run_worker, shutdown
 
     prompt = Path(args.prompt[1:]).read_text() if args.prompt.startswith("@") else args.prompt
     size = args.model or default_model_size()
     sr_model = RESOLUTIONS[args.resolution].sr_model
-    print(f"loading the {size} engine ...", file=sys.stderr)
     speed = SpeedFlags.from_args(args, "cuda" if torch.cuda.is_available() else "cpu")
     dits = [args.base_model, *([sr_model] if sr_model else [])]
-    engine = load_engine(size, weights_dir=args.weights_dir, dits=dits, speed=speed)
+    try:
+        ctx = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
+    except ValueError as exc:
+        raise MagiHumanError(str(exc)) from exc
+    if not ctx.is_driver:
+        run_worker(ctx, size, args.weights_dir, dits, speed)
+        return
+    print(f"loading the {size} engine ({ctx.describe()}) ...", file=sys.stderr)
+    engine = load_engine(size, weights_dir=args.weights_dir, device=ctx.device, dits=dits, speed=speed)
+    driver = attach(engine, ctx)
+    try:
+        _generate_one(engine, args, prompt)
+    finally:
+        shutdown(driver)
+
+
+def _generate_one(engine, args: argparse.Namespace, prompt: str) -> None:
+    from magihuman.engine import GenerationRequest
+
     if engine.preview:
         print("NOTE: tiny preview engine with random weights: the clip is noise, not a person", file=sys.stderr)
     request = GenerationRequest(
@@ -71,16 +90,19 @@ def _run_generate(args: argparse.Namespace) -> None:
         shutil.copyfile(result.video_path, base_copy)
         print(f"base clip: {base_copy}")
     print(f"wrote {args.out} (seed {result.seed})")
-    print(timing_table(result.timings, result.peak_memory_gb))
+    print(timing_table(result.timings, result.peak_memory_gb, result.layout))
 
 
-def timing_table(timings: dict[str, float], peak_memory_gb: float | None) -> str:
-    """Per-stage seconds as a small text table (shared by the CLI and the app)."""
+def timing_table(timings: dict[str, float], peak_memory_gb: float | None, layout: str | None = None) -> str:
+    """Per-stage seconds as a small text table (shared by the CLI and the app); `layout` names the multi-GPU
+    layout that ran it (`Result.layout`)."""
     lines = [f"{'stage':<8} {'seconds':>8}", f"{'-' * 8} {'-' * 8}"]
     lines += [f"{stage:<8} {seconds:>8.2f}" for stage, seconds in timings.items()]
     lines.append(f"{'total':<8} {sum(timings.values()):>8.2f}")
     if peak_memory_gb is not None:
         lines.append(f"peak GPU memory: {peak_memory_gb:.1f} GiB")
+    if layout is not None:
+        lines.append(f"layout: {layout}")
     return "\n".join(lines)
 
 

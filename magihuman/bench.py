@@ -17,6 +17,10 @@ and the upscale of a 2-s take to 540p, against the goals of a 2-core CPU without
 Forward mode (`--forward`). Times one DiT forward at the token counts of each tier (1080p with the
 frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
 
+Several GPUs (`torchrun --standalone --nproc-per-node N -m magihuman.bench --cp N`): per tier the DiT forward
+and the pipeline on all N ranks against rank 0 alone, the bytes exchanged, and the H100 arithmetic
+(`magihuman.parallel.bench`).
+
 Both take the speed flags of `magihuman.optimize` (--no-compile, --fp8/--no-fp8, --offload, --attention,
 --cache); fp8 left unset is "auto" (`magihuman.memory`), as in the app. Whenever fp8 is used they report the
 quality check: the relative RMS error of the fp8 distilled model against the same model in bf16, on the same
@@ -50,6 +54,8 @@ from magihuman.optimize import (
     warm_up,
 )
 from magihuman.packing import TokenLayout
+from magihuman.parallel import bench as parallel_bench
+from magihuman.parallel.launch import add_parallel_argument, init_parallel
 from magihuman.precision import compute_dtype, cpu_info
 from magihuman.sampling import denoise_distill, gaussian_noise
 
@@ -497,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, help="untimed runs first (pipeline: 1 on CUDA, 0 on CPU)")
     parser.add_argument("--iters", type=int, help="timed runs (pipeline: 2 on CUDA, 1 on CPU; forward: 3 / 1)")
     add_speed_arguments(parser)  # --backend above is the old name of --attention
+    add_parallel_argument(parser)
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -512,6 +519,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown tier(s) {unknown}; choose from {', '.join(RESOLUTIONS)}")
 
     flags = SpeedFlags.from_args(args, device)
+    try:
+        ctx = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=flags)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if ctx.world > 1:  # under torchrun: CP N against CP 1 with the same models (magihuman.parallel.bench)
+        if ctx.is_driver:
+            print(f"torch {torch.__version__} · preset: {size} · speed steps: {flags.describe()}")
+        parallel_bench.run(args, ctx, size, flags, tiers)
+        return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     mode = "forward" if args.forward else "preview" if preview else "pipeline"
     print(f"device: {name} · torch {torch.__version__} · preset: {size} · mode: {mode}")

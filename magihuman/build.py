@@ -8,6 +8,7 @@ and noise sound. Tests, CI and newcomers without a GPU use it.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,9 +18,9 @@ from magihuman.config import FULL_DIT, FULL_TURBO_VAE, TINY_TURBO_VAE, ModelSize
 from magihuman.engine import Engine, Models
 from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.memory import plan_fp8
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import DiT, build_dit, init_random_
 from magihuman.model.turbo_vae import build_random_turbo_vae, load_turbo_vae
-from magihuman.optimize import SpeedFlags, apply_speed_flags
+from magihuman.optimize import SpeedFlags, apply_speed_flags, optimize_dit
 from magihuman.precision import model_dtypes
 from magihuman.text import build_random_text_encoder, build_tiny_text_encoder, load_text_encoder, t5gemma_9b_config
 from magihuman.vae import (
@@ -82,6 +83,42 @@ def load_engine(
     return Engine(models, device, preview=model == "tiny", output_root=output_root)
 
 
+def load_dits(
+    model: ModelSize = "full",
+    weights_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    dits: Iterable[str] = DEFAULT_DITS,
+    speed: SpeedFlags | None = None,
+    on_status: StatusFn | None = None,
+) -> dict[str, DiT]:
+    """Only the DiTs, as `load_engine` holds them (same weights, fp8 plan and speed steps, no offload): what a
+    context-parallel worker rank serves. The text encoder and VAEs (about 20 GB) stay on rank 0."""
+    status = on_status or (lambda line: None)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    speed = speed or SpeedFlags.default(device)
+    if model == "tiny":
+        # Built whole (seconds): its DiTs are then the driver's, whatever preview settings load_engine applies.
+        return load_engine("tiny", device=device, speed=speed, on_status=status).models.dits
+    dits = list(dict.fromkeys(dits))
+    plan = plan_fp8(dits, speed.fp8, device, model, offload=False)
+    paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
+    presets = dit_presets("full")
+    loaded = {}
+    for name in dits:
+        status(f"loading the {name} DiT from {paths.dit(name)}")
+        dit = load_dit_cached(
+            paths.dit(name),
+            presets[name].dit,
+            device,
+            fp8=name in plan.quantised,
+            cache_dir=speed.cache_dir,
+            status=status,
+        )
+        optimize_dit(dit, replace(speed, fp8=name in plan.quantised), device)
+        loaded[name] = dit
+    return loaded
+
+
 def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
     """Every component with a tiny random configuration; the same seed gives the same weights.
 
@@ -111,14 +148,7 @@ def random_models(
     device = torch.device(device)
     full = size == "full"
     dtypes = model_dtypes(size, device)
-    presets = dit_presets(size)
-    built = {}
-    for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
-        if name in dits:
-            built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
-            built[name].set_compute_dtype(dtypes.transformer)
-            if name in fp8:
-                quantize_fp8_(built[name], fp8_kernel(device))
+    built = random_dits(size, seed, device, dits, fp8)
     if full:
         text = build_random_text_encoder(t5gemma_9b_config(), seed, device, dtypes.text)
         video_vae = build_random_video_vae(WAN22_VAE_CONFIG, seed, device, dtypes.video_vae, build_on_device=True)
@@ -129,6 +159,28 @@ def random_models(
         audio_vae = build_tiny_audio_vae(seed, device=device)
     decoder = build_random_turbo_vae(FULL_TURBO_VAE if full else TINY_TURBO_VAE, seed, device, dtypes.decoder)
     return Models(text=text, video_vae=video_vae, audio_vae=audio_vae, decoder=decoder, dits=built)
+
+
+def random_dits(
+    size: ModelSize = "tiny",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dits: Iterable[str] = ALL_DITS,
+    fp8: Collection[str] = (),
+) -> dict[str, DiT]:
+    """The DiTs of `random_models` alone (the same weights and compute dtype): what a benchmark's worker rank
+    holds."""
+    device = torch.device(device)
+    compute = model_dtypes(size, device).transformer
+    presets = dit_presets(size)
+    built = {}
+    for i, name in enumerate(ALL_DITS):  # seeds by position in ALL_DITS: a subset keeps the same weights
+        if name in dits:
+            built[name] = init_random_(build_dit(presets[name].dit, device), seed + i).eval().requires_grad_(False)
+            built[name].set_compute_dtype(compute)
+            if name in fp8:
+                quantize_fp8_(built[name], fp8_kernel(device))
+    return built
 
 
 def full_models(

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -52,11 +53,28 @@ from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio,
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
 from magihuman.offload import resident
-from magihuman.sampling import StepEvent, denoise_base, denoise_distill, denoise_sr, gaussian_noise
+from magihuman.sampling import (
+    StepEvent,
+    VelocityPairFn,
+    denoise_base,
+    denoise_distill,
+    denoise_sr,
+    gaussian_noise,
+)
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.vae import AudioVAE, VideoVAE
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, step, total)
+
+
+class ParallelDriver(Protocol):
+    """What the engine needs of a multi-GPU driver (magihuman.parallel.Driver)."""
+
+    def describe(self) -> str: ...
+
+    def guided_pair(self, dit: DiT) -> VelocityPairFn | None: ...
+
+
 SR_SEED_OFFSET = 2**32
 
 
@@ -115,6 +133,7 @@ class Result:
     timings: dict[str, float]  # seconds per stage: text, image, audio, denoise, sr, decode, mux
     peak_memory_gb: float | None  # CUDA peak during the call; None on CPU
     preview: bool  # produced by the tiny preview engine (noise pictures and sound)
+    layout: str | None = None  # the multi-GPU layout that ran it, e.g. "4 GPUs: CP 4"; None: one device
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,8 +159,16 @@ class Engine:
         self.output_root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.fault_hook: Callable[[str, int], None] | None = None  # tests inject faults per (stage, step)
+        # Several GPUs on one clip (magihuman.parallel.Driver, set by `attach`): the DiTs run on all ranks;
+        # the engine only asks it for the CFG pair forward and the layout's name.
+        self.parallel: ParallelDriver | None = None
         # The preview's noise pictures do not compress; spend no CPU time trying.
         self.x264_preset = "ultrafast" if preview else "veryfast"
+
+    @property
+    def layout(self) -> str | None:
+        """The multi-GPU layout, e.g. "4 GPUs: CP 4 (base model: CFG 2 × CP 2)"; None on one device."""
+        return self.parallel.describe() if self.parallel is not None else None
 
     @property
     def available_base_models(self) -> list[str]:
@@ -169,7 +196,7 @@ class Engine:
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
                 raise
-        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview)
+        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview, self.layout)
 
     def upscale(
         self,
@@ -186,7 +213,7 @@ class Engine:
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
             sr_path = self._super_resolve(take, resolution, timer, on_progress or _ignore, cancel)
-        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview)
+        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview, self.layout)
 
     def validate(self, request: GenerationRequest) -> GenerationRequest:
         """Check every field (the API must not trust UI sliders); returns the request with the seed resolved."""
@@ -302,6 +329,7 @@ class Engine:
                     on_step=step_report,
                     cancel=cancel,
                     stage="base",
+                    velocity_pair=self.parallel.guided_pair(dit) if self.parallel is not None else None,
                 )
         if audio_latent is not None:
             audio = audio_latent  # the user's speech is the clip's audio, whatever the model did with it

@@ -34,6 +34,8 @@ from magihuman.errors import GenerationCancelled
 
 Tensor = torch.Tensor
 VelocityFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+# (video, audio, text, negative text) -> (conditional velocity, unconditional velocity), e.g. on two GPU groups
+VelocityPairFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]
 NoiseFn = Callable[[tuple[int, ...]], Tensor]
 
 # Zero-terminal-SNR DDPM table used to re-noise the upsampled latent in the SR stage (spec §8 step 3):
@@ -422,6 +424,7 @@ def denoise_base(
     on_step: Callable[[StepEvent], None] | None = None,
     cancel: threading.Event | None = None,
     stage: str = "base",
+    velocity_pair: VelocityPairFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Base model: UniPC with classifier-free guidance against the negative text (spec §6.2).
 
@@ -430,7 +433,8 @@ def denoise_base(
     5.0 of both video and audio; the late video scale stays 2.0 (or `guidance` if lower). With
     `audio_latent` (A2V) the audio is fed unchanged at every step and returned as given; otherwise audio
     noise of `audio_shape` is drawn before the video noise and stepped by its own solver. Returns the final
-    (video, audio).
+    (video, audio). `velocity_pair`, when given, computes both DiT calls of a step at once (CFG-parallel on
+    two GPU groups) and must return what the two `velocity` calls would.
     """
     # 1. Initial latents, the grid, one solver per stepped latent.
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
@@ -442,8 +446,11 @@ def denoise_base(
     # 2. Steps: frame-0 overwrite, two DiT calls, guidance, solver updates.
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
-        vc_video, vc_audio = velocity(video, audio, text)
-        vu_video, vu_audio = velocity(video, audio, text_negative)
+        if velocity_pair is None:
+            vc_video, vc_audio = velocity(video, audio, text)
+            vu_video, vu_audio = velocity(video, audio, text_negative)
+        else:
+            (vc_video, vc_audio), (vu_video, vu_audio) = velocity_pair(video, audio, text, text_negative)
         video = video_solver.step(guided(vu_video, vc_video, video_guidance_scale(timesteps[i], video_high)), video)
         if audio_solver is not None:
             audio = audio_solver.step(guided(vu_audio, vc_audio, audio_scale), audio)

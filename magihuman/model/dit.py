@@ -19,6 +19,7 @@ experts are applied to three contiguous segments whose lengths are `segments` = 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from magihuman.config import DiTConfig
 from magihuman.model.attention import LocalWindow, attention
 from magihuman.model.rope import RotaryEmbedding, apply_rope, rope_bands
 from magihuman.packing import TokenLayout, patchify_video, token_coords, unpatchify_video
+
+if TYPE_CHECKING:  # the parallel package imports nothing from here at run time
+    from magihuman.parallel.ulysses import ContextParallel
 
 Segments = tuple[int, int, int]
 
@@ -112,6 +116,9 @@ class Attention(nn.Module):
         self.q_norm = ExpertRMSNorm(c.head_dim, experts, c.norm_eps)
         self.k_norm = ExpertRMSNorm(c.head_dim, experts, c.norm_eps)
         self.linear_proj = ExpertLinear(c.hidden_size, c.hidden_size, experts)
+        # Context parallel (magihuman.parallel): x holds this process's rows only; `exchange.attend` trades
+        # rows for heads around the attention call so the kernel still sees the whole sequence.
+        self.exchange: ContextParallel | None = None
 
     def forward(
         self,
@@ -133,7 +140,8 @@ class Attention(nn.Module):
         q = apply_rope(self.q_norm(q, segments), rope)
         k = apply_rope(self.k_norm(k, segments), rope)
         # 3. Attention over the whole sequence on inputs in the compute dtype.
-        out = attention(q.to(compute), k.to(compute), v.to(compute), backend, local)  # (N, Hq, D)
+        attend = attention if self.exchange is None else self.exchange.attend
+        out = attend(q.to(compute), k.to(compute), v.to(compute), backend, local)  # (N, Hq, D)
         # 4. Per-head sigmoid gate, then the output projection (added to the fp32 residual by the caller).
         out = (out * torch.sigmoid(gate).unsqueeze(-1)).reshape(n, hq * d)
         return self.linear_proj(out, segments)
@@ -195,6 +203,7 @@ class DiT(nn.Module):
         super().__init__()
         self.config = config
         self.attention_backend = "math"  # set by the loader / optimiser through set_attention_backend
+        self.context_parallel: ContextParallel | None = None  # set through set_context_parallel
         self.adapter = Adapter(config)
         self.block = TransformerBlock(config)
         self.final_norm_video = ExpertRMSNorm(config.hidden_size, 1, config.norm_eps)
@@ -204,6 +213,14 @@ class DiT(nn.Module):
 
     def set_attention_backend(self, backend: str) -> None:
         self.attention_backend = backend
+
+    def set_context_parallel(self, cp: ContextParallel | None) -> DiT:
+        """Split every forward's tokens over the processes of `cp` (magihuman.parallel, Ulysses): each keeps a
+        contiguous chunk of rows, attention exchanges rows for heads. None: the whole sequence here."""
+        self.context_parallel = cp
+        for layer in self.block.layers:
+            layer.attention.exchange = cp
+        return self
 
     def set_compute_dtype(self, dtype: torch.dtype) -> DiT:
         """Hold the transformer linears (and so compute them and attention) in `dtype`. bf16 is the reference;
@@ -236,20 +253,30 @@ class DiT(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------------
 
+    def input_rows(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> list[torch.Tensor]:
+        """fp32 input rows per modality, in sequence order: video patches (Nv, 192), audio (A, 64), text (L, C)."""
+        return [patchify_video(video.float(), self.config.patch_size_thw), audio[0].float(), text.float()]
+
+    def embed_rows(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Residual stream (rows, hidden) fp32 after the three input embedders."""
+        a = self.adapter
+        embedders = (a.video_embedder, a.audio_embedder, a.text_embedder)
+        return torch.cat([embed(part) for embed, part in zip(embedders, rows, strict=True)], dim=0)
+
     def embed(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Residual stream (N, hidden) fp32 after the three input embedders, in sequence order."""
-        a = self.adapter
-        tokens = patchify_video(video.float(), self.config.patch_size_thw)
-        return torch.cat(
-            [a.video_embedder(tokens), a.audio_embedder(audio[0].float()), a.text_embedder(text.float())],
-            dim=0,
-        )
+        return self.embed_rows(self.input_rows(video, audio, text))
+
+    def output_rows(self, x: torch.Tensor, segments: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final norms and linears in fp32 on the video and audio rows: (nv, 192) and (na, 64); text rows unused."""
+        nv, na, _ = segments
+        v = self.final_linear_video(self.final_norm_video(x[:nv], (nv, 0, 0)))
+        a = self.final_linear_audio(self.final_norm_audio(x[nv : nv + na], (na, 0, 0)))
+        return v, a
 
     def heads(self, x: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """Final norms and linears in fp32; returns (video (1, C, T, H, W), audio (1, A, 64)) velocities."""
-        nv, na, _ = layout.segments
-        v = self.final_linear_video(self.final_norm_video(x[:nv], (nv, 0, 0)))
-        a = self.final_linear_audio(self.final_norm_audio(x[nv : nv + na], (na, 0, 0)))
+        v, a = self.output_rows(x, layout.segments)
         return unpatchify_video(v, layout, self.config.latent_channels), a.unsqueeze(0)
 
     def forward(
@@ -262,11 +289,18 @@ class DiT(nn.Module):
         """
         layout = self.layout(video, audio, text)
         rope = self.rope_table(layout, video.device)
-        local = self.local_window(layout, video.device)
-        x = self.embed(video, audio, text)
+        local = self.local_window(layout, video.device)  # over the whole sequence, also under context parallel
+        rows, segments = self.input_rows(video, audio, text), layout.segments
+        cp = self.context_parallel
+        if cp is not None:  # keep this process's contiguous chunk of rows (and of the RoPE table)
+            rows, rope, segments = cp.split(rows, rope, layout)
+        x = self.embed_rows(rows)
         for layer in self.block.layers:
-            x = layer(x, layout.segments, rope, self.attention_backend, local)
-        return self.heads(x, layout)
+            x = layer(x, segments, rope, self.attention_backend, local)
+        v, a = self.output_rows(x, segments)
+        if cp is not None:  # every process gets the whole sequence's outputs
+            v, a = cp.gather(v, a, layout)
+        return unpatchify_video(v, layout, self.config.latent_channels), a.unsqueeze(0)
 
 
 # ---------------------------------------------------------------------------------------------------------
