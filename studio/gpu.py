@@ -179,6 +179,7 @@ class Progress:
     total: int
 
 
+HEARTBEAT_S = 0.2  # while a step runs, how often the job repeats its last progress item
 STOPPED = "Stopped ({}). Nothing was lost: change the settings and generate again."
 OUT_OF_MEMORY = (
     "The GPU ran out of memory for this clip. Choose a smaller tier (256p, or 540p instead of 1080p), a shorter "
@@ -220,16 +221,20 @@ def run_job(
     on_progress: Callable[[str, int, int], None],
     should_stop: Callable[[], bool],
 ) -> Result:
-    """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per item; when
-    `should_stop()` turns true (Stop pressed, client gone) the job is closed, which stops the engine within
-    one denoising step, and the "Stopped" gr.Error is raised. Returns the Result."""
+    """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per new item. When
+    `should_stop()` (asked at every item, so at least every HEARTBEAT_S) turns true (Stop pressed, client gone)
+    the job is closed, which stops the engine within one denoising step, and the "Stopped" gr.Error is raised.
+    Returns the Result."""
     token = _STOP_PROBE.set((os.getpid(), should_stop))
+    last = None
     try:
         with closing(job):
             for item in job:
                 if isinstance(item, Result):
                     return item
-                on_progress(item.phase, item.step, item.total)
+                if item != last:  # heartbeats repeat the last item
+                    on_progress(item.phase, item.step, item.total)
+                    last = item
                 if should_stop():
                     raise gr.Error(STOPPED.format(GenerationCancelled(item.phase, item.step, item.total)))
     finally:
@@ -256,16 +261,26 @@ class _Cancel:
 def _stream(work: Callable[[Callable[[str, int, int], None], _Cancel], Result]) -> Iterator[Progress | Result]:
     """Run `work(report, cancel)` on a thread and yield its progress, then its result moved to the CPU.
 
-    Closing this generator (GeneratorExit at a yield) sets the cancel flag and waits for the engine, which stops
-    at its next step boundary. Errors are re-raised as gr.Error with the user-facing message."""
+    Lockstep: after each progress report the engine waits until this generator is resumed past that item, and
+    spaces checks its stop flag between the two (zerogpu.md §1), so once a close is asked for no further step
+    starts. While a step runs, the last item is repeated every `HEARTBEAT_S`, so that the handler's Stop check
+    and spaces' stop flag are looked at during long steps too. Closing this generator sets the cancel flag and
+    waits for the engine to stop at its step boundary. Errors are re-raised as gr.Error with the user's message.
+    """
     items: queue.SimpleQueue = queue.SimpleQueue()
+    resumed: queue.SimpleQueue = queue.SimpleQueue()  # one token per item the consumer moved past
     probe = _STOP_PROBE.get()
     cancel = _Cancel(probe[1] if probe is not None and probe[0] == os.getpid() else None)
     outcome: list = []
 
+    def report(phase: str, step: int, total: int) -> None:
+        items.put(Progress(phase, step, total))
+        if not cancel.is_set():
+            resumed.get()
+
     def run() -> None:
         try:
-            outcome.append(on_cpu(work(lambda phase, step, total: items.put(Progress(phase, step, total)), cancel)))
+            outcome.append(on_cpu(work(report, cancel)))
         except BaseException as exc:  # handed to the consuming thread below
             outcome.append(exc)
         finally:
@@ -273,11 +288,22 @@ def _stream(work: Callable[[Callable[[str, int, int], None], _Cancel], Result]) 
 
     thread = threading.Thread(target=copy_context().run, args=(run,), name="gpu-job", daemon=True)
     thread.start()
+    last = Progress("start", 0, 1)
     try:
-        while (item := items.get()) is not None:
+        while True:
+            try:
+                item = items.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield last  # heartbeat
+                continue
+            if item is None:
+                break
+            last = item
             yield item
+            resumed.put(True)
     finally:
-        cancel.set()  # no-op after a normal end; a close (Stop, client gone) stops the engine at its next step
+        cancel.set()  # no-op after a normal end; after a close (Stop, client gone) the engine stops at its next step
+        resumed.put(True)  # a report waiting for this generator goes on to the cancel check
         thread.join()
     (value,) = outcome
     outcome.clear()
