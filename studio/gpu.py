@@ -43,7 +43,7 @@ import torch
 from spaces.config import Config
 
 from magihuman.build import DEFAULT_DITS
-from magihuman.config import REQUEST_LIMITS, SAMPLING
+from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, REQUEST_LIMITS, RESOLUTIONS, SAMPLING
 from magihuman.engine import Engine, GenerationRequest, Result, Take
 from magihuman.errors import GenerationCancelled, MagiHumanError
 from magihuman.memory import GB, GPU_MEMORY_ENV, TEXT_ENCODER_BYTES, VAE_BYTES, dit_bytes, plan_fp8
@@ -368,7 +368,14 @@ class QuotaError(gr.Error):
 def gpu_duration(resolution: str, seconds: int, steps: int | None, base_model: str, sr_steps: int) -> int:
     """Seconds of GPU to ask for: the job's estimate (`runtime.gpu_seconds`) plus the start-up weight transfer
     of a fresh worker. Raises QuotaError when the quota this costs (×2 on xlarge) exceeds the daily quota."""
-    steps = steps if steps is not None else REQUEST_LIMITS.default_steps.get(base_model, SAMPLING.distill_steps)
+    # Out-of-range values get a budget anyway: the engine's validation in the worker gives the user's message.
+    limits = REQUEST_LIMITS
+    seconds = min(max(_number(seconds, DEFAULT_SECONDS), MIN_SECONDS), MAX_SECONDS)
+    steps = min(
+        _number(steps, limits.default_steps.get(base_model, SAMPLING.distill_steps)), max(limits.max_steps.values())
+    )
+    sr_steps = min(_number(sr_steps, SAMPLING.sr_steps), limits.max_sr_steps)
+    resolution = resolution if resolution in RESOLUTIONS else "256p"
     job = gpu_seconds(resolution, seconds, steps, base_model, sr_steps)
     if PLAN is None:
         return job
@@ -383,6 +390,13 @@ def gpu_duration(resolution: str, seconds: int, steps: int | None, base_model: s
             title="Too long for ZeroGPU",
         )
     return total
+
+
+def _number(value, default: int) -> int:
+    try:
+        return max(int(value), 1)
+    except (TypeError, ValueError, OverflowError):
+        return default
 
 
 # ---------------------------------------------------------------------------------------------------------
