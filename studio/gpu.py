@@ -131,6 +131,7 @@ def start_slot(load: Callable[[StatusFn], Engine]) -> EngineSlot:
     planner). Then the shared DiT layers are compiled ahead of time (section 5). A failure is kept as the
     slot's status, as on the background path, so the page still comes up and says what went wrong.
     """
+    load = _with_weights_on_a_space(load)
     if not ON_ZEROGPU:
         slot = EngineSlot(load).start()
         bind_slot(slot)
@@ -150,6 +151,33 @@ def start_slot(load: Callable[[StatusFn], Engine]) -> EngineSlot:
     slot = EngineSlot(load_for_zerogpu).load_now()
     bind_slot(slot)
     return slot
+
+
+SPACE_TIERS = ("distill", "540p")  # the weights of magihuman.build.DEFAULT_DITS
+
+
+def _with_weights_on_a_space(load: Callable[[StatusFn], Engine]) -> Callable[[StatusFn], Engine]:
+    """On a Hugging Face Space with a GPU (ZeroGPU included), fetch missing weights before loading: a Space
+    starts from its repository alone. Into $MAGIHUMAN_WEIGHTS (persistent storage: /data/weights), with
+    $HF_TOKEN for the gated text encoder. MAGIHUMAN_MODEL=tiny or MAGIHUMAN_DOWNLOAD=0 skip it."""
+    env = os.environ
+    if not env.get("SPACE_ID") or env.get("MAGIHUMAN_MODEL") == "tiny" or env.get("MAGIHUMAN_DOWNLOAD") == "0":
+        return load
+    if not torch.cuda.is_available():
+        return load
+
+    def load_with_weights(status: StatusFn) -> Engine:
+        from magihuman.errors import CheckpointError
+        from magihuman.weights import download, resolve_weights, weights_root
+
+        try:
+            resolve_weights(None, SPACE_TIERS)
+        except CheckpointError:
+            status(f"downloading the weights into {weights_root(None)} (first start: about 90 GB)")
+            download(SPACE_TIERS, None, progress=False)
+        return load(status)
+
+    return load_with_weights
 
 
 def _engine() -> Engine:
