@@ -1,17 +1,16 @@
-"""The studio's GPU functions on ZeroGPU's real call path (spaces' wrappers: a forked worker per call, pickled
-arguments and results, the stop flag of a closed generator), with only the device stubbed (tests/zerogpu_stub),
-driven through gradio_client against the tiny engine. Run once with a fresh fork per call, once with an idle
-worker reused.
+"""The studio (app.build_demo, its handlers and studio.gpu's GPU functions) on ZeroGPU's real call path: spaces'
+wrappers fork a worker per call, pickle the arguments and every result, and forward a closed generator as their
+stop flag; only the device is stubbed (tests/zerogpu_stub). Driven through gradio_client with the tiny engine,
+once with a fresh fork per call and once with an idle worker reused.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
-import gradio as gr
 import pytest
 import spaces
 import torch
@@ -19,9 +18,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from magihuman.build import load_engine
-from magihuman.engine import GenerationRequest, Take
+from magihuman.errors import CheckpointError
 from studio.runtime import EngineSlot
-from tests.browser import free_port
+from tests.studio import api_arguments, launched, paths
 from tests.zerogpu_stub import ZeroGpuStub, fork_context
 
 PAUSE_STEP = 2
@@ -38,10 +37,15 @@ class StepLog:
         self.count = ctx.Value("i", 0)
         self.pause_at = ctx.Value("i", 0)
         self.reached, self.gate = ctx.Event(), ctx.Event()
+        self.fail = ctx.Value("i", 0)  # 1: an engine error at the next base step, 2: a bug
 
     def __call__(self, phase: str, step: int) -> None:
         if phase != "base":
             return
+        if self.fail.value == 1:
+            raise CheckpointError("injected: shard 3 of the distill DiT is corrupt")
+        if self.fail.value == 2:
+            raise ZeroDivisionError("injected")
         with self.count.get_lock():
             self.steps[self.count.value % 256] = step
             self.count.value += 1
@@ -73,76 +77,31 @@ def _wait(condition, what: str) -> None:
 def engine(tmp_path_factory):
     engine = load_engine("tiny", output_root=tmp_path_factory.mktemp("outputs"))
     engine.fault_hook = StepLog()
+    # As after the in-process app tests of a full run: this process has used the BLAS/OpenMP thread pool
+    # before any worker forks (the stub keeps a fork's math on one thread, see tests/zerogpu_stub.py).
+    torch.randn(512, 512) @ torch.randn(512, 512)
     return engine
-
-
-def _client_gone():
-    """True once the running event's client has disconnected or cancelled it (as the studio's handlers ask)."""
-    from gradio.context import LocalContext
-
-    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
-    events = getattr(getattr(blocks, "_queue", None), "event_ids_to_events", None)
-    if not isinstance(events, dict) or event_id not in events:
-        return lambda: False
-    event = events[event_id]
-    return lambda: not getattr(event, "alive", True) or event_id not in events
-
-
-def _blocks(gpu, results: list, takes: dict[str, Take]) -> gr.Blocks:
-    """The smallest studio: handlers that call the GPU functions exactly as the contract says."""
-    stops: dict[str, threading.Event] = {}
-
-    def run(job, request: gr.Request, progress: gr.Progress):
-        stop = stops[request.session_hash] = threading.Event()
-        gone = _client_gone()
-        result = gpu.run_job(
-            job, lambda phase, s, t: progress((s, t), desc=f"{phase} {s}/{t}"), lambda: stop.is_set() or gone()
-        )
-        results.append(result)
-        takes[str(len(takes))] = result.take
-        return str(result.video_path), str(result.sr_video_path or ""), str(len(takes) - 1)
-
-    def generate(prompt: str, resolution: str, seed: float, request: gr.Request, progress=gr.Progress()):
-        job = gpu.gpu_generate(GenerationRequest(prompt=prompt, resolution=resolution, seconds=1, seed=int(seed)))
-        return run(job, request, progress)
-
-    def upscale(take_id: str, resolution: str, request: gr.Request, progress=gr.Progress()):
-        return run(gpu.gpu_upscale(takes[take_id], resolution), request, progress)
-
-    def stop(request: gr.Request) -> None:
-        if request.session_hash in stops:
-            stops[request.session_hash].set()
-
-    with gr.Blocks() as demo:
-        prompt, resolution, seed, take = gr.Textbox(), gr.Textbox(), gr.Number(), gr.Textbox()
-        base, sr = gr.Textbox(), gr.Textbox()
-        outputs = [base, sr, take]
-        gr.Button().click(generate, [prompt, resolution, seed], outputs, api_name="generate", concurrency_id="gpu")
-        gr.Button().click(upscale, [take, resolution], outputs, api_name="upscale", concurrency_id="gpu")
-        gr.Button().click(stop, None, None, api_name="stop", queue=False)
-    return demo
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["fresh-fork", "reused-worker"])
 def zerogpu(request, engine, monkeypatch_module):
-    """studio.gpu re-imported with spaces.GPU = the stub's real-wrapper decorator, serving a launched app."""
+    """The studio with studio.gpu re-imported under spaces.GPU = the stub's real-wrapper decorator."""
     stub = ZeroGpuStub(reuse=request.param)
     monkeypatch_module.setattr(spaces, "GPU", stub.GPU)
     import studio.gpu
 
-    gpu = importlib.reload(studio.gpu)
-    gpu.bind_slot(EngineSlot.ready(engine))
-    results, takes = [], {}
-    demo = _blocks(gpu, results, takes)
-    demo.queue(default_concurrency_limit=1)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-    yield stub, client, results, engine.fault_hook
-    demo.close()
-    stub.close()
-    monkeypatch_module.undo()
-    importlib.reload(studio.gpu)  # back to plain spaces.GPU (the identity off ZeroGPU)
+    importlib.reload(studio.gpu)  # the handlers call it through the module: they now get the wrapped functions
+    import app as studio_app
+
+    demo = studio_app.build_demo(EngineSlot.ready(engine))
+    demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
+    try:
+        with launched(demo, show_error=True) as url:
+            yield stub, Client(url, verbose=False, download_files=False), demo.studio, engine.fault_hook
+    finally:
+        stub.close()
+        monkeypatch_module.undo()
+        importlib.reload(studio.gpu)  # back to plain spaces.GPU (the identity off ZeroGPU)
 
 
 @pytest.fixture(scope="module")
@@ -151,27 +110,26 @@ def monkeypatch_module():
         yield patch
 
 
-def _submit_and_watch(client, *args, api_name="/generate"):
+def _submit_and_watch(client, *args, api_name="/generate", **fields):
     """Submit a job and collect the progress the client sees until it ends; returns (result, progress)."""
-    job = client.submit(*args, api_name=api_name)
+    job = client.submit(*args, **(api_arguments(**fields) if api_name == "/generate" else {}), api_name=api_name)
     seen = []
     _wait(lambda: seen.extend(job.status().progress_data or []) or job.done(), "the job to end")
     return job.result(timeout=WAIT_S), seen
 
 
 def test_a_clip_crosses_with_progress_and_cpu_tensors(zerogpu) -> None:
-    stub, client, results, _ = zerogpu
-    (base, sr, take_id), seen = _submit_and_watch(client, "A woman says hello.", "256p", 3)
-    assert base.endswith(".mp4") and sr == ""
+    stub, client, studio, _ = zerogpu
+    (_, downloads, seed, _, take_id), seen = _submit_and_watch(client, seed=3)
+    assert seed == 3 and [Path(p).name for p in paths(downloads)] == ["base_256p.mp4"]
     assert seen, "no progress reached the client"
-    duration, size = stub.schedules[-1]
+    duration, _ = stub.schedules[-1]
     assert isinstance(duration, timedelta) and duration.total_seconds() > 0  # the request's own budget
-    # The take went back to the worker for an upscale: it pickles, and its result too.
-    (_, sr, _), _ = _submit_and_watch(client, take_id, "540p", api_name="/upscale")
-    assert sr.endswith("sr_540p.mp4")
-    for result in results[-2:]:
-        tensors = [result.take.text, result.take.video, result.take.audio]
-        assert all(t.device == torch.device("cpu") for t in tensors)
+    # The take goes back to a worker for an upscale: it pickles both ways.
+    (_, downloads, _, _, _), _ = _submit_and_watch(client, take_id, "540p", api_name="/upscale")
+    assert "sr_540p.mp4" in [Path(p).name for p in paths(downloads)]
+    take = studio.takes.get(take_id).take
+    assert all(t.device == torch.device("cpu") for t in (take.text, take.video, take.audio))
     assert stub.workers, "the calls did not go through spaces' workers"
 
 
@@ -179,7 +137,7 @@ def test_a_clip_crosses_with_progress_and_cpu_tensors(zerogpu) -> None:
 def test_stop_ends_the_worker_job_within_one_step_and_the_next_job_starts(zerogpu, how) -> None:
     stub, client, _, log = zerogpu
     start = log.arm(PAUSE_STEP)
-    job = client.submit("A long take.", "256p", 5, api_name="/generate")
+    job = client.submit(**api_arguments(prompt="A long take.", seed=5), api_name="/generate")
     assert log.reached.wait(WAIT_S), "the worker never reached the pause step"
     stopped_before = {id(w) for w in stub.workers if w.stop_event.is_set()}
     if how == "stop":
@@ -189,22 +147,26 @@ def test_stop_ends_the_worker_job_within_one_step_and_the_next_job_starts(zerogp
     # spaces' stop flag for the worker is raised by the handler's closing of the job (Stop or client gone)
     _wait(lambda: any(w.stop_event.is_set() and id(w) not in stopped_before for w in stub.workers), "the stop flag")
     log.gate.set()
-    if how == "stop":
-        with pytest.raises(AppError, match="Stopped"):
-            job.result(timeout=WAIT_S)
+    with pytest.raises(Exception):  # noqa: B017 (AppError "Stopped", or the cancellation Stop also sends)
+        job.result(timeout=WAIT_S)
     log.arm(0)
-    (base, _, _), _ = _submit_and_watch(client, "The next one.", "256p", 6)
-    assert base.endswith(".mp4")
+    (_, downloads, _, _, _), _ = _submit_and_watch(client, seed=6)
+    assert [Path(p).name for p in paths(downloads)] == ["base_256p.mp4"]
     steps = log.job_steps(start)
     assert steps[:PAUSE_STEP] == list(range(1, PAUSE_STEP + 1))
     assert max(steps) <= PAUSE_STEP + 1, f"the worker ran steps {steps} after a stop at step {PAUSE_STEP}"
 
 
 def test_engine_errors_arrive_with_their_message(zerogpu) -> None:
-    stub, client, _, _ = zerogpu
-    with pytest.raises(AppError, match="the prompt is empty"):
-        client.predict("   ", "256p", 1, api_name="/generate")
-    with pytest.raises(AppError, match="unknown resolution"):
-        client.predict("A woman says hello.", "720p", 1, api_name="/generate")
+    stub, client, _, log = zerogpu
+    log.fail.value = 1  # an engine error, raised in the worker at the first base step
+    try:
+        with pytest.raises(AppError, match="shard 3 of the distill DiT is corrupt"):
+            client.predict(**api_arguments(seed=7), api_name="/generate")
+        log.fail.value = 2  # a bug: its class and message still arrive (spaces alone would give the class name)
+        with pytest.raises(AppError, match="Generation failed: ZeroDivisionError: injected"):
+            client.predict(**api_arguments(seed=8), api_name="/generate")
+    finally:
+        log.fail.value = 0
     # every call went to a worker: a fresh fork each, or (reuse) the idle one whenever spaces had it back
     assert (len(stub.workers) < len(stub.schedules)) if stub.reuse else (len(stub.workers) == len(stub.schedules))

@@ -5,7 +5,8 @@
 arguments and every result through the same multiprocessing queues (so anything unpicklable fails as it would
 on a Space), maps exceptions the same way, and forwards a closed generator to the worker as spaces' stop flag.
 What is stubbed: the device API (`client.schedule/allow/release`: no HTTP, no quota) and the worker's CUDA
-set-up (`spaces.zero.torch.init/unpatch/move`: nothing to select or copy on a CPU).
+set-up (`spaces.zero.torch.init/unpatch/move`: nothing to select or copy on a CPU; init keeps the fork's CPU
+math on one thread, see `_worker_init`).
 
 `cpu_torch_shims()` is for the other kind of test: importing spaces *with* SPACES_ZERO_GPU=true on a CPU-only
 torch, so that its CUDA emulation is really active (run it in a subprocess, before `import spaces`).
@@ -59,6 +60,13 @@ def _importable_spaces_zero():
             del torch._C._cuda_init
 
 
+def _worker_init(nvidia_uuid: str) -> None:
+    """In each fresh worker, where spaces would select the GPU: keep torch's CPU math on one thread. GNU
+    OpenMP's thread pool does not survive a fork, so a worker forked from a test process that has computed
+    on several threads (an earlier in-process app test) would wait forever in its first parallel region."""
+    torch.set_num_threads(1)
+
+
 @dataclass
 class ZeroGpuStub:
     """One stubbed ZeroGPU device. `reuse=False`: every call forks a fresh worker (ZeroGPU promises no reuse);
@@ -88,7 +96,7 @@ class ZeroGpuStub:
         client.schedule = schedule
         client.allow = lambda token: None
         client.release = lambda token, fail=False, allow_404=False: None
-        zero_torch.init = lambda nvidia_uuid: None
+        zero_torch.init = _worker_init
         zero_torch.unpatch = lambda: None
         zero_torch.move = lambda callback=None: None
         wrappers.Worker = RecordedWorker
