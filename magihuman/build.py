@@ -36,8 +36,6 @@ from magihuman.weights import resolve_weights
 StatusFn = Callable[[str], None]
 DEFAULT_DITS = ("distill", "sr-540p")
 ALL_DITS = ("distill", "base", "sr-540p", "sr-1080p")
-# The download tiers (magihuman.weights) that bring each DiT.
-_TIER_OF_DIT = {"distill": "distill", "base": "base", "sr-540p": "540p", "sr-1080p": "1080p"}
 
 
 def default_model_size() -> ModelSize:
@@ -140,9 +138,9 @@ def full_models(
     unknown = [d for d in dits if d not in ALL_DITS]
     if unknown:
         raise ValueError(f"unknown DiT(s) {unknown}; choose from {', '.join(ALL_DITS)}")
-    paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     presets = dit_presets("full")
+    paths = resolve_weights(weights_dir, [presets[d].tier for d in dits])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     status(f"loading the text encoder from {paths.text_encoder}")
     text = load_text_encoder(paths.text_encoder, device, hidden_size=FULL_DIT.text_in_channels)
     status("loading the video and audio VAEs")

@@ -66,7 +66,7 @@ SR_SEED_OFFSET = 2**32
 class GenerationRequest:
     """One clip to generate. The fields, their defaults and ranges are declared in `magihuman.fields` (one
     `Field` per attribute, same name and default; a test keeps the two in step). `resolution` is the final
-    tier: 256p is the base stage alone, 540p and 1080p add super-resolution on top. `seed=None` picks a random
+    one: 256p is the base stage alone, 540p and 1080p add super-resolution on top. `seed=None` picks a random
     seed (reported in the result); `steps`, `guidance` and `negative_prompt` None take the model's own."""
 
     prompt: str
@@ -110,8 +110,8 @@ class Take:
 @dataclass(frozen=True)
 class Result:
     video_path: Path  # the base-stage mp4
-    sr_video_path: Path | None  # the super-resolution mp4, when the tier asks for one
-    sr_resolution: str | None  # which tier sr_video_path is ("540p" or "1080p"); None without one
+    sr_video_path: Path | None  # the super-resolution mp4, when the resolution asks for one
+    sr_resolution: str | None  # the resolution of sr_video_path ("540p" or "1080p"); None without one
     seed: int
     take: Take
     timings: dict[str, float]  # seconds per stage: text, image, audio, denoise, sr, decode, mux
@@ -156,7 +156,7 @@ class Engine:
     def generate(
         self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None
     ) -> Result:
-        """Run the base stage (and super-resolution when the tier asks for it); write the mp4(s)."""
+        """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
@@ -181,8 +181,8 @@ class Engine:
     ) -> Result:
         """Super-resolve an earlier take to `resolution` (540p or 1080p) without re-running its base stage."""
         if resolution not in RESOLUTIONS or RESOLUTIONS[resolution].sr_model is None:
-            sr_tiers = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
-            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(sr_tiers)}")
+            sr_resolutions = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
+            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(sr_resolutions)}")
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()

@@ -20,7 +20,8 @@ def elem_id(f: Field) -> str:
 
 def control(f: Field) -> gr.components.Component:
     """The control for `f`. A field whose default is None ("decided later") is an empty number box whose
-    placeholder says what empty means, so the UI, the API and the CLI share that default."""
+    placeholder says what empty means, so the UI, the API and the CLI share that default. (Number boxes keep
+    no precision: Gradio would round 1.5 steps to 2 silently; the handler refuses it instead.)"""
     common = {"label": f.label, "elem_id": elem_id(f)}
     info = {"info": f.help} if f.advanced else {}
     if f.name == "prompt":
@@ -41,7 +42,6 @@ def control(f: Field) -> gr.components.Component:
             minimum=f.minimum,
             maximum=f.maximum,
             step=f.step,
-            precision=0 if f.kind == "int" else None,
             placeholder=f"empty: {empty}",
             **common,
             **info,

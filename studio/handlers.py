@@ -114,6 +114,7 @@ class Studio:
         def stop_requested() -> bool:
             return self.stops.get(session, False) or client_gone()
 
+        gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
         try:
             return gpu.run_job(job, report, stop_requested)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import shlex
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from gradio_client.exceptions import AppError
 import app as studio_app
 from magihuman.__main__ import _generate_arguments, request_from_args
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames
+from magihuman.engine import GenerationRequest
 from magihuman.fields import FIELDS, readme_table
 from magihuman.media import probe_media
 from studio.handlers import Studio, request_to_values
@@ -263,6 +265,12 @@ def test_mcp_serves_generate_and_upscale_as_tools(tiny_engine) -> None:
     assert generate_tool["inputSchema"].get("required", ["prompt"]) == ["prompt"]
     assert "lip-synced" in generate_tool["description"] and "seed" in properties["seed"]["description"].lower()
     assert "take_id" in upscale_tool["inputSchema"]["properties"]
+
+
+def test_request_fields_are_the_generation_request() -> None:
+    declared = {f.name: f.default for f in FIELDS}
+    request = {f.name: f.default for f in dataclasses.fields(GenerationRequest)}
+    assert declared == {**request, "prompt": None}  # the prompt has no default: it is required
 
 
 def test_readme_documents_every_field() -> None:

@@ -239,8 +239,8 @@ def test_crop_resize_returns_an_image_of_the_target_size_unchanged() -> None:
 @pytest.mark.parametrize(
     ("size", "target_hw", "box"),
     [
-        ((1280, 720), (256, 448), (10, 0, 1270, 720)),  # spec §5.3
-        ((1280, 720), (1088, 1920), (5, 0, 1275, 720)),  # spec §5.3
+        ((1280, 720), (256, 448), (10, 0, 1270, 720)),  # the reference's centre crop
+        ((1280, 720), (1088, 1920), (5, 0, 1275, 720)),  # the reference's centre crop
         ((720, 1280), (256, 448), (0, 434, 720, 846)),  # 434.5 and 845.5 round half to even
         ((1000, 1000), (448, 256), (214, 0, 786, 1000)),
     ],
