@@ -23,7 +23,7 @@ from magihuman.fields import FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import gpu
-from studio.controls import control
+from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_values
 from studio.handlers import (
     SR_RESOLUTIONS,
@@ -88,6 +88,7 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
                     place("resolution", "aspect")
                 with gr.Row():
                     place("seconds", "seed")
+                    random_seed = gr.Checkbox(True, label="Random seed", elem_id=RANDOM_SEED_ID, scale=0)
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", interactive=False, elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -152,7 +153,8 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
         listing = {"fn": studio.gallery, "inputs": history, "outputs": [gallery, compare_a, compare_b, history]}
         remember = {"fn": studio.remember, "inputs": [take_id, history], "outputs": history}
         gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
-        gen_event = generate_btn.click(studio.generate, inputs, answer, api_name="generate", **gpu_job)
+        as_sent = {"js": empty_values_js(FIELDS)}  # the page sends None for an empty number box (not in the API)
+        gen_event = generate_btn.click(studio.generate, inputs, answer, api_name="generate", **as_sent, **gpu_job)
         gen_event.success(**remember, **private).then(**listing, **private)
         gen_event.success(studio.code_for_take, take_id, [python_code, cli_code], **private)
         gen_event.success(lambda: gr.update(interactive=True), outputs=upscale_btn, **private)
@@ -160,14 +162,15 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
         up_event.success(**remember, **private).then(**listing, **private)
         stop_btn.click(studio.stop, cancels=[gen_event, up_event], api_name="stop", queue=False)
 
-        gallery.select(studio.select, history, [*answer, *inputs], **private).success(
+        gallery.select(studio.select, history, [*answer, *inputs, random_seed], **private).success(
             lambda: gr.update(interactive=True), outputs=upscale_btn, **private
         )
+        controls["seed"].input(lambda: False, outputs=random_seed, queue=False, **private)
         compare_btn.click(studio.compare, [compare_a, compare_b], player, **private)
         remove_btn.click(studio.remove, [take_id, history], [history, player, take_id], **private).success(
             **listing, **private
         )
-        code_btn.click(code_for, inputs, [python_code, cli_code], **private)
+        code_btn.click(code_for, inputs, [python_code, cli_code], **as_sent, **private)
         build.click(dialogue_to_prompt, [*dialogue, controls["seconds"]], [controls["prompt"], line_warning], **private)
         read.click(prompt_to_dialogue, controls["prompt"], dialogue, **private)
         controls["prompt"].blur(studio.prompt_warning, controls["prompt"], prompt_warning, **private)

@@ -58,9 +58,9 @@ class Field:
         return self.noun or self.name.replace("_", " ")
 
     def range_text(self) -> str:
-        """ "256p | 540p | 1080p", "1-10", or "" (README table, CLI help)."""
+        """Choices ("256p, 540p, 1080p"), bounds ("1-10"), or "" (README table, CLI help)."""
         if self.choices:
-            return " | ".join(self.values)
+            return ", ".join(self.values)
         if self.minimum is not None and self.maximum is not None:
             return f"{_number(self.minimum)}-{_number(self.maximum)}"
         return ""

@@ -12,6 +12,7 @@ PROMPT_PLACEHOLDER = (
     "dialogue builder below to write one."
 )
 ELEM_IDS = {"audio": "own-audio"}  # the browser tests' stable hooks; the others are the field names
+RANDOM_SEED_ID = "random-seed"
 
 
 def elem_id(f: Field) -> str:
@@ -19,9 +20,9 @@ def elem_id(f: Field) -> str:
 
 
 def control(f: Field) -> gr.components.Component:
-    """The control for `f`. A field whose default is None ("decided later") is an empty number box whose
-    placeholder says what empty means, so the UI, the API and the CLI share that default. (Number boxes keep
-    no precision: Gradio would round 1.5 steps to 2 silently; the handler refuses it instead.)"""
+    """The control for `f`. A field whose default is None ("decided later") is an empty number box, so the UI,
+    the API and the CLI share that default. (Number boxes keep no precision: Gradio would round 1.5 steps to 2
+    silently; the handler refuses it instead.)"""
     common = {"label": f.label, "elem_id": elem_id(f)}
     info = {"info": f.help} if f.advanced else {}
     if f.name == "prompt":
@@ -35,18 +36,28 @@ def control(f: Field) -> gr.components.Component:
         return gr.Audio(type="filepath", sources=["upload", "microphone"], **common)
     if f.choices:
         return gr.Radio([(label, value) for value, label in f.choices], value=f.default, **common, **info)
-    if f.default is None:
-        empty = f.help.split("empty: ")[-1] if "empty: " in f.help else "empty"
-        return gr.Number(
-            value=None,
-            minimum=f.minimum,
-            maximum=f.maximum,
-            step=f.step,
-            placeholder=f"empty: {empty}",
-            **common,
-            **info,
-        )
+    if f.default is None:  # the page shows 0 for "empty" (see empty_values_js)
+        if f.advanced and (f.minimum or 0) > 0:
+            info = {"info": f.help.replace("empty: ", "0 or empty: ")}
+        return gr.Number(value=None, minimum=f.minimum, maximum=f.maximum, step=f.step, **common, **info)
     return gr.Slider(f.minimum, f.maximum, value=f.default, step=f.step, **common, **info)
+
+
+def empty_values_js(fields: tuple[Field, ...]) -> str:
+    """The page's own step before it sends the request fields (an event's `js`; API calls never run it).
+
+    Gradio's number box shows and sends 0 where its value is empty, so for fields whose default is None it
+    sends None ("decided later") instead: when the "Random seed" box is ticked for the seed, and for a 0 below
+    a field's minimum (steps, guidance). Built from the field declarations: positions follow `fields`."""
+    zero_means_empty = [i for i, f in enumerate(fields) if f.default is None and (f.minimum or 0) > 0]
+    seed = next(i for i, f in enumerate(fields) if f.name == "seed")
+    return (
+        "(...values) => {"
+        f" const random = document.querySelector('#{RANDOM_SEED_ID} input');"
+        f" if (!random || random.checked) values[{seed}] = null;"
+        f" for (const i of {zero_means_empty}) if (values[i] === 0) values[i] = null;"
+        f" return values.slice(0, {len(fields)}); }}"
+    )
 
 
 def upload_as_is(image: gr.Image) -> gr.Image:

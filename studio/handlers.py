@@ -153,7 +153,8 @@ class Studio:
         )
 
     def select(self, history, event: gr.SelectData):
-        """A gallery click: the take into the player and the outputs, its settings into the inputs."""
+        """A gallery click: the take into the player and the outputs, its settings (seed included, so "Random
+        seed" is unticked) into the inputs."""
         kept = clean_history(history)
         index = event.index if isinstance(event.index, int) else -1
         if not 0 <= index < len(kept):
@@ -164,7 +165,7 @@ class Studio:
             raise gr.Error("That take is no longer on the server (the latest 32 are kept).")
         best = next(iter(sorted(stored.sr_videos, key=lambda n: RESOLUTIONS[n].height, reverse=True)), None)
         settings = request_to_values(stored.take.request)
-        return (*self._answer(take_id, stored, best), *settings.values())
+        return (*self._answer(take_id, stored, best), *settings.values(), False)  # False: keep the take's seed
 
     def compare(self, first: str | None, second: str | None):
         """Two takes side by side: each one's highest-resolution video, the first one heard."""

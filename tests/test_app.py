@@ -203,9 +203,10 @@ def test_history_lists_selects_compares_and_removes_takes(server, client) -> Non
     assert (first["value"], second["value"]) == (ids[1], ids[0])
 
     selected = studio.select(history, _Select(1))
-    player, _, seed, _, take_id, *settings = selected
+    player, _, seed, _, take_id, *settings, random_seed = selected
     values = dict(zip([f.name for f in FIELDS], settings, strict=True))
     assert take_id == ids[0] and seed == 100 and values["steps"] == 4 and values["prompt"] == "Take 0."
+    assert values["seed"] == 100 and random_seed is False  # "again with these settings" keeps the seed
 
     compared = studio.compare(ids[1], ids[0])
     assert compared["left_label"].endswith("seed 101 · 256p") and compared["right_label"].endswith("seed 100 · 256p")
