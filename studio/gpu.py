@@ -131,7 +131,7 @@ def start_slot(load: Callable[[StatusFn], Engine]) -> EngineSlot:
     planner). Then the shared DiT layers are compiled ahead of time (section 5). A failure is kept as the
     slot's status, as on the background path, so the page still comes up and says what went wrong.
     """
-    load = _with_weights_on_a_space(load)
+    load = with_space_weights(load)
     if not ON_ZEROGPU:
         slot = EngineSlot(load).start()
         bind_slot(slot)
@@ -143,9 +143,11 @@ def start_slot(load: Callable[[StatusFn], Engine]) -> EngineSlot:
         status(PLAN.describe())
         engine = load(status)
         bind_slot(EngineSlot.ready(engine))  # the compile worker below forks with the engine in place
+        compiled = "no ahead-of-time compile"
         if not engine.preview and os.environ.get("MAGIHUMAN_AOT", "1") != "0":
             status("ahead-of-time compiling the shared DiT layers (reused from the cache folder after a restart)")
-            status(f"ahead-of-time compile ready in {compile_ahead_of_time(engine):.0f} s")
+            compiled = f"shared DiT layers compiled ahead of time in {compile_ahead_of_time(engine):.0f} s"
+        status(f"{PLAN.describe()}; {compiled}")  # the page's status line keeps the last message
         return engine
 
     slot = EngineSlot(load_for_zerogpu).load_now()
@@ -156,10 +158,11 @@ def start_slot(load: Callable[[StatusFn], Engine]) -> EngineSlot:
 SPACE_TIERS = ("distill", "540p")  # the weights of magihuman.build.DEFAULT_DITS
 
 
-def _with_weights_on_a_space(load: Callable[[StatusFn], Engine]) -> Callable[[StatusFn], Engine]:
-    """On a Hugging Face Space with a GPU (ZeroGPU included), fetch missing weights before loading: a Space
-    starts from its repository alone. Into $MAGIHUMAN_WEIGHTS (persistent storage: /data/weights), with
-    $HF_TOKEN for the gated text encoder. MAGIHUMAN_MODEL=tiny or MAGIHUMAN_DOWNLOAD=0 skip it."""
+def with_space_weights(load: Callable[[StatusFn], Engine]) -> Callable[[StatusFn], Engine]:
+    """`load`, preceded on a Hugging Face Space with a GPU (ZeroGPU included) by fetching missing weights: a
+    Space starts from its repository alone. `start_slot` applies it; a slot made otherwise should too. Into
+    $MAGIHUMAN_WEIGHTS (persistent storage: /data/weights), with $HF_TOKEN for the gated text encoder.
+    MAGIHUMAN_MODEL=tiny or MAGIHUMAN_DOWNLOAD=0 skip it."""
     env = os.environ
     if not env.get("SPACE_ID") or env.get("MAGIHUMAN_MODEL") == "tiny" or env.get("MAGIHUMAN_DOWNLOAD") == "0":
         return load

@@ -208,7 +208,7 @@ def test_zerogpu_startup_places_the_engine_on_cuda_in_the_main_thread_before_lau
     assert seen["state"] == "ready" and seen["ready_at_once"] and seen["bound"]
     assert seen["dit_device"] == "cuda:0" and seen["emulated_tensors"] > 0 and seen["packed_bytes"] > 0
     assert seen["memory_env"] == "96"  # the fp8 planner sizes for the call's GPU, not the emulated card
-    assert "ZeroGPU xlarge (96 GB)" in run.stdout  # the plan is a status line
+    assert seen["status"].startswith("ready in") and "ZeroGPU xlarge (96 GB)" in seen["status"]  # the page says it
     assert seen["background_state"] == "failed" and "CUDA" in seen["background_message"]
 
 
@@ -244,3 +244,25 @@ def test_durations_cover_the_transfer_and_refuse_what_no_free_quota_fits(monkeyp
     assert gpu.gpu_duration("720p", "x", None, "nope", -3) > transfer
     monkeypatch.setenv(gpu.QUOTA_ENV, "2400")  # a Space for PRO users can allow more
     assert gpu.gpu_duration("1080p", 10, None, "distill", 5) > quota / 2
+
+
+def test_a_gpu_space_fetches_missing_weights_before_loading(monkeypatch, tmp_path) -> None:
+    import magihuman.weights as weights
+    from magihuman.errors import CheckpointError
+
+    calls = []
+
+    def missing(weights_dir, tiers):
+        raise CheckpointError("weights/daVinci-MagiHuman/distill is missing")
+
+    monkeypatch.setattr(weights, "resolve_weights", missing)
+    monkeypatch.setattr(weights, "download", lambda tiers, root, progress: calls.append(("download", tiers)))
+    load = lambda status: calls.append("load") or "engine"  # noqa: E731
+    monkeypatch.setenv("MAGIHUMAN_WEIGHTS", str(tmp_path))
+    assert gpu.with_space_weights(load) is load  # not a Space: nothing added
+    monkeypatch.setenv("SPACE_ID", "someone/studio")
+    assert gpu.with_space_weights(load) is load  # a Space without a GPU (the CPU preview)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    lines = []
+    assert gpu.with_space_weights(load)(lines.append) == "engine"
+    assert calls == [("download", gpu.SPACE_TIERS), "load"] and str(tmp_path) in lines[0]

@@ -170,3 +170,14 @@ def test_engine_errors_arrive_with_their_message(zerogpu) -> None:
         log.fail.value = 0
     # every call went to a worker: a fresh fork each, or (reuse) the idle one whenever spaces had it back
     assert (len(stub.workers) < len(stub.schedules)) if stub.reuse else (len(stub.workers) == len(stub.schedules))
+
+
+def test_a_request_beyond_the_quota_is_refused_before_a_gpu_is_asked_for(zerogpu, monkeypatch) -> None:
+    import studio.gpu
+
+    stub, client, _, _ = zerogpu
+    monkeypatch.setattr(studio.gpu, "PLAN", studio.gpu.zerogpu_plan())  # as on a Space: xlarge, weights to copy
+    asked = len(stub.schedules)
+    with pytest.raises(AppError, match=r"10-second 1080p clip needs about \d+ s of ZeroGPU time"):
+        client.predict(**api_arguments(resolution="1080p", seconds=10), api_name="/generate")
+    assert len(stub.schedules) == asked  # refused in the handler's process: no GPU was scheduled
