@@ -101,6 +101,7 @@ class Studio:
         return self._answer(take_id, stored, resolution)
 
     def stop(self, request: gr.Request) -> None:
+        """Stop the generate or upscale job this client started: it ends within one denoising step."""
         self.stops[_session(request)] = True
 
     def _run(self, request: gr.Request | None, progress: gr.Progress, job) -> Result:

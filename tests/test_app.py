@@ -20,11 +20,11 @@ from magihuman.__main__ import _generate_arguments, request_from_args
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames
 from magihuman.engine import GenerationRequest
 from magihuman.fields import FIELDS, readme_table
-from magihuman.media import probe_media
 from studio.handlers import Studio, request_to_values
 from studio.runtime import EngineSlot
 from studio.snippets import cli_line, python_call
 from tests.files import portrait, wav
+from tests.probe import probe_media
 from tests.studio import generate, launched, paths
 
 UPLOAD_LIMIT = 2 * 2**20

@@ -16,8 +16,8 @@ from magihuman.build import load_engine
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames, video_frames
 from magihuman.engine import GenerationRequest
 from magihuman.errors import GenerationCancelled, InputError
-from magihuman.media import probe_media
 from tests.files import portrait, wav
+from tests.probe import probe_media
 
 SECONDS = 1
 MODES = ["T2V", "TI2V", "TA2V", "TIA2V"]

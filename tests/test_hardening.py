@@ -57,12 +57,13 @@ from magihuman.engine import GenerationRequest, Take
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import FIELDS
 from magihuman.loading import load_dit
-from magihuman.media import probe_media, write_mp4
+from magihuman.media import write_mp4
 from studio.handlers import Studio
 from studio.history import TakeStore
 from studio.runtime import EngineSlot
 from tests.browser import CHROMIUM, browser_page
 from tests.files import noise_image, portrait, wav
+from tests.probe import probe_media
 from tests.studio import api_arguments, launched
 
 WAIT = 120  # seconds: the longest any one wait in this file may take

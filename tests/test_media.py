@@ -25,12 +25,12 @@ from magihuman.media import (
     image_to_tensor,
     load_audio,
     load_portrait,
-    probe_media,
     usable_audio_seconds,
     virtual_to_44k,
     write_mp4,
 )
 from tests.files import noise_image, tone, wav, write_audio
+from tests.probe import probe_media
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
