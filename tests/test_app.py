@@ -19,8 +19,9 @@ import app as studio_app
 from magihuman.__main__ import _generate_arguments, request_from_args
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames
 from magihuman.engine import GenerationRequest
+from magihuman.errors import InputError
 from magihuman.fields import FIELDS, readme_table
-from studio.handlers import Studio, request_to_values
+from studio.handlers import Studio, audio_hint, dialogue_to_prompt, prompt_to_dialogue, request_to_values
 from studio.runtime import EngineSlot
 from studio.snippets import cli_line, python_call
 from tests.files import portrait, wav
@@ -266,6 +267,32 @@ def test_mcp_serves_generate_and_upscale_as_tools(tiny_engine) -> None:
     assert generate_tool["inputSchema"].get("required", ["prompt"]) == ["prompt"]
     assert "lip-synced" in generate_tool["description"] and "seed" in properties["seed"]["description"].lower()
     assert "take_id" in upscale_tool["inputSchema"]["properties"]
+
+
+def test_the_engine_checks_every_field_an_api_client_can_send(tiny_engine) -> None:
+    for overrides, message in [
+        ({"quality": "lossless"}, "quality must be one of standard, high, reference"),
+        ({"negative_prompt": "x" * 5000}, "negative prompt has 5000 characters"),
+        ({"guidance": True}, "guidance must be a number"),
+        ({"seed": 2.5}, "seed must be a whole number"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            tiny_engine.validate(GenerationRequest(prompt="x", **overrides))
+    valid = tiny_engine.validate(GenerationRequest(prompt=" x ", negative_prompt="  ", base_model="base"))
+    assert (valid.prompt, valid.negative_prompt, valid.steps) == ("x", None, 32)  # blank: the engine's own
+
+
+def test_the_dialogue_builder_reads_a_pasted_prompt_and_the_audio_hint_counts_seconds(tmp_path) -> None:
+    prompt, _ = dialogue_to_prompt("A man at a desk.", "A man", "German", "Guten Morgen.", "Rain", 5)
+    description, speaker, language, line, background = prompt_to_dialogue(prompt)
+    assert (speaker, language, line, background) == ("A man", "German", "Guten Morgen.", "Rain")
+    assert description.startswith("A man at a desk.")
+    assert dialogue_to_prompt(description, speaker, language, line, background, 5)[0] == prompt  # a round trip
+    with pytest.raises(Exception, match="no Dialogue"):
+        prompt_to_dialogue("Just a description.")
+    speech = wav(tmp_path / "speech.wav", seconds=2)
+    assert "the clip will be 2.00 s, not 5 s" in audio_hint(str(speech), 5)
+    assert "uses the first 1 s" in audio_hint(str(speech), 1) and audio_hint(None, 5) == ""
 
 
 def test_request_fields_are_the_generation_request() -> None:
