@@ -37,7 +37,7 @@ class StepLog:
         self.count = ctx.Value("i", 0)
         self.pause_at = ctx.Value("i", 0)
         self.reached, self.gate = ctx.Event(), ctx.Event()
-        self.fail = ctx.Value("i", 0)  # 1: an engine error at the next base step, 2: a bug
+        self.fail = ctx.Value("i", 0)  # at the next base step: 1 an engine error, 2 a bug, 3 out of GPU memory
 
     def __call__(self, phase: str, step: int) -> None:
         if phase != "base":
@@ -46,6 +46,8 @@ class StepLog:
             raise CheckpointError("injected: shard 3 of the distill DiT is corrupt")
         if self.fail.value == 2:
             raise ZeroDivisionError("injected")
+        if self.fail.value == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         with self.count.get_lock():
             self.steps[self.count.value % 256] = step
             self.count.value += 1
@@ -97,9 +99,11 @@ def zerogpu(request, engine, monkeypatch_module):
     demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
     try:
         with launched(demo, show_error=True) as url:
-            yield stub, Client(url, verbose=False, download_files=False), demo.studio, engine.fault_hook
+            try:
+                yield stub, Client(url, verbose=False, download_files=False), demo.studio, engine.fault_hook
+            finally:
+                stub.close()  # first: a handler still waiting on a worker gets "GPU task aborted" and ends
     finally:
-        stub.close()
         monkeypatch_module.undo()
         importlib.reload(studio.gpu)  # back to plain spaces.GPU (the identity off ZeroGPU)
 
@@ -166,6 +170,9 @@ def test_engine_errors_arrive_with_their_message(zerogpu) -> None:
         log.fail.value = 2  # a bug: its class and message still arrive (spaces alone would give the class name)
         with pytest.raises(AppError, match="Generation failed: ZeroDivisionError: injected"):
             client.predict(**api_arguments(seed=8), api_name="/generate")
+        log.fail.value = 3  # the same advice as on a local GPU
+        with pytest.raises(AppError, match="ran out of memory for this clip. Choose a smaller tier"):
+            client.predict(**api_arguments(seed=9), api_name="/generate")
     finally:
         log.fail.value = 0
     # every call went to a worker: a fresh fork each, or (reuse) the idle one whenever spaces had it back
@@ -181,3 +188,35 @@ def test_a_request_beyond_the_quota_is_refused_before_a_gpu_is_asked_for(zerogpu
     with pytest.raises(AppError, match=r"10-second 1080p clip needs about \d+ s of ZeroGPU time"):
         client.predict(**api_arguments(resolution="1080p", seconds=10), api_name="/generate")
     assert len(stub.schedules) == asked  # refused in the handler's process: no GPU was scheduled
+
+
+def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applies_them(zerogpu, monkeypatch, tmp_path):
+    """The start-up compile call takes no engine (the worker has it from the fork) and returns only paths; the
+    main process then gives every shared layer a lazy forward for its package without loading anything. (The
+    compile itself is tested in test_zerogpu.py; here the worker's build is replaced by a stand-in.)"""
+    import studio.gpu
+    import studio.zerogpu
+    from magihuman.build import tiny_models
+    from magihuman.engine import Engine
+
+    stub, _, handlers, _ = zerogpu
+    engine = Engine(tiny_models(), "cpu", preview=True)
+    built = {}
+
+    def stand_in(dit, x, rope, folder):  # runs in the worker
+        return Path(folder) / f"shared_layer-{dit.config.coords_style}.pt2"
+
+    monkeypatch.setattr(studio.zerogpu, "build_package", stand_in)
+    monkeypatch.setattr(studio.gpu, "package_dir", lambda: tmp_path)
+    studio.gpu.bind_slot(EngineSlot.ready(engine))
+    try:
+        asked = len(stub.schedules)
+        studio.gpu.compile_ahead_of_time(engine)
+        assert len(stub.schedules) == asked + 1 and stub.schedules[-1][0] == timedelta(seconds=1500)
+    finally:
+        studio.gpu.bind_slot(handlers.slot)
+    for name, dit in engine.models.dits.items():
+        built[name] = {layer.forward.package for layer in studio.zerogpu.shared_layers(dit)}
+        assert all(layer.forward._pid is None for layer in studio.zerogpu.shared_layers(dit))  # nothing loaded
+    assert built["distill"] == {str(tmp_path / "shared_layer-v2.pt2")}
+    assert built["sr-540p"] == {str(tmp_path / "shared_layer-v1.pt2")}
