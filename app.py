@@ -13,13 +13,14 @@ import os
 import sys
 import warnings
 from dataclasses import replace
+from types import SimpleNamespace
 
 import gradio as gr
 import torch
 
 from magihuman.build import default_model_size, load_engine
 from magihuman.config import MEDIA_LIMITS
-from magihuman.fields import FIELDS
+from magihuman.fields import FIELD, FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import gpu
@@ -67,133 +68,147 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
     studio = Studio(slot)
     gpu.bind_slot(slot)
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(
-            "# daVinci-MagiHuman Studio\nTalking-human video with lip-synced speech from a prompt, a portrait and "
-            "(optionally) your own voice. Generate fast 256p takes, compare them, then upscale the one you like."
-        )
-        preview_banner = gr.Markdown(visible=False, elem_id="preview-banner")
-        status = gr.Markdown(studio.status_markdown(), elem_id="status-line")
-        history = gr.BrowserState([], storage_key=HISTORY_KEY)
-        controls: dict[str, gr.components.Component] = {}
-
-        def place(*names: str) -> None:
-            for name in names:
-                controls[name] = control(next(f for f in FIELDS if f.name == name))
-
-        with gr.Row():
-            with gr.Column(scale=5):
-                place("portrait", "prompt")
-                prompt_warning = gr.Markdown(elem_id="prompt-warning")
-                with gr.Row():
-                    place("resolution", "aspect")
-                with gr.Row():
-                    place("seconds", "seed")
-                    random_seed = gr.Checkbox(True, label="Random seed", elem_id=RANDOM_SEED_ID, scale=0)
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", interactive=False, elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                with gr.Accordion("Dialogue builder", open=True, elem_id="dialogue-builder"):
-                    description = gr.Textbox(label="Character and scene", lines=3, elem_id="db-description")
-                    with gr.Row():
-                        speaker = gr.Textbox(label="Speaker tag", value="A young woman", elem_id="db-speaker")
-                        language = gr.Dropdown(
-                            list(LANGUAGE_NAMES), value="English", label="Language", elem_id="db-language"
-                        )
-                    line = gr.Textbox(label="What they say", lines=2, elem_id="db-line")
-                    background = gr.Textbox(label="Background sound", elem_id="db-background")
-                    with gr.Row():
-                        build = gr.Button("Write the prompt", elem_id="db-build")
-                        read = gr.Button("Fill from the prompt", elem_id="db-read")
-                    line_warning = gr.Markdown(elem_id="db-warning")
-                with gr.Accordion("Your own speech (optional)", open=False):
-                    place("audio")
-                    audio_note = gr.Markdown(elem_id="audio-hint")
-                with gr.Accordion("Advanced", open=False):
-                    place(*(f.name for f in FIELDS if f.advanced and f.name not in controls))
-            with gr.Column(scale=6):
-                player = ComparePlayer(label="Player", elem_id="compare-player")
-                with gr.Row():
-                    upscale_to = gr.Radio(SR_RESOLUTIONS, value=SR_RESOLUTIONS[0], label="Upscale this take to")
-                    upscale_btn = gr.Button("Upscale this take", interactive=False, elem_id="upscale")
-                seed_used = gr.Number(label="Seed used", interactive=False, precision=0, elem_id="seed-used")
-                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-                details = gr.Markdown(label="Details", elem_id="details")
-                take_id = gr.Textbox(label="Take id", visible=False, elem_id="take-id")
-                with gr.Accordion("Takes of this browser", open=True, elem_id="history"):
-                    gallery = gr.Gallery(
-                        label="Select a take: it plays, and its settings fill the inputs",
-                        columns=4,
-                        height="auto",
-                        allow_preview=False,
-                        elem_id="takes",
-                    )
-                    with gr.Row():
-                        compare_a = gr.Dropdown(label="Compare take", elem_id="compare-a")
-                        compare_b = gr.Dropdown(label="with take", elem_id="compare-b")
-                    with gr.Row():
-                        compare_btn = gr.Button("Compare side by side", elem_id="compare")
-                        remove_btn = gr.Button("Remove the selected take", variant="secondary", elem_id="remove")
-                with gr.Accordion("Copy as code", open=False, elem_id="copy-as-code"):
-                    code_btn = gr.Button("Write the code for these settings", elem_id="write-code")
-                    python_code = gr.Code(language="python", label="gradio_client", elem_id="python-code")
-                    cli_code = gr.Code(language="shell", label="Command line", elem_id="cli-code")
-
-        dialogue = [description, speaker, language, line, background]
-        gr.Examples(
-            examples=example_values(),
-            inputs=[controls["portrait"], controls["prompt"], *dialogue],
-            label="Examples (the portrait is public domain: see assets/LICENSE.md)",
-            cache_examples=False,
-        )
-
-        # --- events -------------------------------------------------------------------------------------
-        inputs = [controls[f.name] for f in FIELDS]
-        answer = [player, downloads, seed_used, details, take_id]
-        private = {"api_visibility": "private"}
-        listing = {"fn": studio.gallery, "inputs": history, "outputs": [gallery, compare_a, compare_b, history]}
-        remember = {"fn": studio.remember, "inputs": [take_id, history], "outputs": history}
-        gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
-        as_sent = {"js": empty_values_js(FIELDS)}  # the page sends None for an empty number box (not in the API)
-        gen_event = generate_btn.click(studio.generate, inputs, answer, api_name="generate", **as_sent, **gpu_job)
-        gen_event.success(**remember, **private).then(**listing, **private)
-        gen_event.success(studio.code_for_take, take_id, [python_code, cli_code], **private)
-        gen_event.success(lambda: gr.update(interactive=True), outputs=upscale_btn, **private)
-        up_event = upscale_btn.click(studio.upscale, [take_id, upscale_to], answer, api_name="upscale", **gpu_job)
-        up_event.success(**remember, **private).then(**listing, **private)
-        stop_btn.click(studio.stop, cancels=[gen_event, up_event], api_name="stop", queue=False)
-
-        gallery.select(studio.select, history, [*answer, *inputs, random_seed], **private).success(
-            lambda: gr.update(interactive=True), outputs=upscale_btn, **private
-        )
-        controls["seed"].input(lambda: False, outputs=random_seed, queue=False, **private)
-        compare_btn.click(studio.compare, [compare_a, compare_b], player, **private)
-        remove_btn.click(studio.remove, [take_id, history], [history, player, take_id], **private).success(
-            **listing, **private
-        )
-        code_btn.click(code_for, inputs, [python_code, cli_code], **as_sent, **private)
-        build.click(dialogue_to_prompt, [*dialogue, controls["seconds"]], [controls["prompt"], line_warning], **private)
-        read.click(prompt_to_dialogue, controls["prompt"], dialogue, **private)
-        controls["prompt"].blur(studio.prompt_warning, controls["prompt"], prompt_warning, **private)
-        controls["audio"].change(audio_hint, [controls["audio"], controls["seconds"]], audio_note, **private)
-
-        def refresh():
-            state = slot.status.state
-            preview = slot.engine is not None and slot.engine.preview
-            return (
-                studio.status_markdown(),
-                gr.update(interactive=state == "ready"),
-                gr.update(value=PREVIEW_BANNER if preview else "", visible=preview),
-                gr.update(active=state == "loading"),
-            )
-
-        timer = gr.Timer(1.0, active=True)
-        ticks = [status, generate_btn, preview_banner, timer]
-        timer.tick(refresh, outputs=ticks, queue=False, **private)
-        demo.load(lambda: slot.start() and None, queue=False, **private)
-        demo.load(refresh, outputs=ticks, queue=False, **private)
-        demo.load(**listing, queue=False, **private)
+        page = _layout()
+        _wire(demo, page, studio)
     demo.studio = studio  # for tests and main(): the takes to clean up at exit
     return demo
+
+
+def _layout() -> SimpleNamespace:
+    """The page: inputs on the left (one control per request field, the dialogue builder), the player, the
+    takes and copy-as-code on the right. Returns the components the events connect."""
+    p = SimpleNamespace(controls={})
+
+    def place(*names: str) -> None:
+        for name in names:
+            p.controls[name] = control(FIELD[name])
+
+    gr.Markdown(
+        "# daVinci-MagiHuman Studio\nTalking-human video with lip-synced speech from a prompt, a portrait and "
+        "(optionally) your own voice. Generate fast 256p takes, compare them, then upscale the one you like."
+    )
+    p.banner = gr.Markdown(visible=False, elem_id="preview-banner")
+    p.status = gr.Markdown(elem_id="status-line")
+    p.history = gr.BrowserState([], storage_key=HISTORY_KEY)
+    with gr.Row():
+        with gr.Column(scale=5):
+            place("portrait", "prompt")
+            p.prompt_warning = gr.Markdown(elem_id="prompt-warning")
+            with gr.Row():
+                place("resolution", "aspect")
+            with gr.Row():
+                place("seconds", "seed")
+                p.random_seed = gr.Checkbox(True, label="Random seed", elem_id=RANDOM_SEED_ID, scale=0)
+            with gr.Row():
+                p.generate = gr.Button("Generate", variant="primary", interactive=False, elem_id="generate")
+                p.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Accordion("Dialogue builder", open=True, elem_id="dialogue-builder"):
+                description = gr.Textbox(label="Character and scene", lines=3, elem_id="db-description")
+                with gr.Row():
+                    speaker = gr.Textbox(label="Speaker tag", value="A young woman", elem_id="db-speaker")
+                    language = gr.Dropdown(
+                        list(LANGUAGE_NAMES), value="English", label="Language", elem_id="db-language"
+                    )
+                line = gr.Textbox(label="What they say", lines=2, elem_id="db-line")
+                background = gr.Textbox(label="Background sound", elem_id="db-background")
+                p.dialogue = [description, speaker, language, line, background]
+                with gr.Row():
+                    p.build = gr.Button("Write the prompt", elem_id="db-build")
+                    p.read = gr.Button("Fill from the prompt", elem_id="db-read")
+                p.line_warning = gr.Markdown(elem_id="db-warning")
+            with gr.Accordion("Your own speech (optional)", open=False):
+                place("audio")
+                p.audio_note = gr.Markdown(elem_id="audio-hint")
+            with gr.Accordion("Advanced", open=False):
+                place(*(f.name for f in FIELDS if f.advanced and f.name not in p.controls))
+        with gr.Column(scale=6):
+            p.player = ComparePlayer(label="Player", elem_id="compare-player")
+            with gr.Row():
+                p.upscale_to = gr.Radio(SR_RESOLUTIONS, value=SR_RESOLUTIONS[0], label="Upscale this take to")
+                p.upscale = gr.Button("Upscale this take", interactive=False, elem_id="upscale")
+            p.seed_used = gr.Number(label="Seed used", interactive=False, precision=0, elem_id="seed-used")
+            p.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+            p.details = gr.Markdown(label="Details", elem_id="details")
+            p.take_id = gr.Textbox(label="Take id", visible=False, elem_id="take-id")
+            with gr.Accordion("Takes of this browser", open=True, elem_id="history"):
+                p.gallery = gr.Gallery(
+                    label="Select a take: it plays, and its settings fill the inputs",
+                    columns=4,
+                    height="auto",
+                    allow_preview=False,
+                    elem_id="takes",
+                )
+                with gr.Row():
+                    p.compare_a = gr.Dropdown(label="Compare take", elem_id="compare-a")
+                    p.compare_b = gr.Dropdown(label="with take", elem_id="compare-b")
+                with gr.Row():
+                    p.compare = gr.Button("Compare side by side", elem_id="compare")
+                    p.remove = gr.Button("Remove the selected take", variant="secondary", elem_id="remove")
+            with gr.Accordion("Copy as code", open=False, elem_id="copy-as-code"):
+                p.write_code = gr.Button("Write the code for these settings", elem_id="write-code")
+                p.python_code = gr.Code(language="python", label="gradio_client", elem_id="python-code")
+                p.cli_code = gr.Code(language="shell", label="Command line", elem_id="cli-code")
+    gr.Examples(
+        examples=example_values(),
+        inputs=[p.controls["portrait"], p.controls["prompt"], *p.dialogue],
+        label="Examples (the portrait is public domain: see assets/LICENSE.md)",
+        cache_examples=False,
+    )
+    return p
+
+
+def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
+    """The events. Public API: /generate (one parameter per request field), /upscale and /stop; every other
+    event is private."""
+    inputs = [p.controls[f.name] for f in FIELDS]
+    answer = [p.player, p.downloads, p.seed_used, p.details, p.take_id]
+    private = {"api_visibility": "private"}
+    listing = {"fn": studio.gallery, "inputs": p.history, "outputs": [p.gallery, p.compare_a, p.compare_b, p.history]}
+    remember = {"fn": studio.remember, "inputs": [p.take_id, p.history], "outputs": p.history}
+    enable_upscale = {"fn": lambda: gr.update(interactive=True), "outputs": p.upscale}
+    gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
+    as_sent = {"js": empty_values_js(FIELDS)}  # the page sends None for an empty number box (not in the API)
+
+    gen_event = p.generate.click(studio.generate, inputs, answer, api_name="generate", **as_sent, **gpu_job)
+    gen_event.success(**remember, **private).then(**listing, **private)
+    gen_event.success(studio.code_for_take, p.take_id, [p.python_code, p.cli_code], **private)
+    gen_event.success(**enable_upscale, **private)
+    up_event = p.upscale.click(studio.upscale, [p.take_id, p.upscale_to], answer, api_name="upscale", **gpu_job)
+    up_event.success(**remember, **private).then(**listing, **private)
+    p.stop.click(studio.stop, cancels=[gen_event, up_event], api_name="stop", queue=False)
+
+    selected = p.gallery.select(studio.select, p.history, [*answer, *inputs, p.random_seed], **private)
+    selected.success(**enable_upscale, **private)
+    p.controls["seed"].input(lambda: False, outputs=p.random_seed, queue=False, **private)
+    p.compare.click(studio.compare, [p.compare_a, p.compare_b], p.player, **private)
+    removed = p.remove.click(studio.remove, [p.take_id, p.history], [p.history, p.player, p.take_id], **private)
+    removed.success(**listing, **private)
+    p.write_code.click(code_for, inputs, [p.python_code, p.cli_code], **as_sent, **private)
+
+    prompt, seconds = p.controls["prompt"], p.controls["seconds"]
+    p.build.click(dialogue_to_prompt, [*p.dialogue, seconds], [prompt, p.line_warning], **private)
+    p.read.click(prompt_to_dialogue, prompt, p.dialogue, **private)
+    prompt.blur(studio.prompt_warning, prompt, p.prompt_warning, **private)
+    p.controls["audio"].change(audio_hint, [p.controls["audio"], seconds], p.audio_note, **private)
+
+    slot = studio.slot
+
+    def refresh():
+        state = slot.status.state
+        preview = slot.engine is not None and slot.engine.preview
+        return (
+            studio.status_markdown(),
+            gr.update(interactive=state == "ready"),
+            gr.update(value=PREVIEW_BANNER if preview else "", visible=preview),
+            gr.update(active=state == "loading"),
+        )
+
+    timer = gr.Timer(1.0, active=True)
+    ticks = [p.status, p.generate, p.banner, timer]
+    timer.tick(refresh, outputs=ticks, queue=False, **private)
+    demo.load(lambda: slot.start() and None, queue=False, **private)
+    demo.load(refresh, outputs=ticks, queue=False, **private)
+    demo.load(**listing, queue=False, **private)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(f.flag, type=kind, default=f.default, help=help_text + shown)
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
     parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
-    parser.add_argument("--out", type=Path, required=True, help="output mp4 (the SR clip when a SR tier is asked)")
+    parser.add_argument("--out", type=Path, required=True, help="output mp4 (at 540p or 1080p: the SR clip)")
     add_speed_arguments(parser)
 
 

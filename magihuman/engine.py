@@ -44,7 +44,7 @@ from magihuman.config import (
     video_frames,
 )
 from magihuman.errors import GenerationCancelled, InputError
-from magihuman.fields import FIELD, QUALITY
+from magihuman.fields import FIELD, FIELDS, QUALITY
 from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
@@ -208,12 +208,13 @@ class Engine:
             )
         if request.resolution not in RESOLUTIONS:
             raise InputError(f"unknown resolution {request.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
-        for name in ("aspect", "seconds", "base_model", "steps", "sr_steps", "guidance", "seed", "quality"):
-            value = getattr(request, name)
-            try:
-                FIELD[name].check(int(value) if isinstance(value, np.integer) else value)
-            except ValueError as exc:
-                raise InputError(str(exc)) from None
+        for f in FIELDS:  # numbers and choices (the texts and files are checked above and where they are read)
+            if f.kind in ("int", "float", "choice") and f.name != "resolution":
+                value = getattr(request, f.name)
+                try:
+                    f.check(int(value) if isinstance(value, np.integer) else value)
+                except ValueError as exc:
+                    raise InputError(str(exc)) from None
         self._require_resolution(request.resolution)
         if request.base_model not in self.available_base_models:
             raise InputError(

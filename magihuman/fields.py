@@ -197,7 +197,8 @@ FIELDS: tuple[Field, ...] = (
         "negative_prompt",
         "text",
         "Negative prompt (base model only)",
-        "what guidance steers away from; empty: the engine's own (blur, distortion, bad lip sync, ...)",
+        "what guidance steers away from; empty: the engine's own (blurry face, warped features, lips out of sync, "
+        "flicker, ...)",
         maximum=LIMITS.max_prompt_chars,
         advanced=True,
     ),
