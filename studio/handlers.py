@@ -19,7 +19,7 @@ import gradio as gr
 from magihuman.__main__ import timing_table
 from magihuman.config import RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
-from magihuman.fields import FIELD, FIELDS, Field
+from magihuman.fields import FIELDS, Field
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
 from studio import gpu
@@ -367,6 +367,3 @@ def code_for(*values) -> tuple[str, str]:
     """Copy-as-code for the controls' current values: the gradio_client call and the CLI line."""
     settings = dict(zip([f.name for f in FIELDS], values, strict=True))
     return python_call(settings), cli_line(settings)
-
-
-__all__ = ["FIELD", "Studio", "audio_hint", "code_for", "dialogue_to_prompt", "prompt_to_dialogue"]
