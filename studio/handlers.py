@@ -38,8 +38,15 @@ PHASES = {
     "decode": "Decoding video",
     "mux": "Writing mp4",
 }
-ANNOTATIONS = {"text": str, "image": str | None, "audio": str | None, "choice": str, "int": int | None}
-ANNOTATIONS["float"] = float | None
+# Python types of the field kinds, for the API's parameter types (files arrive as local paths).
+ANNOTATIONS = {
+    "text": str,
+    "image": str | None,
+    "audio": str | None,
+    "choice": str,
+    "int": int | None,
+    "float": float | None,
+}
 
 
 class Studio:
@@ -211,11 +218,11 @@ GENERATE_DOC = "\n".join(
 )
 
 
-def _field_function(body: Callable, name: str, doc: str, extra: tuple[str, ...] = ()) -> Callable:
+def _field_function(body: Callable, name: str, doc: str) -> Callable:
     """A function taking one argument per request field (`prompt` required, the others defaulting as declared),
-    then `extra` state arguments, the gr.Request and the gr.Progress; it calls `body(values, *extra, request,
-    progress)`. Gradio reads its signature for the API's parameter names and defaults, its docstring for their
-    descriptions (the API page, the MCP tool)."""
+    then the gr.Request and the gr.Progress; it calls `body(values, request, progress)`. Gradio reads its
+    signature for the API's parameter names and defaults, its docstring for their descriptions (the API page,
+    the MCP tool)."""
     parameters = [
         inspect.Parameter(
             f.name,
@@ -225,7 +232,6 @@ def _field_function(body: Callable, name: str, doc: str, extra: tuple[str, ...] 
         )
         for f in FIELDS
     ]
-    parameters += [inspect.Parameter(e, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for e in extra]
     parameters += [
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
         inspect.Parameter(
@@ -239,7 +245,7 @@ def _field_function(body: Callable, name: str, doc: str, extra: tuple[str, ...] 
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         values = {f.name: arguments.pop(f.name) for f in FIELDS}
-        return body(values, *(arguments[e] for e in extra), arguments["request"], arguments["progress"])
+        return body(values, arguments["request"], arguments["progress"])
 
     function.__signature__ = signature
     function.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not inspect._empty}
