@@ -39,8 +39,18 @@ def control(f: Field) -> gr.components.Component:
     if f.default is None:  # the page shows 0 for "empty" (see empty_values_js)
         if f.advanced and (f.minimum or 0) > 0:
             info = {"info": f.help.replace("empty: ", "0 or empty: ")}
-        return gr.Number(value=None, minimum=f.minimum, maximum=f.maximum, step=f.step, **common, **info)
-    return gr.Slider(f.minimum, f.maximum, value=f.default, step=f.step, **common, **info)
+        number = gr.Number(value=None, minimum=f.minimum, maximum=f.maximum, step=f.step, **common, **info)
+    else:
+        number = gr.Slider(f.minimum, f.maximum, value=f.default, step=f.step, **common, **info)
+    return _typed(number, f)
+
+
+def _typed(number: gr.components.Component, f: Field) -> gr.components.Component:
+    """Tell API and MCP clients the field's own type and range (an integer for whole-number fields) without
+    Gradio's precision rounding, which would turn 1.5 steps into 2 instead of refusing them."""
+    schema = {"type": "integer" if f.kind == "int" else "number", "minimum": f.minimum, "maximum": f.maximum}
+    number.api_info = lambda: dict(schema)
+    return number
 
 
 def empty_values_js(fields: tuple[Field, ...]) -> str:

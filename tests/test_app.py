@@ -267,6 +267,7 @@ def test_mcp_serves_generate_and_upscale_as_tools(tiny_engine) -> None:
     assert generate_tool["inputSchema"].get("required", ["prompt"]) == ["prompt"]
     assert "lip-synced" in generate_tool["description"] and "seed" in properties["seed"]["description"].lower()
     assert "take_id" in upscale_tool["inputSchema"]["properties"]
+    assert properties["seed"]["type"] == "integer" and properties["steps"]["maximum"] == 64  # types and ranges
 
 
 def test_the_engine_checks_every_field_an_api_client_can_send(tiny_engine) -> None:
