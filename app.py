@@ -25,7 +25,7 @@ from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import gpu
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
-from studio.examples import example_values
+from studio.examples import example_labels, example_values
 from studio.handlers import (
     SR_RESOLUTIONS,
     Studio,
@@ -150,6 +150,7 @@ def _layout() -> SimpleNamespace:
                 p.cli_code = gr.Code(language="shell", label="Command line", elem_id="cli-code")
     gr.Examples(
         examples=example_values(),
+        example_labels=example_labels(),
         inputs=[p.controls["portrait"], p.controls["prompt"], *p.dialogue],
         label="Examples (the portrait is public domain: see assets/LICENSE.md)",
         cache_examples=False,

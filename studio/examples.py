@@ -45,3 +45,7 @@ def example_values() -> list[list]:
         ]
         for path, ex in EXAMPLE_ROWS
     ]
+
+
+def example_labels() -> list[str]:
+    return [ex.title for _, ex in EXAMPLE_ROWS]
