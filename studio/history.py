@@ -118,7 +118,9 @@ def poster_frame(video: Path) -> Path | None:
     poster = video.with_suffix(".jpg")
     try:
         with av.open(str(video)) as container:
-            frame = next(container.decode(video=0))
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # one frame: no decoder thread pool (its buffers would outlive the call)
+            frame = next(container.decode(stream))
         Image.fromarray(frame.to_ndarray(format="rgb24")).save(poster, quality=85)
     except (OSError, StopIteration, av.error.FFmpegError):
         return None
