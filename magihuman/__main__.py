@@ -9,40 +9,52 @@ from pathlib import Path
 
 import torch
 
-from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, RESOLUTIONS, SAMPLING
+from magihuman.config import RESOLUTIONS
+from magihuman.engine import GenerationRequest
 from magihuman.errors import MagiHumanError
+from magihuman.fields import FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments
 from magihuman.parallel.launch import add_parallel_argument
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", required=True, help="the prompt text, or @FILE to read it from a file")
-    parser.add_argument("--image", type=Path, help="portrait (TI2V); without it, text-to-video")
-    parser.add_argument("--audio", type=Path, help="your own speech: the video is lip-synced to it")
-    parser.add_argument("--resolution", choices=list(RESOLUTIONS), default="256p")
-    parser.add_argument("--aspect", choices=["landscape", "portrait"], default="landscape")
-    parser.add_argument("--seconds", type=int, default=DEFAULT_SECONDS, help=f"{MIN_SECONDS}-{MAX_SECONDS}")
-    parser.add_argument("--seed", type=int, help="default: random (printed)")
-    parser.add_argument("--base-model", choices=["distill", "base"], default="distill")
-    parser.add_argument("--steps", type=int, help="base-stage steps (default 8 distilled, 32 base)")
-    parser.add_argument("--sr-steps", type=int, default=SAMPLING.sr_steps)
-    parser.add_argument("--guidance", type=float, help="base model CFG scale (default 5.0, 2.0 late)")
+    """One flag per request field (magihuman.fields), then the engine's own options."""
+    for f in FIELDS:
+        help_text = f.help.replace("%", "%%")
+        if f.name == "prompt":
+            parser.add_argument(f.flag, required=True, help=f"{help_text} (or @FILE to read it from a file)")
+        elif f.kind in ("image", "audio"):
+            names = [f.flag, "--image"] if f.name == "portrait" else [f.flag]
+            parser.add_argument(*names, dest=f.name, type=Path, help=help_text)
+        elif f.choices:
+            parser.add_argument(f.flag, choices=list(f.values), default=f.default, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.kind, str)
+            shown = f" ({f.range_text()})" if f.range_text() else ""
+            parser.add_argument(f.flag, type=kind, default=f.default, help=help_text + shown)
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
     parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
-    parser.add_argument("--out", type=Path, required=True, help="output mp4 (the SR clip when a SR tier is asked)")
+    parser.add_argument("--out", type=Path, required=True, help="output mp4 (at 540p or 1080p: the SR clip)")
     add_parallel_argument(parser)
     add_speed_arguments(parser)
+
+
+def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+    values = {f.name: getattr(args, f.name) for f in FIELDS}
+    if values["prompt"].startswith("@"):
+        values["prompt"] = Path(values["prompt"][1:]).read_text()
+    return GenerationRequest(**values)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
     from magihuman.build import default_model_size, load_engine
     from magihuman.parallel import attach, init_parallel, run_worker, shutdown
 
-    prompt = Path(args.prompt[1:]).read_text() if args.prompt.startswith("@") else args.prompt
+    request = request_from_args(args)
     size = args.model or default_model_size()
-    sr_model = RESOLUTIONS[args.resolution].sr_model
+    sr_model = RESOLUTIONS[request.resolution].sr_model
     speed = SpeedFlags.from_args(args, "cuda" if torch.cuda.is_available() else "cpu")
-    dits = [args.base_model, *([sr_model] if sr_model else [])]
+    dits = [request.base_model, *([sr_model] if sr_model else [])]
     try:
         ctx = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
     except ValueError as exc:
@@ -54,29 +66,14 @@ def _run_generate(args: argparse.Namespace) -> None:
     engine = load_engine(size, weights_dir=args.weights_dir, device=ctx.device, dits=dits, speed=speed)
     driver = attach(engine, ctx)
     try:
-        _generate_one(engine, args, prompt)
+        _generate_one(engine, args, request)
     finally:
         shutdown(driver)
 
 
-def _generate_one(engine, args: argparse.Namespace, prompt: str) -> None:
-    from magihuman.engine import GenerationRequest
-
+def _generate_one(engine, args: argparse.Namespace, request: GenerationRequest) -> None:
     if engine.preview:
         print("NOTE: tiny preview engine with random weights: the clip is noise, not a person", file=sys.stderr)
-    request = GenerationRequest(
-        prompt=prompt,
-        image=args.image,
-        audio=args.audio,
-        resolution=args.resolution,
-        aspect=args.aspect,
-        seconds=args.seconds,
-        seed=args.seed,
-        base_model=args.base_model,
-        steps=args.steps,
-        guidance=args.guidance,
-        sr_steps=args.sr_steps,
-    )
 
     def progress(phase: str, step: int, total: int) -> None:
         print(f"\r{phase:>8} {step}/{total}   ", end="", file=sys.stderr, flush=True)

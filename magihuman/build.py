@@ -38,8 +38,6 @@ from magihuman.weights import resolve_weights
 StatusFn = Callable[[str], None]
 DEFAULT_DITS = ("distill", "sr-540p")
 ALL_DITS = ("distill", "base", "sr-540p", "sr-1080p")
-# The download tiers (magihuman.weights) that bring each DiT.
-_TIER_OF_DIT = {"distill": "distill", "base": "base", "sr-540p": "540p", "sr-1080p": "1080p"}
 
 
 def default_model_size() -> ModelSize:
@@ -101,8 +99,8 @@ def load_dits(
         return load_engine("tiny", device=device, speed=speed, on_status=status).models.dits
     dits = list(dict.fromkeys(dits))
     plan = plan_fp8(dits, speed.fp8, device, model, offload=False)
-    paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
     presets = dit_presets("full")
+    paths = resolve_weights(weights_dir, [presets[d].tier for d in dits])
     loaded = {}
     for name in dits:
         status(f"loading the {name} DiT from {paths.dit(name)}")
@@ -200,9 +198,9 @@ def full_models(
     unknown = [d for d in dits if d not in ALL_DITS]
     if unknown:
         raise ValueError(f"unknown DiT(s) {unknown}; choose from {', '.join(ALL_DITS)}")
-    paths = resolve_weights(weights_dir, [_TIER_OF_DIT[d] for d in dits])
-    dtypes = model_dtypes("full", device)
     presets = dit_presets("full")
+    paths = resolve_weights(weights_dir, [presets[d].tier for d in dits])
+    dtypes = model_dtypes("full", device)
     status(f"loading the text encoder from {paths.text_encoder}")
     text = load_text_encoder(paths.text_encoder, device, dtypes.text, hidden_size=FULL_DIT.text_in_channels)
     status("loading the video and audio VAEs")

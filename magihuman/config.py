@@ -121,11 +121,17 @@ ModelSize = Literal["full", "tiny"]
 
 @dataclass(frozen=True)
 class DiTPreset:
-    """One official DiT checkpoint: where it lives in the hub repository and how it is built."""
+    """One official DiT checkpoint, the registry's one spelling of it (`name`: "distill", "base", "sr-540p",
+    "sr-1080p"), plus where it lives in the hub repository, how it is built and which download tier brings it.
+
+    Words: a *tier* is a download bundle (`python -m magihuman download --tiers distill,540p`); a *resolution*
+    is an output size (`RESOLUTIONS`: 256p, 540p, 1080p). The hub's folder names (`540p_sr`) appear only here.
+    """
 
     name: DiTName
     subfolder: str  # folder inside the GAIR/daVinci-MagiHuman repository
     dit: DiTConfig
+    tier: str  # the download tier that brings this checkpoint
 
 
 def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
@@ -138,11 +144,11 @@ def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
         raise ValueError(f"unknown model size {size!r}; expected 'full' or 'tiny'")
     sr = replace(base, coords_style="v1")
     return {
-        "base": DiTPreset("base", "base", base),
-        "distill": DiTPreset("distill", "distill", base),
-        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr),
+        "base": DiTPreset("base", "base", base, "base"),
+        "distill": DiTPreset("distill", "distill", base, "distill"),
+        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr, "540p"),
         "sr-1080p": DiTPreset(
-            "sr-1080p", "1080p_sr", replace(sr, local_attn_layers=local, frame_receptive_field=window)
+            "sr-1080p", "1080p_sr", replace(sr, local_attn_layers=local, frame_receptive_field=window), "1080p"
         ),
     }
 
@@ -222,7 +228,7 @@ MIN_SECONDS, MAX_SECONDS, DEFAULT_SECONDS = 1, 10, 5
 
 @dataclass(frozen=True)
 class Resolution:
-    """An output tier. Sizes are landscape (width > height); portrait swaps them."""
+    """An output resolution. Sizes are landscape (width > height); portrait swaps them."""
 
     name: str
     width: int

@@ -36,12 +36,8 @@ import torch
 
 from magihuman.config import (
     AUDIO,
-    DEFAULT_SECONDS,
-    MAX_SECONDS,
-    MIN_SECONDS,
     REQUEST_LIMITS,
     RESOLUTIONS,
-    SAMPLING,
     Aspect,
     BaseModel,
     decoded_frames,
@@ -49,6 +45,7 @@ from magihuman.config import (
     video_frames,
 )
 from magihuman.errors import GenerationCancelled, InputError
+from magihuman.fields import FIELD, FIELDS, QUALITY
 from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
@@ -85,25 +82,29 @@ SR_SEED_OFFSET = 2**32
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One clip to generate. `resolution` is the final tier: 256p is the base stage alone, 540p and 1080p
-    add super-resolution on top. `seed=None` picks a random seed (reported in the result)."""
+    """One clip to generate. The fields, their defaults and ranges are declared in `magihuman.fields` (one
+    `Field` per attribute, same name and default; a test keeps the two in step). `resolution` is the final
+    one: 256p is the base stage alone, 540p and 1080p add super-resolution on top. `seed=None` picks a random
+    seed (reported in the result); `steps`, `guidance` and `negative_prompt` None take the model's own."""
 
     prompt: str
-    image: str | Path | None = None
+    portrait: str | Path | None = None
     audio: str | Path | None = None
-    resolution: str = "256p"
-    aspect: Aspect = "landscape"
-    seconds: int = DEFAULT_SECONDS
+    resolution: str = FIELD["resolution"].default
+    aspect: Aspect = FIELD["aspect"].default
+    seconds: int = FIELD["seconds"].default
     seed: int | None = None
-    base_model: BaseModel = "distill"
-    steps: int | None = None  # None: 8 (distill) or 32 (base)
-    guidance: float | None = None  # base model only; None: 5.0 (video switches to 2.0 at t ≤ 500)
-    sr_steps: int = SAMPLING.sr_steps
+    base_model: BaseModel = FIELD["base_model"].default
+    steps: int | None = None
+    sr_steps: int = FIELD["sr_steps"].default
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    quality: str = FIELD["quality"].default
 
     @property
     def mode(self) -> str:
         """T2V, TI2V, TA2V or TIA2V."""
-        return "T" + ("I" if self.image else "") + ("A" if self.audio else "") + "2V"
+        return "T" + ("I" if self.portrait else "") + ("A" if self.audio else "") + "2V"
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class Take:
 @dataclass(frozen=True)
 class Result:
     video_path: Path  # the base-stage mp4
-    sr_video_path: Path | None  # the super-resolution mp4, when the tier asks for one
+    sr_video_path: Path | None  # the super-resolution mp4, when the resolution asks for one
+    sr_resolution: str | None  # the resolution of sr_video_path ("540p" or "1080p"); None without one
     seed: int
     take: Take
     timings: dict[str, float]  # seconds per stage: text, image, audio, denoise, sr, decode, mux
@@ -162,8 +164,6 @@ class Engine:
         # Several GPUs on one clip (magihuman.parallel.Driver, set by `attach`): the DiTs run on all ranks;
         # the engine only asks it for the CFG pair forward and the layout's name.
         self.parallel: ParallelDriver | None = None
-        # The preview's noise pictures do not compress; spend no CPU time trying.
-        self.x264_preset = "ultrafast" if preview else "veryfast"
 
     @property
     def layout(self) -> str | None:
@@ -183,20 +183,31 @@ class Engine:
     def generate(
         self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None
     ) -> Result:
-        """Run the base stage (and super-resolution when the tier asks for it); write the mp4(s)."""
+        """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
             folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
             try:
                 take = self._base(request, folder, timer, on_progress or _ignore, cancel)
-                sr_path = None
+                sr_path = sr_resolution = None
                 if RESOLUTIONS[request.resolution].sr_model is not None:
-                    sr_path = self._super_resolve(take, request.resolution, timer, on_progress or _ignore, cancel)
+                    sr_resolution = request.resolution
+                    sr_path = self._super_resolve(take, sr_resolution, timer, on_progress or _ignore, cancel)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
                 raise
-        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview, self.layout)
+        return Result(
+            take.base_video_path,
+            sr_path,
+            sr_resolution,
+            take.seed,
+            take,
+            timer.totals,
+            peak(),
+            self.preview,
+            self.layout,
+        )
 
     def upscale(
         self,
@@ -207,16 +218,19 @@ class Engine:
     ) -> Result:
         """Super-resolve an earlier take to `resolution` (540p or 1080p) without re-running its base stage."""
         if resolution not in RESOLUTIONS or RESOLUTIONS[resolution].sr_model is None:
-            sr_tiers = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
-            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(sr_tiers)}")
+            sr_resolutions = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
+            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(sr_resolutions)}")
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
             sr_path = self._super_resolve(take, resolution, timer, on_progress or _ignore, cancel)
-        return Result(take.base_video_path, sr_path, take.seed, take, timer.totals, peak(), self.preview, self.layout)
+        return Result(
+            take.base_video_path, sr_path, resolution, take.seed, take, timer.totals, peak(), self.preview, self.layout
+        )
 
     def validate(self, request: GenerationRequest) -> GenerationRequest:
-        """Check every field (the API must not trust UI sliders); returns the request with the seed resolved."""
+        """Check every field against its declaration in `magihuman.fields` (the API must not trust UI
+        sliders), then what depends on the loaded models; returns the request with seed and steps resolved."""
         limits = REQUEST_LIMITS
         prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
         if not prompt:
@@ -226,33 +240,33 @@ class Engine:
                 f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars} "
                 "(the model reads at most 640 tokens of it)"
             )
+        negative = request.negative_prompt.strip() if isinstance(request.negative_prompt, str) else None
+        if negative is not None and len(negative) > limits.max_prompt_chars:
+            raise InputError(
+                f"the negative prompt has {len(negative)} characters; the limit is {limits.max_prompt_chars}"
+            )
         if request.resolution not in RESOLUTIONS:
             raise InputError(f"unknown resolution {request.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
+        for f in FIELDS:  # numbers and choices (the texts and files are checked above and where they are read)
+            if f.kind in ("int", "float", "choice") and f.name != "resolution":
+                value = getattr(request, f.name)
+                try:
+                    f.check(int(value) if isinstance(value, np.integer) else value)
+                except ValueError as exc:
+                    raise InputError(str(exc)) from None
         self._require_resolution(request.resolution)
-        if request.aspect not in ("landscape", "portrait"):
-            raise InputError(f"aspect must be 'landscape' or 'portrait', not {request.aspect!r}")
-        if not _is_int(request.seconds) or not MIN_SECONDS <= request.seconds <= MAX_SECONDS:
-            raise InputError(f"duration must be a whole number of seconds from {MIN_SECONDS} to {MAX_SECONDS}")
         if request.base_model not in self.available_base_models:
             raise InputError(
                 f"base model {request.base_model!r} is not loaded; available: {', '.join(self.available_base_models)}"
             )
         steps = request.steps if request.steps is not None else limits.default_steps[request.base_model]
         max_steps = limits.max_steps[request.base_model]
-        if not _is_int(steps) or not 1 <= steps <= max_steps:
+        if not 1 <= steps <= max_steps:
             raise InputError(f"steps for the {request.base_model} model must be 1 to {max_steps}")
-        if not _is_int(request.sr_steps) or not 1 <= request.sr_steps <= limits.max_sr_steps:
-            raise InputError(f"super-resolution steps must be 1 to {limits.max_sr_steps}")
-        if request.guidance is not None and not (
-            isinstance(request.guidance, int | float) and limits.min_guidance <= request.guidance <= limits.max_guidance
-        ):
-            raise InputError(f"guidance must be a number from {limits.min_guidance} to {limits.max_guidance}")
         seed = request.seed
         if seed is None:
             seed = random.SystemRandom().randint(0, limits.max_seed)
-        elif not _is_int(seed) or not 0 <= seed <= limits.max_seed:
-            raise InputError(f"seed must be a whole number from 0 to {limits.max_seed}")
-        return replace(request, prompt=prompt, seed=int(seed), steps=int(steps))
+        return replace(request, prompt=prompt, negative_prompt=negative or None, seed=int(seed), steps=int(steps))
 
     # --- stages ---------------------------------------------------------------------------------------
 
@@ -267,15 +281,17 @@ class Engine:
         with timer("text"):
             progress("text", 0, 1)
             text = self._encode_text(request.prompt)
-            negative = self._encode_text(NEGATIVE_PROMPT) if request.base_model == "base" else None
+            negative = None
+            if request.base_model == "base":
+                negative = self._encode_text(request.negative_prompt or NEGATIVE_PROMPT)
             progress("text", 1, 1)
 
         # 2. Portrait: crop/resize to the base size, encode frame 0.
         image = image_latent = None
-        if request.image:
+        if request.portrait:
             with timer("image"):
                 progress("image", 0, 1)
-                image = load_portrait(request.image)
+                image = load_portrait(request.portrait)
                 image_latent = self._encode_image(image, base_res.pixel_size(portrait))
                 progress("image", 1, 1)
 
@@ -338,7 +354,7 @@ class Engine:
         if output_audio is None:
             with timer("decode"):
                 output_audio = self._decode_audio(audio)
-        path = self._write(video, output_audio, folder / "base_256p.mp4", timer, progress, cancel)
+        path = self._write(video, output_audio, folder / "base_256p.mp4", request.quality, timer, progress, cancel)
         return Take(request, text, video, audio, output_audio, image, path, folder)
 
     def _super_resolve(self, take: Take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
@@ -363,7 +379,8 @@ class Engine:
                 on_step=self._step_reporter("sr", progress),
                 cancel=cancel,
             )
-        return self._write(video, take.output_audio, take.folder / f"sr_{resolution}.mp4", timer, progress, cancel)
+        path = take.folder / f"sr_{resolution}.mp4"
+        return self._write(video, take.output_audio, path, take.request.quality, timer, progress, cancel)
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -377,13 +394,15 @@ class Engine:
     def _decode_audio(self, audio: torch.Tensor) -> np.ndarray:
         return virtual_to_44k(self.models.audio_vae.decode(audio).numpy())
 
-    def _write(self, video: torch.Tensor, audio: np.ndarray, path: Path, timer, progress, cancel) -> Path:
+    def _write(self, video: torch.Tensor, audio: np.ndarray, path: Path, quality: str, timer, progress, cancel) -> Path:
         """Decode `video` window by window and encode each finished piece into the mp4 on a worker thread
         while the next window decodes (the encoder's time hides behind the decoder's). "decode" times the
         decode loop, "mux" the encoding left after it."""
         expected = decoded_frames(video.shape[2])
+        crf, preset = QUALITY[quality]
+        preset = "ultrafast" if self.preview else preset  # the preview's noise pictures do not compress
         with (
-            Mp4Writer(path, audio, crf=18, preset=self.x264_preset) as writer,
+            Mp4Writer(path, audio, crf=crf, preset=preset) as writer,
             ThreadPoolExecutor(1, thread_name_prefix="mux") as encoder,
         ):
             pending = None

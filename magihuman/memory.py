@@ -11,6 +11,7 @@ other components and the activation headroom are estimates from parameter counts
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,8 @@ from magihuman.fp8 import quantize_fp8_
 from magihuman.model.dit import build_dit
 
 GB = 1e9
+# Plan for this many GB instead of the card's total (a shared card, or a ZeroGPU call smaller than the card).
+GPU_MEMORY_ENV = "MAGIHUMAN_GPU_MEMORY_GB"
 # spec/pipeline.md §0: T5Gemma encoder 9,241,705,984 bf16; Wan2.2 VAE 704,688,668 bf16; Oobleck 156,112,514
 # fp32; Turbo VAE decoder 107,122,892 bf16.
 TEXT_ENCODER_BYTES = 9_241_705_984 * 2
@@ -84,13 +87,15 @@ def plan_fp8(
 ) -> Fp8Plan:
     """Which of `dits` to quantise. `fp8` True/False: all or none, as asked. None ("auto"): none off CUDA or
     for the tiny preset; on a GPU, the fewest DiTs (in `QUANTISE_FIRST` order) that make the estimated peak
-    fit `available_bytes` (default: the card's total memory)."""
+    fit `available_bytes` (default: $MAGIHUMAN_GPU_MEMORY_GB, else the card's total memory)."""
     names = list(dits)
     if fp8 is not None:
         return Fp8Plan(frozenset(names) if fp8 else frozenset(), 0, 0, None, automatic=False)
     device = torch.device(device)
     if size != "full" or device.type != "cuda":
         return Fp8Plan(frozenset(), 0, 0, None, automatic=True)
+    if available_bytes is None and os.environ.get(GPU_MEMORY_ENV):
+        available_bytes = int(float(os.environ[GPU_MEMORY_ENV]) * GB)
     if available_bytes is None:
         available_bytes = torch.cuda.get_device_properties(device).total_memory
     presets = dit_presets(size)

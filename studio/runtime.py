@@ -51,6 +51,14 @@ class EngineSlot:
             self._thread.start()
         return self
 
+    def load_now(self) -> EngineSlot:
+        """Load in the calling thread instead (ZeroGPU: CUDA is emulated only in the thread that imported
+        spaces); the status line and a failure are kept exactly as on the background path."""
+        if not self._ready.is_set() and not self._thread.is_alive():
+            self._started = time.perf_counter()
+            self._run()
+        return self
+
     def _run(self) -> None:
         try:
             engine = self._load(self._set_message)

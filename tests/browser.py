@@ -50,13 +50,15 @@ def browser_page(url: str, timeout_ms: int, viewport: dict | None = None) -> Ite
 
 
 def video_states(page) -> dict:
-    """currentTime, paused, readyState, muted, seeking, src and duration of the player's two videos."""
+    """currentTime, paused, readyState, muted, seeking, src and duration of the player's two videos (`left`,
+    `right`)."""
     return page.evaluate(
         """() => {
-            const [a, b] = ["a", "b"].map((k) => document.querySelector(`#compare-player .cp-video-${k}`));
+            const video = (k) => document.querySelector(`#compare-player .cp-video-${k}`);
+            const [left, right] = [video("left"), video("right")];
             const state = (v) => ({time: v.currentTime, paused: v.paused, ready: v.readyState, muted: v.muted,
                                    seeking: v.seeking, src: v.getAttribute("src"), duration: v.duration});
-            return {a: state(a), b: state(b)};
+            return {left: state(left), right: state(right)};
         }"""
     )
 
@@ -66,7 +68,7 @@ def wait_videos_ready(page, both: bool = True, timeout_ms: int | None = None) ->
         """(both) => {
             const v = (k) => document.querySelector(`#compare-player .cp-video-${k}`);
             const ok = (x) => x && x.getAttribute("src") && x.readyState >= 2 && !x.seeking;
-            return ok(v("a")) && (!both || ok(v("b")));
+            return ok(v("left")) && (!both || ok(v("right")));
         }""",
         arg=both,
         timeout=timeout_ms,

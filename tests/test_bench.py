@@ -85,8 +85,8 @@ def test_fp8_quality_reports_velocity_and_latent_errors() -> None:
 
 
 def test_full_size_random_components_have_the_published_shapes() -> None:
-    """The benchmark's full-size text encoder, VAEs and decoder, built on meta: parameter counts of spec/pipeline.md
-    §0 (the DiTs use the same presets as real loading, checked against full_keys.json elsewhere)."""
+    """The benchmark's full-size text encoder, VAEs and decoder, built on meta: the official checkpoints'
+    parameter counts (the DiTs use the same presets as real loading, checked against full_keys.json elsewhere)."""
     models = random_models("full", device="meta", dits=[])
 
     def count(module: torch.nn.Module) -> int:

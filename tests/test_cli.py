@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from magihuman.__main__ import main
-from magihuman.media import probe_media
+from tests.probe import probe_media
 
 
 def test_generate_writes_the_clip_and_prints_the_timing_table(tmp_path, capsys) -> None:

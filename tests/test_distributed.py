@@ -227,7 +227,7 @@ def case_engine(ctx: ParallelContext, folder: Path) -> dict:
     engine = load_engine("tiny", device="cpu", speed=speed, output_root=folder / "out")
     driver = attach(engine, ctx)
     request = GenerationRequest(
-        "A woman says hello.", image=PORTRAIT, resolution="256p", seconds=1, seed=21, sr_steps=2
+        "A woman says hello.", portrait=PORTRAIT, resolution="256p", seconds=1, seed=21, sr_steps=2
     )
     out: dict = {"layout": engine.layout}
     try:

@@ -16,8 +16,8 @@ from magihuman.build import load_engine
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames, video_frames
 from magihuman.engine import GenerationRequest
 from magihuman.errors import GenerationCancelled, InputError
-from magihuman.media import probe_media
 from tests.files import portrait, wav
+from tests.probe import probe_media
 
 SECONDS = 1
 MODES = ["T2V", "TI2V", "TA2V", "TIA2V"]
@@ -31,13 +31,13 @@ def engine(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("inputs")
-    return {"image": portrait(folder / "face.png"), "audio": wav(folder / "speech.wav", seconds=3)}
+    return {"portrait": portrait(folder / "face.png"), "audio": wav(folder / "speech.wav", seconds=3)}
 
 
 def _request(mode: str, inputs, **overrides) -> GenerationRequest:
     fields = dict(prompt="A woman says hello.", seconds=SECONDS, seed=11)
     if "I" in mode[1:]:
-        fields["image"] = inputs["image"]
+        fields["portrait"] = inputs["portrait"]
     if "A" in mode:
         fields["audio"] = inputs["audio"]
     return GenerationRequest(**{**fields, **overrides})
@@ -171,7 +171,7 @@ def test_bad_portrait_and_audio_files(engine, inputs, tmp_path) -> None:
     fake_png = tmp_path / "notes.png"
     fake_png.write_text("not an image at all")
     with pytest.raises(InputError, match="notes.png"):
-        engine.generate(_request("T2V", inputs, image=fake_png))
+        engine.generate(_request("T2V", inputs, portrait=fake_png))
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF" + bytes(range(200)))
     with pytest.raises(InputError, match="broken.wav"):

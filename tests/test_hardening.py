@@ -1,4 +1,4 @@
-"""Hardening (issue 7): the studio keeps serving under load, faults and hostile input, and loses nothing.
+"""Hardening: the studio keeps serving under load, faults and hostile input, and loses nothing.
 
 The app runs in-process on 127.0.0.1 with the tiny engine and is driven the way its users drive it: through
 gradio_client (one `Client` per user), through the raw queue protocol a browser tab speaks (to disconnect
@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from gradio_client import Client, handle_file
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,6 +42,7 @@ from PIL import Image
 
 import app as studio_app
 import magihuman.engine as engine_module
+import studio.gpu as gpu
 from magihuman.build import load_engine
 from magihuman.config import (
     MAX_SECONDS,
@@ -54,11 +55,16 @@ from magihuman.config import (
 )
 from magihuman.engine import GenerationRequest, Take
 from magihuman.errors import GenerationCancelled, InputError
+from magihuman.fields import FIELDS
 from magihuman.loading import load_dit
-from magihuman.media import probe_media, write_mp4
-from studio.runtime import EngineSlot, TakeStore
-from tests.browser import CHROMIUM, browser_page, free_port
+from magihuman.media import write_mp4
+from studio.handlers import Studio
+from studio.history import TakeStore
+from studio.runtime import EngineSlot
+from tests.browser import CHROMIUM, browser_page
 from tests.files import noise_image, portrait, wav
+from tests.probe import probe_media
+from tests.studio import api_arguments, launched
 
 WAIT = 120  # seconds: the longest any one wait in this file may take
 USERS = 20
@@ -71,7 +77,7 @@ OOM_ADVICE = re.compile(r"(?i)out of (gpu )?memory.*(smaller|lower|shorter)", re
 
 
 class EngineCalls:
-    """Wraps `engine.generate` (the app calls it through `run_on_gpu`): per call the request, start and end
+    """Wraps `engine.generate` (the app calls it through `studio.gpu.gpu_generate`): per call the request, start and end
     times, and either what the result was (seed, take folder, base mp4 and its digest, taken before an
     eviction deletes it, stage timings) or the exception's class. Nothing that holds tensors is kept, so the
     record does not itself keep takes alive."""
@@ -104,16 +110,6 @@ class EngineCalls:
             call["done"].set()
 
 
-@contextmanager
-def launched(demo: gr.Blocks, **launch_kwargs) -> Iterator[str]:
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The studio as `main()` serves it: the real queue limit, upload limit and error display."""
@@ -138,17 +134,16 @@ def no_fault_left_behind(request):
         request.getfixturevalue("server").engine.fault_hook = None
 
 
-def _args(
-    prompt="A woman says hello.", image=None, audio=None, seconds=1, steps=8, seed=7, randomize=False, base="distill"
-) -> list:
-    """The twelve inputs of `/generate`, in order."""
-    return [image, prompt, audio, "256p", "landscape", seconds, base, steps, 5, 5.0, seed, randomize]
+def _args(**fields) -> list:
+    """Every input of `/generate`, in the order of the request fields (what a raw queue join or a positional
+    call sends): the declared defaults, a 1-second clip with seed 7, then `fields`."""
+    values = {f.name: f.default for f in FIELDS} | {"prompt": "A woman says hello.", "seconds": 1, "seed": 7}
+    return [(values | fields)[f.name] for f in FIELDS]
 
 
-def _generate(client: Client, image=None, audio=None, **kwargs):
-    image = handle_file(str(image)) if image else None
-    audio = handle_file(str(audio)) if audio else None
-    return client.predict(*_args(image=image, audio=audio, **kwargs), api_name="/generate")
+def _generate(client: Client, **fields):
+    """`/generate` called by keyword with only the fields a test cares about (and a 1-second clip)."""
+    return client.predict(**api_arguments(**{"seed": 7, **fields}), api_name="/generate")
 
 
 def _check_clip(downloads, seconds: int = 1) -> None:
@@ -297,15 +292,19 @@ def test_take_store_eviction_deletes_the_oldest_folders(tmp_path) -> None:
     for folder in folders:
         folder.mkdir()
         (folder / "base_256p.mp4").write_bytes(b"clip")
-        ids.append(store.add(SimpleNamespace(folder=folder)))
+        take = SimpleNamespace(folder=folder, base_video_path=folder / "base_256p.mp4")
+        result = SimpleNamespace(take=take, timings={}, video_path=take.base_video_path, sr_video_path=None)
+        ids.append(store.add(result))
     assert [f.exists() for f in folders] == [False, False, True, True]
-    assert store.get(ids[0]) is None and store.get(ids[3]).folder == folders[3]
+    assert store.get(ids[0]) is None and store.get(ids[3]).take.folder == folders[3]
+    store.remove(ids[3])
+    assert store.get(ids[3]) is None and not folders[3].exists() and len(store) == 1
     store.clear()
     assert not any(f.exists() for f in folders)
 
 
 def test_twenty_users_at_once_get_their_own_clips_or_a_queue_full_answer(server) -> None:
-    """20 clients submit together while the one GPU worker is busy: the queue takes exactly MAX_QUEUE of them,
+    """20 keyword clients submit together while the one GPU worker is busy: the queue takes exactly MAX_QUEUE,
     the rest hear "queue is full"; every accepted job finishes with its own prompt, seed and file, one at a
     time; afterwards memory and the engine's output folders are back to the baseline the TakeStore allows."""
     demo, engine, takes = server.demo, server.engine, server.demo.studio.takes
@@ -328,10 +327,14 @@ def test_twenty_users_at_once_get_their_own_clips_or_a_queue_full_answer(server)
         engine.fault_hook = hold_the_first_job
         barrier = threading.Barrier(USERS)
 
+        # Each client sends only what it cares about, by keyword: a few different subsets of the fields.
+        subsets = [{}, {"aspect": "landscape"}, {"quality": "standard"}, {"resolution": "256p", "sr_steps": 3}]
+
         def user(i: int):
             barrier.wait(WAIT)
+            fields = subsets[i % len(subsets)]
             try:
-                return _generate(clients[i], prompt=f"Person number {i} says their number.", seed=1000 + i)
+                return _generate(clients[i], prompt=f"Person number {i} says their number.", seed=1000 + i, **fields)
             except Exception as exc:  # noqa: BLE001  (a refusal is an outcome to check, not an error here)
                 return exc
 
@@ -398,8 +401,8 @@ def test_twenty_users_at_once_get_their_own_clips_or_a_queue_full_answer(server)
 
 def test_out_of_memory_in_a_step_advises_frees_memory_and_the_next_job_runs(server, client, monkeypatch) -> None:
     freed: list[int] = []
-    real_free = studio_app._free_gpu_memory
-    monkeypatch.setattr(studio_app, "_free_gpu_memory", lambda: (freed.append(1), real_free()))
+    real_collect = gpu.gc.collect
+    monkeypatch.setattr(gpu.gc, "collect", lambda *args: (freed.append(1), real_collect(*args))[1])
 
     def out_of_memory(stage: str, step: int) -> None:
         if (stage, step) == ("base", 2):
@@ -411,7 +414,7 @@ def test_out_of_memory_in_a_step_advises_frees_memory_and_the_next_job_runs(serv
         _generate(client, seed=11)
     assert OOM_ADVICE.search(str(failed.value)), str(failed.value)
     assert server.calls.calls[-1].get("error") is torch.OutOfMemoryError
-    assert freed == [1]
+    assert freed  # the failed job's tensors were collected before the next job
     assert _folders(server.engine.output_root) == folders_before  # the failed take left no files behind
 
     server.engine.fault_hook = None
@@ -502,7 +505,7 @@ def test_an_engine_that_fails_to_load_names_the_file_and_the_app_keeps_serving(t
 def test_unusable_portraits_get_clear_errors(server, client, hostile, seen_portraits, name, expected) -> None:
     started = time.monotonic()
     with pytest.raises(AppError) as failed:
-        _generate(client, image=hostile.dir / name)
+        _generate(client, portrait=hostile.dir / name)
     message = str(failed.value)
     assert re.search(expected, message) and name in message, message
     assert "Could not preprocess" not in message and "/tmp" not in message  # for users, no server paths
@@ -514,7 +517,7 @@ def test_unusable_portraits_get_clear_errors(server, client, hostile, seen_portr
 )
 def test_cmyk_16_bit_and_transparent_portraits_are_converted(server, client, hostile, seen_portraits, name, low, high):
     """They work, and the engine sees the picture as a viewer shows it: not clipped to white, not blackened."""
-    _, downloads, seed, _, _ = _generate(client, image=hostile.dir / name, seed=31)
+    _, downloads, seed, _, _ = _generate(client, portrait=hostile.dir / name, seed=31)
     assert seed == 31
     _check_clip(downloads)
     (picture,) = seen_portraits
@@ -583,7 +586,7 @@ def test_empty_and_oversized_prompts_are_refused(client, prompt, expected) -> No
         ("seed", 2**32, r"greater than maximum value 4294967295"),
         ("seed", 10**30, r"greater than maximum value"),
         ("seed", "forty-two", r"(?s)`number` component.*'forty-two'"),
-        ("seed", None, r"seed is missing"),
+        ("sr_steps", 0, r"less than minimum value 1"),
         ("seconds", 0, r"less than minimum value 1"),
         ("seconds", MAX_SECONDS + 1, rf"greater than maximum value {MAX_SECONDS}"),
         ("seconds", 2.5, r"duration must be a whole number"),
@@ -592,6 +595,7 @@ def test_empty_and_oversized_prompts_are_refused(client, prompt, expected) -> No
         ("steps", 17, r"steps for the distill model must be 1 to 16"),
         ("steps", 10_000, r"greater than maximum value 64"),
         ("steps", 1.5, r"steps must be a whole number"),
+        ("guidance", 16, r"greater than maximum value 15"),
     ],
 )
 def test_numbers_outside_their_ranges_are_refused_by_the_api(client, field, value, expected) -> None:
@@ -619,10 +623,6 @@ class Validated(Exception):  # noqa: N818  (a signal, not an error)
         self.request = request
 
 
-def _validate_only(engine, request, report, cancel):
-    raise Validated(engine.validate(request))
-
-
 NUMBERS = st.one_of(
     st.none(),
     st.booleans(),
@@ -635,27 +635,36 @@ NUMBERS = st.one_of(
 
 def test_numeric_fields_either_validate_in_range_or_give_a_clear_error(server) -> None:
     """Whatever reaches the handler, generate answers with a `gr.Error` or a request inside every range."""
-    studio = studio_app.Studio(EngineSlot.ready(server.engine))
+    studio = Studio(EngineSlot.ready(server.engine))
     request = gr.Request(session_hash="hypothesis")
+
+    def validate_only(gen_request):
+        """gpu_generate's part here: the engine validates; its errors reach the handler as gr.Error."""
+        try:
+            valid = server.engine.validate(gen_request)
+        except InputError as exc:
+            raise gr.Error(str(exc)) from exc
+        raise Validated(valid)
 
     @settings(max_examples=25, deadline=None)
     @given(seconds=NUMBERS, steps=NUMBERS, seed=NUMBERS)
     def check(seconds, steps, seed) -> None:
         try:
-            studio.generate(None, "A woman says hello.", None, "256p", "landscape", seconds, "distill", steps, 5, None,
-                            seed, False, request)  # fmt: skip
+            studio.generate(prompt="A woman says hello.", seconds=seconds, steps=steps, seed=seed, request=request)
         except gr.Error as exc:
             assert 0 < len(exc.message) < 300, exc.message
             return
         except Validated as ok:
             r = ok.request
+            empty = (None, "")  # steps and seed may be left empty: the model's own steps, a random seed
             assert MIN_SECONDS <= r.seconds <= MAX_SECONDS and r.seconds == float(seconds)
-            assert 1 <= r.steps <= REQUEST_LIMITS.max_steps["distill"] and r.steps == float(steps)
-            assert 0 <= r.seed <= REQUEST_LIMITS.max_seed and r.seed == float(seed)
+            assert 1 <= r.steps <= REQUEST_LIMITS.max_steps["distill"]
+            assert r.steps == (REQUEST_LIMITS.default_steps["distill"] if steps in empty else float(steps))
+            assert 0 <= r.seed <= REQUEST_LIMITS.max_seed and (seed in empty or r.seed == float(seed))
             return
         pytest.fail("generate returned without validating")
 
-    with mock.patch.object(studio_app, "run_on_gpu", _validate_only):
+    with mock.patch.object(gpu, "gpu_generate", validate_only):
         check()
 
 
@@ -697,7 +706,7 @@ def fake_launch(server, monkeypatch) -> list[dict]:
     """`main()` up to `launch`: the launch arguments instead of a server; the tiny engine instead of a load."""
     launches: list[dict] = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, *args, **kwargs: launches.append(kwargs))
-    monkeypatch.setattr(studio_app, "engine_slot", lambda *args, **kwargs: EngineSlot.ready(server.engine))
+    monkeypatch.setattr(studio_app, "demo", studio_app.build_demo(EngineSlot.ready(server.engine)))
     for name in (studio_app.AUTH_ENV, "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_SHARE"):
         monkeypatch.delenv(name, raising=False)
     return launches
@@ -758,7 +767,7 @@ def test_uploads_over_the_limit_are_refused(server, client, tmp_path) -> None:
         out.write(b"\x89PNG\r\n\x1a\n")
         out.truncate(MEDIA_LIMITS.max_image_bytes + 1024)  # sparse: 50 MiB + 1 KiB
     with pytest.raises(Exception, match="(?i)size|large|exceed"):
-        _generate(client, image=big)
+        _generate(client, portrait=big)
     _, _, seed, _, _ = _generate(client, seed=81)
     assert seed == 81
 
@@ -770,7 +779,7 @@ def test_server_paths_sent_as_files_are_refused(server, client, seen_portraits) 
     someone_elses_clip = server.calls.calls[-1]["video_path"]
     assert someone_elses_clip.is_file()
     for data in (
-        _args(image={"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}),
+        _args(portrait={"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}),
         _args(audio={"path": "/etc/passwd", "orig_name": "speech.wav", "meta": {"_type": "gradio.FileData"}}),
         _args(audio={"path": str(someone_elses_clip), "meta": {"_type": "gradio.FileData"}}),
     ):

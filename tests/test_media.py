@@ -24,12 +24,12 @@ from magihuman.media import (
     image_to_tensor,
     load_audio,
     load_portrait,
-    probe_media,
     usable_audio_seconds,
     virtual_to_44k,
     write_mp4,
 )
 from tests.files import noise_image, tone, wav, write_audio
+from tests.probe import probe_media
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -238,8 +238,8 @@ def test_crop_resize_returns_an_image_of_the_target_size_unchanged() -> None:
 @pytest.mark.parametrize(
     ("size", "target_hw", "box"),
     [
-        ((1280, 720), (256, 448), (10, 0, 1270, 720)),  # spec §5.3
-        ((1280, 720), (1088, 1920), (5, 0, 1275, 720)),  # spec §5.3
+        ((1280, 720), (256, 448), (10, 0, 1270, 720)),  # the reference's centre crop
+        ((1280, 720), (1088, 1920), (5, 0, 1275, 720)),  # the reference's centre crop
         ((720, 1280), (256, 448), (0, 434, 720, 846)),  # 434.5 and 845.5 round half to even
         ((1000, 1000), (448, 256), (214, 0, 786, 1000)),
     ],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from magihuman.media import write_mp4
-from studio.player import BASE_LABEL, CSS, LABEL_MAX_CHARS, SR_LABEL, TEMPLATE, ComparePlayer
+from studio.player import CSS, LABEL_MAX_CHARS, LEFT_LABEL, RIGHT_LABEL, TEMPLATE, ComparePlayer
 from tests.browser import ARTIFACTS, browser_page, free_port, require_chromium, video_states, wait_videos_ready
 from tests.files import tone
 
@@ -48,8 +48,8 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def test_value_for_carries_local_files(clips):
     value = ComparePlayer.value_for(clips["base"], clips["sr"], "540p")
-    assert value["a_label"] == BASE_LABEL and value["b_label"] == "540p"
-    for key, clip in (("a", clips["base"]), ("b", clips["sr"])):
+    assert value["left_label"] == LEFT_LABEL and value["right_label"] == "540p"
+    for key, clip in (("left", clips["base"]), ("right", clips["sr"])):
         assert value[key]["path"] == str(clip)
         assert value[key]["meta"] == {"_type": "gradio.FileData"}
         assert value[key]["url"] is None  # only Gradio makes URLs
@@ -58,7 +58,7 @@ def test_value_for_carries_local_files(clips):
 
 def test_files_are_served_from_the_gradio_cache(clips):
     player = ComparePlayer(ComparePlayer.value_for(clips["base"], clips["sr"], "540p"))
-    for key, clip in (("a", clips["base"]), ("b", clips["sr"])):
+    for key, clip in (("left", clips["base"]), ("right", clips["sr"])):
         served = player.value[key]
         assert Path(served["path"]).is_relative_to(player.GRADIO_CACHE)
         assert Path(served["path"]).read_bytes() == clip.read_bytes()
@@ -68,29 +68,34 @@ def test_files_are_served_from_the_gradio_cache(clips):
 
 def test_base_only_and_empty_values(clips):
     base_only = ComparePlayer.value_for(clips["base"])
-    assert base_only["b"] is None and base_only["b_label"] == SR_LABEL
+    assert base_only["right"] is None and base_only["right_label"] == RIGHT_LABEL
     player = ComparePlayer()
-    assert player.value == {"a": None, "b": None, "a_label": BASE_LABEL, "b_label": SR_LABEL}
+    assert player.value == {"left": None, "right": None, "left_label": LEFT_LABEL, "right_label": RIGHT_LABEL}
     assert player.postprocess(None) == player.value
-    assert ComparePlayer.value_for(None)["a"] is None
+    assert ComparePlayer.value_for(None)["left"] is None
 
 
 def test_value_round_trips_through_postprocess_and_preprocess(clips):
     player = ComparePlayer()
-    value = player.postprocess({"a": str(clips["base"]), "b": clips["sr"], "b_label": "1080p"})
+    value = player.postprocess({"left": str(clips["base"]), "right": clips["sr"], "right_label": "1080p"})
     assert player.postprocess(value) == value  # idempotent: a handler may return value_for(...) or a plain dict
     back = player.preprocess(player.data_model.model_validate(value))
-    assert back == {"a": str(clips["base"]), "b": str(clips["sr"]), "a_label": BASE_LABEL, "b_label": "1080p"}
+    assert back == {
+        "left": str(clips["base"]),
+        "right": str(clips["sr"]),
+        "left_label": LEFT_LABEL,
+        "right_label": "1080p",
+    }
 
 
 def test_labels_are_plain_one_line_text(clips):
     clean = ComparePlayer.value_for(clips["base"], clips["sr"], " 540p\n\tSR\x00 ")
-    assert clean["b_label"] == "540p SR"
-    long = ComparePlayer.value_for(clips["base"], clips["sr"], "x" * 100)["b_label"]
+    assert clean["right_label"] == "540p SR"
+    long = ComparePlayer.value_for(clips["base"], clips["sr"], "x" * 100)["right_label"]
     assert len(long) == LABEL_MAX_CHARS and long.endswith("…")
-    assert ComparePlayer.value_for(clips["base"], clips["sr"], "   ")["b_label"] == SR_LABEL
+    assert ComparePlayer.value_for(clips["base"], clips["sr"], "   ")["right_label"] == RIGHT_LABEL
     # Markup stays as typed: the page shows labels through textContent, never as HTML.
-    assert ComparePlayer.value_for(clips["base"], clips["sr"], HOSTILE_LABEL)["b_label"] == HOSTILE_LABEL
+    assert ComparePlayer.value_for(clips["base"], clips["sr"], HOSTILE_LABEL)["right_label"] == HOSTILE_LABEL
 
 
 def test_templates_never_interpolate_the_value():
@@ -107,8 +112,8 @@ def test_urls_and_missing_files_are_refused(clips, tmp_path):
         ComparePlayer.value_for(clips["base"], {"path": "http://example.com/x.mp4", "meta": {}})
     with pytest.raises(FileNotFoundError):
         ComparePlayer.value_for(tmp_path / "missing.mp4")
-    with pytest.raises(ValueError, match="needs its base"):
-        ComparePlayer().postprocess({"a": None, "b": clips["sr"]})
+    with pytest.raises(ValueError, match="needs a left video"):
+        ComparePlayer().postprocess({"left": None, "right": clips["sr"]})
     with pytest.raises(TypeError):
         ComparePlayer().postprocess("<video src=x>")
 
@@ -116,7 +121,7 @@ def test_urls_and_missing_files_are_refused(clips, tmp_path):
 def test_api_info_describes_the_dict():
     info = ComparePlayer().api_info()
     assert info["type"] == "object"
-    assert {"a", "b", "a_label", "b_label"} <= set(info["properties"])
+    assert {"left", "right", "left_label", "right_label"} <= set(info["properties"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ def app_url(clips):
 @pytest.fixture
 def page(app_url):
     with browser_page(app_url, WAIT_MS) as page:
-        page.wait_for_selector("#compare-player .cp-video-a")
+        page.wait_for_selector("#compare-player .cp-video-left")
         yield page
 
 
@@ -150,30 +155,30 @@ def test_synced_playback_seek_and_wipe(page, app_url):
     player = page.locator("#compare-player")
     wait_videos_ready(page)
     state = video_states(page)
-    for key in "ab":
+    for key in ("left", "right"):
         assert state[key]["src"].startswith(f"{app_url}gradio_api/file=")
-    assert state["a"]["duration"] == pytest.approx(CLIP_SECONDS, abs=0.1)
-    assert state["b"]["muted"] and not state["a"]["muted"]
+    assert state["left"]["duration"] == pytest.approx(CLIP_SECONDS, abs=0.1)
+    assert state["right"]["muted"] and not state["left"]["muted"]
 
     # Labels arrive as text: no element made from the markup, no script run.
-    assert player.locator(".cp-label-a").text_content() == BASE_LABEL
-    assert player.locator(".cp-label-b").text_content() == HOSTILE_LABEL
+    assert player.locator(".cp-label-left").text_content() == LEFT_LABEL
+    assert player.locator(".cp-label-right").text_content() == HOSTILE_LABEL
     assert player.locator("img").count() == 0
     assert page.evaluate("typeof window.__xss") == "undefined"
 
-    # One button plays and pauses both; b follows a.
+    # One button plays and pauses both; the right video follows the left one.
     player.locator(".cp-play").click()
-    page.wait_for_function("() => !document.querySelector('#compare-player .cp-video-a').paused")
+    page.wait_for_function("() => !document.querySelector('#compare-player .cp-video-left').paused")
     page.wait_for_timeout(1000)
     playing = video_states(page)
-    assert not playing["b"]["paused"]
-    assert abs(playing["a"]["time"] - playing["b"]["time"]) < 0.1
+    assert not playing["right"]["paused"]
+    assert abs(playing["left"]["time"] - playing["right"]["time"]) < 0.1
     player.locator(".cp-play").click()
-    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-a').paused")
+    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').paused")
     paused = video_states(page)
-    assert paused["b"]["paused"]
-    assert paused["a"]["time"] > 0.5
-    assert abs(paused["a"]["time"] - paused["b"]["time"]) < 0.1
+    assert paused["right"]["paused"]
+    assert paused["left"]["time"] > 0.5
+    assert abs(paused["left"]["time"] - paused["right"]["time"]) < 0.1
     assert player.locator(".cp-time").text_content().endswith(" / 0:02.0")
 
     # The scrub bar seeks both to mid-clip.
@@ -182,14 +187,28 @@ def test_synced_playback_seek_and_wipe(page, app_url):
     seek.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
     wait_videos_ready(page)
     mid = video_states(page)
-    assert mid["a"]["time"] == pytest.approx(CLIP_SECONDS / 2, abs=0.2)
-    assert abs(mid["a"]["time"] - mid["b"]["time"]) < 0.1
+    assert mid["left"]["time"] == pytest.approx(CLIP_SECONDS / 2, abs=0.2)
+    assert abs(mid["left"]["time"] - mid["right"]["time"]) < 0.1
+
+    # A seek that does not come from the scrub bar (keyboard, media keys, a script) moves both, paused ...
+    _seek_left_by_script(page, 1.5)
+    assert video_states(page)["left"]["paused"]
+    _assert_in_sync(page, 1.5)
+    # ... and playing.
+    player.locator(".cp-play").click()
+    page.wait_for_function("() => !document.querySelector('#compare-player .cp-video-left').paused")
+    _seek_left_by_script(page, 0.25)
+    player.locator(".cp-play").click()
+    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').paused")
+    wait_videos_ready(page)
+    state = video_states(page)
+    assert state["left"]["time"] < 1.2 and abs(state["left"]["time"] - state["right"]["time"]) < 0.1, state
 
     # Mute silences the only audible video.
     player.locator(".cp-mute").click()
-    assert video_states(page)["a"]["muted"]
+    assert video_states(page)["left"]["muted"]
     player.locator(".cp-mute").click()
-    assert not video_states(page)["a"]["muted"]
+    assert not video_states(page)["left"]["muted"]
 
     ARTIFACTS.mkdir(exist_ok=True)
     player.screenshot(path=str(ARTIFACTS / "player.png"))
@@ -204,13 +223,31 @@ def test_synced_playback_seek_and_wipe(page, app_url):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2, steps=4)
     page.mouse.up()
-    clip = player.locator(".cp-pane-b").evaluate("(el) => getComputedStyle(el).clipPath")
+    clip = player.locator(".cp-pane-right").evaluate("(el) => getComputedStyle(el).clipPath")
     assert clip.startswith("inset(") and "30" in clip
     player.screenshot(path=str(ARTIFACTS / "player-wipe.png"))
-    assert video_states(page)["a"]["paused"]  # dragging the divider does not toggle playback
+    assert video_states(page)["left"]["paused"]  # dragging the divider does not toggle playback
     mode.click()
     assert mode.get_attribute("aria-pressed") == "false"
-    assert player.locator(".cp-pane-b").evaluate("(el) => getComputedStyle(el).clipPath") == "none"
+    assert player.locator(".cp-pane-right").evaluate("(el) => getComputedStyle(el).clipPath") == "none"
+
+
+def _seek_left_by_script(page, seconds: float) -> None:
+    page.evaluate(
+        """(t) => new Promise((done) => {
+            const left = document.querySelector('#compare-player .cp-video-left');
+            left.addEventListener('seeked', done, {once: true});
+            left.currentTime = t;
+        })""",
+        seconds,
+    )
+
+
+def _assert_in_sync(page, seconds: float) -> None:
+    wait_videos_ready(page)
+    state = video_states(page)
+    assert state["left"]["time"] == pytest.approx(seconds, abs=0.05)
+    assert abs(state["left"]["time"] - state["right"]["time"]) < 0.1, state
 
 
 def test_base_only_value_from_an_event(page):
@@ -218,15 +255,15 @@ def test_base_only_value_from_an_event(page):
     wait_videos_ready(page)
     page.locator("#base-only").click()
     page.wait_for_function("() => document.querySelector('#compare-player .cp-root.cp-single')")
-    assert player.locator(".cp-video-b").is_hidden()
+    assert player.locator(".cp-video-right").is_hidden()
     assert player.locator(".cp-mode").is_hidden()
-    assert video_states(page)["b"]["src"] is None
-    assert player.locator(".cp-label-b").text_content() == SR_LABEL
+    assert video_states(page)["right"]["src"] is None
+    assert player.locator(".cp-label-right").text_content() == RIGHT_LABEL
     wait_videos_ready(page, both=False)
     ARTIFACTS.mkdir(exist_ok=True)
     player.screenshot(path=str(ARTIFACTS / "player-base-only.png"))
 
     player.locator(".cp-play").click()
-    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-a').currentTime > 0.3")
+    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').currentTime > 0.3")
     player.locator(".cp-play").click()
-    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-a').paused")
+    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').paused")

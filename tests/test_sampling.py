@@ -1,4 +1,5 @@
-"""Sampling maths and loop contracts (spec/model.md §6-8), on tiny tensors with stand-in DiTs."""
+"""Sampling maths and loop contracts (sigma grid, UniPC, distilled step, CFG, SR), on tiny tensors with stand-in
+DiTs."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from magihuman.sampling import (
     video_guidance_scale,
 )
 
-# spec/model.md §6.1, printed to 6 significant digits (so compared within 6e-7).
+# The reference scheduler's sigma grids (shift 5), printed to 6 significant digits (so compared within 6e-7).
 SPEC_SIGMAS = {
     32: [0.9998, 0.993386, 0.986634, 0.979518, 0.972006, 0.964065, 0.955657, 0.94674, 0.937265, 0.92718,
          0.916422, 0.904923, 0.892602, 0.879369, 0.865118, 0.849728, 0.833055, 0.814934, 0.795165, 0.773515,

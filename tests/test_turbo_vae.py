@@ -19,7 +19,7 @@ from magihuman.model.turbo_vae import (
     window_schedule,
 )
 
-# Entries of the official JSON that the decoder does not read (spec/pipeline.md §1.2).
+# Entries of the official Turbo VAE JSON that the decoder does not read.
 JSON_EXTRAS = {
     "_class_name": "AutoencoderKLTurboVAED",
     "in_channels": 3,
@@ -33,7 +33,7 @@ JSON_EXTRAS = {
 
 
 def official_state(model: TurboVAE) -> dict[str, torch.Tensor]:
-    """`ema_state_dict` as training saved it: `module.` prefix plus the training-only entries (§1.1)."""
+    """`ema_state_dict` as training saved it: `module.` prefix plus the training-only entries."""
     state = {f"module.{name}": t.clone() for name, t in model.state_dict().items()}
     state["module.latents_mean"] = torch.zeros(48)
     state["module.latents_std"] = torch.ones(48)

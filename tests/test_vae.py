@@ -46,7 +46,7 @@ def test_full_configs_have_the_reference_parameter_counts():
     with torch.device("meta"):  # shapes only: the real models would take GBs and seconds
         video = AutoencoderKLWan(**WAN22_VAE_CONFIG)
         audio = AutoencoderOobleck(**SAO_VAE_CONFIG)
-    assert sum(p.numel() for p in video.parameters()) == 704_688_668  # spec/pipeline.md §0
+    assert sum(p.numel() for p in video.parameters()) == 704_688_668  # the Wan2.2 VAE checkpoint's parameter count
     assert sum(p.numel() for p in audio.parameters()) == 156_112_514
     assert WAN22_VAE_CONFIG["latents_mean"] == list(LATENT_MEAN)
     assert WAN22_VAE_CONFIG["latents_std"] == list(LATENT_STD)
