@@ -18,10 +18,11 @@ from types import SimpleNamespace
 import gradio as gr
 import torch
 
-from magihuman.build import default_model_size, load_engine
+from magihuman.build import DEFAULT_DITS, default_model_size, load_engine
 from magihuman.config import MEDIA_LIMITS
 from magihuman.fields import FIELD, FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
+from magihuman.parallel import add_parallel_argument, attach, init_parallel, run_worker
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import gpu
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
@@ -225,9 +226,16 @@ def load_studio_engine(status: gpu.StatusFn):
     size = ENGINE.get("model") or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
     device = "cuda" if torch.cuda.is_available() or gpu.ON_ZEROGPU else "cpu"
     speed = ENGINE.get("speed") or SpeedFlags.from_env(device)
-    if gpu.ON_ZEROGPU:
-        speed = replace(speed, compile=False)  # no torch.compile in ZeroGPU workers: studio.gpu compiles AoT
+    if gpu.ON_ZEROGPU:  # no torch.compile in ZeroGPU workers (studio.gpu compiles AoT), no pinned memory at load
+        speed = replace(speed, compile=False, offload=False)
+    parallel = ENGINE.get("parallel")
+    if parallel is not None:
+        device = parallel.device
     engine = load_engine(size, weights_dir=ENGINE.get("weights_dir"), device=device, speed=speed, on_status=status)
+    if parallel is not None:
+        attach(engine, parallel)  # handshake with the worker ranks; a no-op for one process
+        if engine.layout:
+            status(f"layout: {engine.layout}")
     if speed.compile and not gpu.ON_ZEROGPU:
         status("compiling and warming up the DiT for each resolution")
         status(f"compiled and warmed up in {warm_up(engine):.0f} s")
@@ -258,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights-dir", help="local weights folder (see `python -m magihuman download`)")
     parser.add_argument("--mcp", action="store_true", help="also serve /generate and /upscale as MCP tools")
     add_speed_arguments(parser)
+    add_parallel_argument(parser)  # --cp N under torchrun: several GPUs on one clip
     args = parser.parse_args(argv)
 
     auth = _parse_auth(args.auth or os.environ.get(AUTH_ENV))
@@ -267,7 +276,16 @@ def main(argv: list[str] | None = None) -> None:
             stacklevel=1,
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ENGINE.update(model=args.model, weights_dir=args.weights_dir, speed=SpeedFlags.from_args(args, device))
+    speed = SpeedFlags.from_args(args, device)
+    size = args.model or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
+    try:
+        parallel = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if not parallel.is_driver:  # ranks other than 0 hold the DiTs and serve rank 0's forwards until it stops
+        run_worker(parallel, size, args.weights_dir, DEFAULT_DITS, speed)
+        return
+    ENGINE.update(model=size, weights_dir=args.weights_dir, speed=speed, parallel=parallel)
     demo.studio.slot.start()
     demo.launch(
         server_name=args.host,
@@ -282,7 +300,9 @@ def main(argv: list[str] | None = None) -> None:
 
 # On ZeroGPU the engine must load now, in the main thread (studio.gpu.start_slot); elsewhere it loads in the
 # background once main() or the first page asks.
-demo = build_demo(gpu.start_slot(load_studio_engine) if gpu.ON_ZEROGPU else EngineSlot(load_studio_engine))
+demo = build_demo(
+    gpu.start_slot(load_studio_engine) if gpu.ON_ZEROGPU else EngineSlot(gpu.with_space_weights(load_studio_engine))
+)
 demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
 
 if __name__ == "__main__":

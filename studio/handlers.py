@@ -135,7 +135,8 @@ class Studio:
         return player, [str(p) for p in stored.files()], stored.take.seed, self._details(stored), take_id
 
     def _details(self, stored: StoredTake) -> str:
-        table = timing_table(stored.timings, None)
+        engine = self.slot.engine
+        table = timing_table(stored.timings, None, engine.layout if engine is not None else None)
         return f"**{stored.label()}**, {stored.take.request.mode}\n```\n{table}\n```"
 
     # --- history ----------------------------------------------------------------------------------------

@@ -1,20 +1,17 @@
-"""What the studio keeps between requests: the engine (loaded in the background), recent takes, cancel flags.
+"""What the studio keeps between requests: the engine slot (loaded in the background) and the GPU time budget.
 
 No gradio import here: the app wires these into events, the tests use them directly.
 """
 
 from __future__ import annotations
 
-import secrets
-import shutil
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from magihuman.engine import Engine, Take
+from magihuman.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -92,64 +89,6 @@ class EngineSlot:
     @property
     def engine(self) -> Engine | None:
         return self._engine
-
-
-class TakeStore:
-    """The most recent takes under unguessable ids, so `/upscale` can continue a `/generate` result.
-
-    Bounded: the oldest take is dropped (and its output folder deleted) when the store is full.
-    """
-
-    def __init__(self, capacity: int = 32) -> None:
-        self.capacity = capacity
-        self._takes: OrderedDict[str, Take] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, take: Take) -> str:
-        take_id = secrets.token_urlsafe(12)
-        with self._lock:
-            self._takes[take_id] = take
-            while len(self._takes) > self.capacity:
-                _, old = self._takes.popitem(last=False)
-                shutil.rmtree(old.folder, ignore_errors=True)
-        return take_id
-
-    def get(self, take_id: str) -> Take | None:
-        with self._lock:
-            take = self._takes.get(take_id)
-            if take is not None:
-                self._takes.move_to_end(take_id)
-            return take
-
-    def clear(self) -> None:
-        with self._lock:
-            for take in self._takes.values():
-                shutil.rmtree(take.folder, ignore_errors=True)
-            self._takes.clear()
-
-
-class CancelFlags:
-    """One cancel event per browser session (or API client): Stop sets it, the next job clears it."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def fresh(self, session: str) -> threading.Event:
-        with self._lock:
-            event = self._events[session] = threading.Event()
-            return event
-
-    def cancel(self, session: str) -> None:
-        with self._lock:
-            event = self._events.get(session)
-        if event is not None:
-            event.set()
-
-    def done(self, session: str, event: threading.Event) -> None:
-        with self._lock:
-            if self._events.get(session) is event:
-                del self._events[session]
 
 
 def gpu_seconds(resolution: str, seconds: int, steps: int, base_model: str, sr_steps: int) -> int:
