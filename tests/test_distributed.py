@@ -38,6 +38,7 @@ from magihuman.parallel.ulysses import (
     seq_to_heads,
     split_sizes,
 )
+from magihuman.precision import compute_dtype
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "portraits" / "eileen_collins.jpg"
 
@@ -206,6 +207,21 @@ def _frames(path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+def _assert_same_clip(split, alone, fp32: bool) -> None:
+    """Bitwise where the preview computes in bf16 (its rounding hides the split). In fp32 a GEMM may block a
+    chunk's rows differently from the whole sequence's: the latents agree to 1e-4, and the tiny random
+    decoder (no trained smoothness) turns those last bits into visible but small pixel noise, so the clips
+    are compared by PSNR: far above that of two different seeds (14 dB)."""
+    a, b = _frames(split), _frames(alone)
+    if not fp32:
+        assert np.array_equal(a, b)
+        return
+    assert a.shape == b.shape
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    psnr = 10 * np.log10(255**2 / max(mse, 1e-12))
+    assert psnr > 35, psnr
+
+
 def case_engine(ctx: ParallelContext, folder: Path) -> dict:
     """The tiny engine driven on all ranks vs the same engine on rank 0 alone: distilled 256p, an SR upscale,
     the CFG base model, a cancel, then a worker that dies."""
@@ -240,11 +256,13 @@ def case_engine(ctx: ParallelContext, folder: Path) -> dict:
             alone = engine.generate(request)
             alone_sr = engine.upscale(alone.take, "540p")
             alone_base = engine.generate(base)
-        torch.testing.assert_close(split.take.video, alone.take.video)
-        torch.testing.assert_close(split.take.audio, alone.take.audio)
-        torch.testing.assert_close(split_base.take.video, alone_base.take.video)
-        assert np.array_equal(_frames(split.video_path), _frames(alone.video_path))
-        assert np.array_equal(_frames(split_sr.sr_video_path), _frames(alone_sr.sr_video_path))
+        fp32 = compute_dtype("cpu") == torch.float32
+        tolerance = {"rtol": 1e-4, "atol": 1e-4} if fp32 else {}  # fp32: see _assert_same_clip
+        torch.testing.assert_close(split.take.video, alone.take.video, **tolerance)
+        torch.testing.assert_close(split.take.audio, alone.take.audio, **tolerance)
+        torch.testing.assert_close(split_base.take.video, alone_base.take.video, **tolerance)
+        _assert_same_clip(split.video_path, alone.video_path, fp32)
+        _assert_same_clip(split_sr.sr_video_path, alone_sr.sr_video_path, fp32)
         out["bitwise"] = torch.equal(split.take.video, alone.take.video)
         out["timings"] = split.timings
         # 3. Stop at step 2: the workers are idle and in step, the next request gives the same clip.
@@ -260,7 +278,7 @@ def case_engine(ctx: ParallelContext, folder: Path) -> dict:
         except GenerationCancelled as exc:
             assert (exc.stage, exc.step) == ("base", 2)
         again = engine.generate(request)
-        torch.testing.assert_close(again.take.video, alone.take.video)
+        torch.testing.assert_close(again.take.video, alone.take.video, **tolerance)
         # 4. A worker dies (an unknown command ends it): the next request says so, and so do later ones.
         _send_header(ctx, 99)
         for _ in range(2):
