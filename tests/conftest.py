@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,6 +14,18 @@ for _name, _value in {
     "GRADIO_ANALYTICS_ENABLED": "False",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Compiled kernels of this session only: Inductor's shared cache in /tmp would hand the compile tests kernels
+# built by another process for another instruction set (seen: NaNs and aborts after a run with
+# ATEN_CPU_CAPABILITY=avx2), and a test of compilation should compile.
+_INDUCTOR_DIR = None
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_DIR = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="magihuman-tests-inductor-")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _INDUCTOR_DIR is not None:
+        shutil.rmtree(_INDUCTOR_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

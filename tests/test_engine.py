@@ -12,7 +12,6 @@ import av
 import numpy as np
 import pytest
 
-from magihuman.build import load_engine
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames, video_frames
 from magihuman.engine import GenerationRequest
 from magihuman.errors import GenerationCancelled, InputError
@@ -24,8 +23,8 @@ MODES = ["T2V", "TI2V", "TA2V", "TIA2V"]
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    return load_engine("tiny", output_root=tmp_path_factory.mktemp("outputs"))
+def engine(tiny_engine):
+    return tiny_engine  # the session's engine (conftest): nothing here changes its state
 
 
 @pytest.fixture(scope="module")

@@ -503,13 +503,12 @@ def test_an_engine_that_fails_to_load_names_the_file_and_the_app_keeps_serving(t
     ],
 )
 def test_unusable_portraits_get_clear_errors(server, client, hostile, seen_portraits, name, expected) -> None:
-    started = time.monotonic()
     with pytest.raises(AppError) as failed:
         _generate(client, portrait=hostile.dir / name)
     message = str(failed.value)
     assert re.search(expected, message) and name in message, message
     assert "Could not preprocess" not in message and "/tmp" not in message  # for users, no server paths
-    assert not seen_portraits and time.monotonic() - started < 30
+    assert not seen_portraits  # refused from the header, before anything decoded the pixels
 
 
 @pytest.mark.parametrize(
@@ -541,13 +540,12 @@ def test_unusable_audio_gets_clear_errors(server, client, hostile, name, expecte
     assert re.search(expected, message) and name in message and "/tmp" not in message, message
 
 
-def test_an_hour_of_audio_is_trimmed_quickly_not_refused(server, client, hostile) -> None:
-    started = time.monotonic()
+def test_an_hour_of_audio_is_trimmed_not_refused(server, client, hostile) -> None:
+    """The clip follows the first second of the hour (that decoding stops there is tests/test_media.py's)."""
     _, downloads, _, _, _ = _generate(client, audio=hostile.dir / "hour.wav", seed=41)
-    elapsed = time.monotonic() - started
     _check_clip(downloads)
-    assert server.calls.calls[-1]["timings"]["audio"] < 3  # the first second is decoded, not the hour
-    assert elapsed < 30, elapsed
+    path = downloads[0]["path"] if isinstance(downloads[0], dict) else downloads[0]
+    assert probe_media(path).audio.seconds == pytest.approx(1.0, abs=0.05)  # 25 frames of the user's audio
 
 
 VALID_PROMPTS = {
@@ -609,7 +607,12 @@ def test_not_a_number_sent_raw_is_refused(server) -> None:
     assert outcome["success"] is False and "duration must be a whole number" in outcome["output"]["error"]
 
 
-def test_the_app_still_serves_after_the_hostile_inputs(client) -> None:
+def test_the_app_still_serves_after_hostile_inputs(server, client, hostile) -> None:
+    """Hostile inputs of each kind, then an ordinary clip from the same server (also when run alone)."""
+    for fields in ({"portrait": hostile.dir / "bomb.png"}, {"audio": hostile.dir / "empty.png"}, {"prompt": " "}):
+        with pytest.raises(AppError):
+            _generate(client, **fields)
+    assert _raw_outcome(server.url, _args(seconds=float("nan")))["success"] is False
     _, downloads, seed, _, _ = _generate(client, seed=61)
     assert seed == 61
     _check_clip(downloads)
