@@ -17,6 +17,7 @@ import torch
 from magihuman.config import TINY_DIT
 from magihuman.memory import GB
 from magihuman.model.dit import build_dit, init_random_
+from magihuman.precision import compute_dtype
 from studio import gpu
 from studio.zerogpu import (
     PF_X,
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _tiny_dit() -> torch.nn.Module:
     dit = init_random_(build_dit(TINY_DIT, "cpu"), seed=3).eval().requires_grad_(False)
+    dit.set_compute_dtype(compute_dtype("cpu"))  # as the preview engine's DiTs: the package key includes dtypes
     dit.set_attention_backend("sdpa")
     return dit
 
