@@ -494,7 +494,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m magihuman.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny on CPU")
     parser.add_argument("--forward", action="store_true", help="time single DiT forwards instead of the pipeline")
-    parser.add_argument("--tiers", help="comma-separated output tiers (default: all; tiny: the preview goals)")
+    parser.add_argument(
+        "--resolutions",
+        "--tiers",  # the flag's earlier name
+        dest="tiers",
+        help="comma-separated output resolutions (default: all; tiny: the preview goals)",
+    )
     parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny tiers)")
     parser.add_argument("--latent-frames", type=int, help="--forward: override the latent frame count (CPU: 2)")
     parser.add_argument("--text-tokens", type=int, default=300)

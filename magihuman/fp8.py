@@ -148,15 +148,6 @@ def quantize_fp8_(model: DiT, kernel: Fp8Kernel | None = None) -> DiT:
     return model
 
 
-def linear_bytes(model: nn.Module) -> int:
-    """Bytes held by the transformer linears (bf16 `ExpertLinear` weights, or fp8 weights plus scales)."""
-    total = 0
-    for module in model.modules():
-        if isinstance(module, ExpertLinear | Fp8ExpertLinear):
-            total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-    return total
-
-
 def relative_rms(value: torch.Tensor, reference: torch.Tensor) -> float:
     """‖value − reference‖₂ / ‖reference‖₂ in fp64 (the quality measure of the fp8 check)."""
     value, reference = value.detach().double(), reference.detach().double()

@@ -44,7 +44,7 @@ from torch import nn
 
 from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.model.attention import BACKENDS, select_backend
-from magihuman.model.dit import DiT, TransformerLayer
+from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import ResnetBlock3d, TurboVAE
 from magihuman.offload import offload_
 
@@ -278,10 +278,6 @@ def use_compile_cache(cache_dir: str | Path) -> Path:
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-
-
-def is_compiled(model: nn.Module) -> bool:
-    return any(isinstance(m, TransformerLayer) and m._compiled_call_impl is not None for m in model.modules())
 
 
 def _raise_recompile_limit(limit: int) -> None:

@@ -14,8 +14,6 @@ import torch
 
 from magihuman.config import CoordsStyle, latents_for_frames
 
-VIDEO, AUDIO, TEXT = 0, 1, 2  # modality ids; also the expert order of the sandwich layers
-
 
 @dataclass(frozen=True)
 class TokenLayout:
@@ -78,12 +76,6 @@ def unpatchify_video(tokens: torch.Tensor, layout: TokenLayout, channels: int) -
     x = tokens.reshape(tp, hp, wp, pt, ph, pw, channels)
     x = x.permute(6, 0, 3, 1, 4, 2, 5)  # (C, Tp, pt, Hp, ph, Wp, pw)
     return x.reshape(1, channels, tp * pt, hp * ph, wp * pw)
-
-
-def modality_ids(layout: TokenLayout, device: torch.device | str | None = None) -> torch.Tensor:
-    """(N,) int64: 0 for video tokens, 1 for audio, 2 for text."""
-    ids = torch.tensor((VIDEO, AUDIO, TEXT), dtype=torch.int64, device=device)
-    return ids.repeat_interleave(torch.tensor(layout.segments, device=device))
 
 
 # ---------------------------------------------------------------------------------------------------------

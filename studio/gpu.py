@@ -8,7 +8,7 @@ The studio runs in two settings with one code path:
   call, with its arguments and every yielded item pickled across (zerogpu.md §1). So the engine is loaded at
   import in the main thread on "cuda" (spaces packs whatever is on "cuda" at `launch()` and copies it into each
   worker), is a module global here (a fork inherits it, nothing pickles it), and the functions take only
-  picklable values: a `GenerationRequest`, or a `Take` on the CPU and a tier name.
+  picklable values: a `GenerationRequest`, or a `Take` on the CPU and a resolution name.
 
 The GPU functions are generators: they run the engine on a thread (inside the worker on ZeroGPU) and yield
 `Progress` items, then the `Result` with every tensor on the CPU. `run_job` consumes one in the handler's
@@ -213,7 +213,7 @@ class Progress:
 HEARTBEAT_S = 0.2  # while a step runs, how often the job repeats its last progress item
 STOPPED = "Stopped ({}). Nothing was lost: change the settings and generate again."
 OUT_OF_MEMORY = (
-    "The GPU ran out of memory for this clip. Choose a smaller tier (256p, or 540p instead of 1080p), a shorter "
+    "The GPU ran out of memory for this clip. Choose a smaller resolution (256p, or 540p instead of 1080p), a shorter "
     "clip or the distilled model, then generate again."
 )
 

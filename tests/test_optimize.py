@@ -34,7 +34,6 @@ from magihuman.config import FULL_DIT, TINY_DIT, TINY_TURBO_VAE
 from magihuman.fp8 import (
     FP8_DTYPE,
     Fp8ExpertLinear,
-    linear_bytes,
     quantize_fp8_,
     quantize_rows,
     relative_rms,
@@ -50,11 +49,24 @@ from magihuman.optimize import (
     compile_decoder,
     compile_dit,
     default_cache_dir,
-    is_compiled,
     is_onednn_conv3d,
     warm_up,
 )
 from magihuman.sampling import denoise_distill, gaussian_noise
+
+
+def linear_bytes(model: torch.nn.Module) -> int:
+    """Bytes held by the transformer linears (bf16 `ExpertLinear` weights, or fp8 weights plus scales)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, ExpertLinear | Fp8ExpertLinear):
+            total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return total
+
+
+def is_compiled(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, TransformerLayer) and m._compiled_call_impl is not None for m in model.modules())
+
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 has_compiler = any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++"))

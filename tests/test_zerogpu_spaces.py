@@ -171,7 +171,7 @@ def test_engine_errors_arrive_with_their_message(zerogpu) -> None:
         with pytest.raises(AppError, match="Generation failed: ZeroDivisionError: injected"):
             client.predict(**api_arguments(seed=8), api_name="/generate")
         log.fail.value = 3  # the same advice as on a local GPU
-        with pytest.raises(AppError, match="ran out of memory for this clip. Choose a smaller tier"):
+        with pytest.raises(AppError, match="ran out of memory for this clip. Choose a smaller resolution"):
             client.predict(**api_arguments(seed=9), api_name="/generate")
     finally:
         log.fail.value = 0

@@ -20,6 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_FIXTURES = {"MANIFEST.json"}
 
 
+def modality_ids(layout) -> torch.Tensor:
+    """(N,) int64 per token of a `TokenLayout`: 0 video, 1 audio, 2 text (the reference's modality ids, which
+    the engine expresses as the segment lengths of its sequence order)."""
+    return torch.arange(3).repeat_interleave(torch.tensor(layout.segments))
+
+
 def golden_dir() -> Path:
     """`$MAGIHUMAN_GOLDEN_DIR`, relative paths taken from the repository root; default ../shared/golden."""
     raw = os.environ.get("MAGIHUMAN_GOLDEN_DIR", "../shared/golden")

@@ -11,8 +11,8 @@ import torch
 
 from magihuman.config import DiTConfig
 from magihuman.model.dit import DiT, build_dit
-from magihuman.packing import modality_ids, token_coords
-from tests.golden_checks import Fixture, Report
+from magihuman.packing import token_coords
+from tests.golden_checks import Fixture, Report, modality_ids
 
 
 def build_from_fixture(config: dict, weights: dict[str, torch.Tensor]) -> DiT:

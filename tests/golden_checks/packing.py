@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from magihuman.model.rope import apply_rope, rope_bands, rope_table
-from magihuman.packing import TokenLayout, modality_ids, patchify_video, token_coords, unpatchify_video
-from tests.golden_checks import Fixture, Report
+from magihuman.packing import TokenLayout, patchify_video, token_coords, unpatchify_video
+from tests.golden_checks import Fixture, Report, modality_ids
 
 
 def check(fx: Fixture) -> None:
