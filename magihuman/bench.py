@@ -62,8 +62,8 @@ from magihuman.sampling import denoise_distill, gaussian_noise
 if TYPE_CHECKING:  # the engine needs the media stack (av, diffusers); forward mode and the DiT helpers do not
     from magihuman.engine import Engine, Result
 
-H100_BF16_DENSE_TFLOPS = 790.0  # measured 8192³ bf16 matmul ceiling (shared/platform.md)
-# Issue 6: one H100, 5-second clip, warm, distilled base, denoising + decode. (published, goal bf16, goal fp8)
+H100_BF16_DENSE_TFLOPS = 790.0  # measured 8192³ bf16 matmul ceiling
+# One H100, 5-second clip, warm, distilled base, denoising + decode: (published seconds, goal bf16, goal fp8)
 PUBLISHED = {"256p": (2.0, 1.5, 1.1), "540p": (8.0, 5.9, 4.6), "1080p": (38.4, 35.0, 31.0)}
 
 

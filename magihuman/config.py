@@ -1,6 +1,6 @@
 """Typed configuration for every component, in one place.
 
-The numbers here are the specification (spec/model.md §1-2, §6-8 and spec/pipeline.md §1.2). Other modules
+The numbers here are the model's published specification. Other modules
 and the UI read sizes, ranges and defaults from here instead of re-typing them.
 """
 
@@ -24,13 +24,13 @@ def _field_values(cls, values: dict, exclude: frozenset | set = frozenset()) -> 
 
 
 FULL_MM_LAYERS = (0, 1, 2, 3, 36, 37, 38, 39)
-# 1080p-SR: every layer is frame-local except 3, 7, ..., 31 (spec/model.md §2).
+# 1080p-SR: every layer is frame-local except 3, 7, ..., 31.
 FULL_LOCAL_ATTN_LAYERS = tuple(i for i in range(40) if not (i % 4 == 3 and i < 32))
 
 
 @dataclass(frozen=True)
 class DiTConfig:
-    """Architecture of the single-stream DiT. Defaults are the full 15B model (spec/model.md §1)."""
+    """Architecture of the single-stream DiT. Defaults are the full 15B model."""
 
     num_layers: int = 40
     hidden_size: int = 5120
@@ -135,7 +135,7 @@ class DiTPreset:
 
 
 def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
-    """The four official checkpoints; base, distill and 540p-SR share one architecture (spec/model.md §8)."""
+    """The four official checkpoints; base, distill and 540p-SR share one architecture."""
     if size == "full":
         base, local, window = FULL_DIT, FULL_LOCAL_ATTN_LAYERS, FULL_DIT.frame_receptive_field
     elif size == "tiny":
@@ -154,7 +154,7 @@ def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. Sampling (spec/model.md §6-8)
+# 3. Sampling
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -180,7 +180,7 @@ SAMPLING = SamplingConfig()
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Turbo VAE decoder (spec/pipeline.md §1.2). Lists are in encoder order; the decoder reverses them.
+# 4. Turbo VAE decoder. Lists are in encoder order; the decoder reverses them.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -218,7 +218,7 @@ TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8), decoder
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 5. Clip geometry (spec/model.md §4.2-4.3, §5, §8)
+# 5. Clip geometry
 # ---------------------------------------------------------------------------------------------------------
 
 FPS = 25
@@ -317,7 +317,7 @@ MEDIA_LIMITS = MediaLimits()
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 8. Text encoder and audio conventions (spec/pipeline.md §3.3-3.5, §4; spec/model.md §4.4)
+# 8. Text encoder and audio conventions
 # ---------------------------------------------------------------------------------------------------------
 
 

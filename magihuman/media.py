@@ -4,10 +4,10 @@ Inputs are user uploads, so every way they can be unusable (missing, empty, not 
 animated, silent, too short) is an `InputError` whose message says what is wrong and what to upload instead.
 Sizes are checked from headers before anything is decoded, and audio decoding stops at the clip length.
 
-Conventions from spec/pipeline.md: the portrait is centre-cropped and resized like the reference (§5.3);
-audio runs at a virtual 51.2 kHz, 2048 samples per video frame (§3.3-3.4), and is length-resampled to
-44.1 kHz with scipy's FFT method before muxing (§3.6); the MP4 keeps audio that outlasts the video (§5.5,
-gotcha 17). Everything is done with PyAV's bundled FFmpeg in-process: no system ffmpeg, no temp files.
+Conventions of the reference pipeline: the portrait is centre-cropped and resized like the reference;
+audio runs at a virtual 51.2 kHz, 2048 samples per video frame, and is length-resampled to
+44.1 kHz with scipy's FFT method before muxing; the MP4 keeps audio that outlasts the video (the reference
+muxes without cutting it). Everything is done with PyAV's bundled FFmpeg in-process: no system ffmpeg, no temp files.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from magihuman.config import AUDIO, FPS, MEDIA_LIMITS, MediaLimits
 from magihuman.errors import InputError
 
 AUDIO_SAMPLES_PER_FRAME = AUDIO.samples_per_latent  # one audio latent per video frame
-VIRTUAL_SAMPLE_RATE = AUDIO.virtual_sample_rate  # 51 200 Hz, the rate the model hears (spec §3.3)
+VIRTUAL_SAMPLE_RATE = AUDIO.virtual_sample_rate  # 51 200 Hz, the rate the model hears
 OUTPUT_SAMPLE_RATE = AUDIO.output_sample_rate  # the audio VAE's training rate, and what the MP4 carries
 DEFAULT_CRF = 10  # the reference's imageio `quality=8`
 # Still-image formats Pillow decodes natively. The rest (EPS shells out to Ghostscript, PSD, ICO...) are refused.
@@ -52,7 +52,7 @@ def _existing_file(path: str | Path, max_bytes: int, what: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. Portraits (TI2V reference image, spec §5.3)
+# 1. Portraits (TI2V reference image)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -121,7 +121,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def crop_resize(img: Image.Image, height: int, width: int) -> Image.Image:
     """Centre-crop to the target aspect ratio keeping one full side, then LANCZOS-resize to width×height.
 
-    Exactly the reference's `resizecrop` (spec §5.3): an image already of the target size is returned
+    Exactly the reference's `resizecrop`: an image already of the target size is returned
     unchanged; the crop box is computed in floats and rounded by Pillow (half to even), so 1280×720 → 448×256
     keeps x ∈ [10, 1270) and 720×1280 → 448×256 keeps y ∈ [434, 846).
     """
@@ -147,7 +147,7 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. Audio input (A2V, spec §3.4 steps 1-2)
+# 2. Audio input (A2V)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -179,7 +179,7 @@ def load_audio(
 def usable_audio_seconds(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -> float:
     """How many seconds of the upload a clip can follow: whole video frames, at most `limits.max_audio_seconds`.
 
-    The model turns every 2048 virtual samples into one audio latent (⌊N/2048⌋ of them, spec §3.4), one per
+    The model turns every 2048 virtual samples into one audio latent (⌊N/2048⌋ of them), one per
     video frame. Raises the same `InputError`s as `load_audio`.
     """
     wave = load_audio(path, limits=limits)
@@ -243,7 +243,7 @@ def _check_usable(wave: np.ndarray, name: str, sample_rate: int, limits: MediaLi
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. Audio output (spec §3.6)
+# 3. Audio output
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -261,7 +261,7 @@ def virtual_to_44k(wave: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Muxing (spec §5.5)
+# 4. Muxing
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -25,8 +25,8 @@ from magihuman.model.dit import build_dit
 GB = 1e9
 # Plan for this many GB instead of the card's total (a shared card, or a ZeroGPU call smaller than the card).
 GPU_MEMORY_ENV = "MAGIHUMAN_GPU_MEMORY_GB"
-# spec/pipeline.md §0: T5Gemma encoder 9,241,705,984 bf16; Wan2.2 VAE 704,688,668 bf16; Oobleck 156,112,514
-# fp32; Turbo VAE decoder 107,122,892 bf16.
+# Parameter counts of the reference components: T5Gemma encoder 9,241,705,984 bf16; Wan2.2 VAE 704,688,668
+# bf16; Oobleck 156,112,514 fp32; Turbo VAE decoder 107,122,892 bf16.
 TEXT_ENCODER_BYTES = 9_241_705_984 * 2
 VAE_BYTES = 704_688_668 * 2 + 156_112_514 * 4 + 107_122_892 * 2
 # Activations of the largest stage plus allocator slack (estimates: 1080p SR attends over ~65k tokens).

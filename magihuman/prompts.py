@@ -1,4 +1,4 @@
-"""Prompt building in the model's "Enhanced Prompt" format (spec/pipeline.md §5.9), shared by the UI and the CLI.
+"""Prompt building in the model's "Enhanced Prompt" format, shared by the UI and the CLI.
 
 The model has no language flag and no dialogue field: everything it knows about the speech is in the text.
 The format is an English main body that quotes every spoken line inline, then

@@ -1,5 +1,5 @@
 """Sampling: the sigma grid, the flow UniPC solver, guidance, super-resolution preparation and the three
-denoising loops (spec/model.md §6-8; order of operations as in shared/golden/README.md "Denoising loops").
+denoising loops.
 
 Flow convention: x_σ = (1 − σ)·x0 + σ·ε. The DiT returns the velocity v ≈ ε − x0, so x0 = x_σ − σ·v.
 
@@ -38,14 +38,14 @@ VelocityFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 VelocityPairFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]
 NoiseFn = Callable[[tuple[int, ...]], Tensor]
 
-# Zero-terminal-SNR DDPM table used to re-noise the upsampled latent in the SR stage (spec §8 step 3):
+# Zero-terminal-SNR DDPM table used to re-noise the upsampled latent in the SR stage:
 # β linearly spaced in sqrt space between these two values.
 ZSNR_BETA_START = 0.00085
 ZSNR_BETA_END = 0.012
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. Sigma grid (spec §6.1)
+# 1. Sigma grid
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -82,7 +82,7 @@ def sigma_schedule(steps: int, shift: float = SAMPLING.shift) -> tuple[Tensor, T
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. Flow UniPC solver (spec §6.1.1)
+# 2. Flow UniPC solver
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -226,7 +226,7 @@ class FlowUniPC:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. Distilled step and guidance (spec §6.2, §6.3, §7)
+# 3. Distilled step and guidance
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -249,7 +249,7 @@ def video_guidance_scale(timestep: int | Tensor, high: float = SAMPLING.video_gu
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Super-resolution preparation (spec §8 steps 2-4)
+# 4. Super-resolution preparation
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -280,7 +280,7 @@ def upsample_latent(base_video: Tensor, size_thw: Sequence[int]) -> Tensor:
 
 
 def renoise_for_sr(upsampled: Tensor, noise: Tensor, index: int = SAMPLING.sr_zsnr_index) -> Tensor:
-    """x = a·up + sqrt(1 − a²)·ε with a from the zero-terminal-SNR table (spec §8 step 3)."""
+    """x = a·up + sqrt(1 − a²)·ε with a from the zero-terminal-SNR table."""
     signal, noise_coeff = sr_renoise_coefficients(index)
     return upsampled * signal + noise * noise_coeff
 
@@ -381,7 +381,7 @@ def denoise_distill(
     cancel: threading.Event | None = None,
     stage: str = "distill",
 ) -> tuple[Tensor, Tensor]:
-    """Distilled model: one conditional DiT call and one re-noising step per sigma (spec §6.3).
+    """Distilled model: one conditional DiT call and one re-noising step per sigma.
 
     video_shape (1, 48, T, H, W); audio_shape (1, A, 64), or audio_latent of that shape when the audio is
     given. text (L, C): real prompt rows. Noise draws: initial audio (unless given), initial video, then per
@@ -426,7 +426,7 @@ def denoise_base(
     stage: str = "base",
     velocity_pair: VelocityPairFn | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Base model: UniPC with classifier-free guidance against the negative text (spec §6.2).
+    """Base model: UniPC with classifier-free guidance against the negative text.
 
     Per step: conditional then unconditional DiT call on the same latents; video guidance 5.0 while the
     timestep is > 500, else 2.0; audio guidance 5.0. `guidance` (None: the reference's 5.0) replaces the
@@ -494,7 +494,7 @@ def denoise_sr(
     cancel: threading.Event | None = None,
     stage: str = "sr",
 ) -> tuple[Tensor, Tensor]:
-    """Super-resolution stage (spec §8): conditional-only UniPC on the video; the audio input stays fixed.
+    """Super-resolution stage: conditional-only UniPC on the video; the audio input stays fixed.
 
     base_video (1, C, T, h, w) and base_audio (1, A, 64) are the base stage's final latents; latent_hw is
     the SR latent size (H, W); image_latent, for TI2V, is the image encoded at SR size (1, C, 1, H, W). The

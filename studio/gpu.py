@@ -5,7 +5,7 @@ The studio runs in two settings with one code path:
 - **A machine with its own GPU (or the CPU preview)**: `spaces.GPU` returns the functions unchanged; the engine
   loads on a background thread (`EngineSlot`) so the page is up at once.
 - **A ZeroGPU Space**: each call of a `spaces.GPU` function runs in a forked worker that holds a GPU for the
-  call, with its arguments and every yielded item pickled across (zerogpu.md §1). So the engine is loaded at
+  call, with its arguments and every yielded item pickled across. So the engine is loaded at
   import in the main thread on "cuda" (spaces packs whatever is on "cuda" at `launch()` and copies it into each
   worker), is a module global here (a fork inherits it, nothing pickles it), and the functions take only
   picklable values: a `GenerationRequest`, or a `Take` on the CPU and a resolution name.
@@ -293,7 +293,7 @@ def _stream(work: Callable[[Callable[[str, int, int], None], _Cancel], Result]) 
     """Run `work(report, cancel)` on a thread and yield its progress, then its result moved to the CPU.
 
     Lockstep: after each progress report the engine waits until this generator is resumed past that item, and
-    spaces checks its stop flag between the two (zerogpu.md §1), so once a close is asked for no further step
+    spaces checks its stop flag between the two, so once a close is asked for no further step
     starts. While a step runs, the last item is repeated every `HEARTBEAT_S`, so that the handler's Stop check
     and spaces' stop flag are looked at during long steps too. Closing this generator sets the cancel flag and
     waits for the engine to stop at its step boundary. Errors are re-raised as gr.Error with the user's message.
@@ -384,7 +384,7 @@ def on_cpu(result: Result) -> Result:
 # 4. Time budgets and quotas
 # ---------------------------------------------------------------------------------------------------------
 
-# A fresh worker first copies every packed weight onto its GPU, inside the granted duration (zerogpu.md §1).
+# A fresh worker first copies every packed weight onto its GPU, inside the granted duration.
 # Estimate: the packed tensors stream from local disk at ≈ 4 GB/s (not measured on a Space).
 TRANSFER_BYTES_PER_S = 4 * GB
 # The daily ZeroGPU quota a request must fit (free account: 5 min); a Space owned by PRO users can raise it.

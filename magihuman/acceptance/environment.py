@@ -13,12 +13,12 @@ from magihuman.acceptance.measure import seconds_per_call
 from magihuman.acceptance.runner import Context, Outcome
 from magihuman.model.attention import flash_attention_available, select_backend
 
-# Sanity bounds, far below an H100/H200 (≈ 790 TFLOP/s, 3.0-4.3 TB/s in shared/platform.md): below them the
+# Sanity bounds, far below an H100/H200 (≈ 790 TFLOP/s, 3.0-4.3 TB/s measured copies): below them the
 # GPU or the torch build is not what the numbers of the later checks assume (e.g. clocks throttled, no tensor
 # cores used). On a CPU the numbers are only recorded.
 MIN_CUDA_BF16_TFLOPS = 50.0
 MIN_CUDA_COPY_GBPS = 500.0
-# Imported by the studio and the full engine, absent on the GPU hosts (shared/platform.md): listed, not needed.
+# Imported by the studio and the full engine, absent on the GPU hosts: listed, not needed.
 OPTIONAL_MODULES = ("av", "diffusers", "gradio", "transformers")
 
 
@@ -101,7 +101,7 @@ def _cpu_name() -> str:
 
 
 def _cpu_has_bf16() -> bool:
-    """AVX-512 bf16 or AMX: without them bf16 kernels on this CPU are very slow (shared/platform.md)."""
+    """AVX-512 bf16 or AMX: without them bf16 kernels on this CPU are very slow."""
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()

@@ -1,9 +1,9 @@
-"""The single-stream DiT of daVinci-MagiHuman (spec/model.md §1-4).
+"""The single-stream DiT of daVinci-MagiHuman.
 
 One transformer over the packed sequence [video | audio | text]. No timestep input: the network reads the
 noise level from the latents and returns the flow-matching velocity (noise − clean) for video and audio.
 
-Numerics (spec §1.1), which the golden fixtures check bit for bit:
+Numerics, which the golden fixtures check bit for bit:
 - the residual stream is fp32; input embedders and output heads are fp32 linears;
 - transformer linears hold bf16 weights and compute bf16 in, bf16 out;
 - RMSNorm runs in fp32 with scale (1 + weight); q/k norm and RoPE in fp32, then q, k, v go to bf16.
@@ -197,7 +197,7 @@ class Adapter(nn.Module):
 
 
 class DiT(nn.Module):
-    """The daVinci-MagiHuman DiT. State-dict keys are the official checkpoint's (spec §9)."""
+    """The daVinci-MagiHuman DiT. State-dict keys are the official checkpoint's."""
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()

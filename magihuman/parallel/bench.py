@@ -23,7 +23,7 @@ from magihuman.config import RESOLUTIONS, DiTConfig, dit_presets, latent_frames,
 from magihuman.packing import TokenLayout
 from magihuman.parallel.runtime import ParallelContext
 
-# The arithmetic model of shared/research/context-parallel.md §5.3 (H100 SXM, NVLink/NVSwitch).
+# An arithmetic model of context parallel on H100 SXM with NVLink/NVSwitch (README, "Several GPUs on one clip").
 H100_ACHIEVED_FLOPS = 560e12  # one GPU on the reference's own timings: 500-620 TFLOP/s per DiT forward
 H100_ALL_TO_ALL_BYTES_PER_S = 250e9  # effective all-to-all bandwidth per GPU (NCCL all-reduce busbw ≈ 470 GB/s)
 COLLECTIVE_LATENCY_S = 40e-6
