@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,6 +58,7 @@ from magihuman.sampling import (
     gaussian_noise,
 )
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
+from magihuman.threads import worker_thread
 from magihuman.vae import AudioVAE, VideoVAE
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, step, total)
@@ -401,10 +401,8 @@ class Engine:
         expected = decoded_frames(video.shape[2])
         crf, preset = QUALITY[quality]
         preset = "ultrafast" if self.preview else preset  # the preview's noise pictures do not compress
-        with (
-            Mp4Writer(path, audio, crf=crf, preset=preset) as writer,
-            ThreadPoolExecutor(1, thread_name_prefix="mux") as encoder,
-        ):
+        encoder = worker_thread("mux")  # long-lived (magihuman.threads): a thread per clip made memory creep
+        with Mp4Writer(path, audio, crf=crf, preset=preset) as writer:
             pending = None
             try:
                 with timer("decode"):

@@ -47,6 +47,7 @@ from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, REQUEST_
 from magihuman.engine import Engine, GenerationRequest, Result, Take
 from magihuman.errors import GenerationCancelled, MagiHumanError
 from magihuman.memory import GB, GPU_MEMORY_ENV, TEXT_ENCODER_BYTES, VAE_BYTES, dit_bytes, plan_fp8
+from magihuman.threads import worker_thread
 from studio.runtime import EngineSlot, gpu_seconds
 
 StatusFn = Callable[[str], None]
@@ -290,7 +291,7 @@ class _Cancel:
 
 
 def _stream(work: Callable[[Callable[[str, int, int], None], _Cancel], Result]) -> Iterator[Progress | Result]:
-    """Run `work(report, cancel)` on a thread and yield its progress, then its result moved to the CPU.
+    """Run `work(report, cancel)` on the job thread and yield its progress, then its result moved to the CPU.
 
     Lockstep: after each progress report the engine waits until this generator is resumed past that item, and
     spaces checks its stop flag between the two, so once a close is asked for no further step
@@ -317,8 +318,7 @@ def _stream(work: Callable[[Callable[[str, int, int], None], _Cancel], Result]) 
         finally:
             items.put(None)
 
-    thread = threading.Thread(target=copy_context().run, args=(run,), name="gpu-job", daemon=True)
-    thread.start()
+    job = worker_thread("gpu-job").submit(copy_context().run, run)  # one long-lived thread (magihuman.threads)
     last = Progress("start", 0, 1)
     try:
         while True:
@@ -335,7 +335,7 @@ def _stream(work: Callable[[Callable[[str, int, int], None], _Cancel], Result]) 
     finally:
         cancel.set()  # no-op after a normal end; after a close (Stop, client gone) the engine stops at its next step
         resumed.put(True)  # a report waiting for this generator goes on to the cancel check
-        thread.join()
+        job.result()
     (value,) = outcome
     outcome.clear()
     if isinstance(value, Result):
