@@ -19,7 +19,7 @@ import gradio as gr
 import torch
 
 from magihuman.build import DEFAULT_DITS, default_model_size, load_engine
-from magihuman.config import MEDIA_LIMITS
+from magihuman.config import MEDIA_LIMITS, SR_RESOLUTIONS
 from magihuman.fields import FIELD, FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.parallel import add_parallel_argument, attach, init_parallel, run_worker
@@ -28,7 +28,6 @@ from studio import gpu
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
 from studio.handlers import (
-    SR_RESOLUTIONS,
     Studio,
     audio_hint,
     code_for,

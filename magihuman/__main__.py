@@ -30,7 +30,7 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(f.flag, choices=list(f.values), default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.kind, str)
-            shown = f" ({f.range_text()})" if f.range_text() else ""
+            shown = f" ({range_text})" if (range_text := f.range_text()) else ""
             parser.add_argument(f.flag, type=kind, default=f.default, help=help_text + shown)
     parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
     parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")

@@ -251,6 +251,7 @@ RESOLUTIONS: dict[str, Resolution] = {
     "540p": Resolution("540p", 896, 512, "sr-540p"),
     "1080p": Resolution("1080p", 1920, 1088, "sr-1080p"),
 }
+SR_RESOLUTIONS = tuple(name for name, res in RESOLUTIONS.items() if res.sr_model is not None)  # upscale targets
 
 
 def video_frames(seconds: int) -> int:

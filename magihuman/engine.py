@@ -37,6 +37,7 @@ from magihuman.config import (
     AUDIO,
     REQUEST_LIMITS,
     RESOLUTIONS,
+    SR_RESOLUTIONS,
     Aspect,
     BaseModel,
     decoded_frames,
@@ -218,8 +219,7 @@ class Engine:
     ) -> Result:
         """Super-resolve an earlier take to `resolution` (540p or 1080p) without re-running its base stage."""
         if resolution not in RESOLUTIONS or RESOLUTIONS[resolution].sr_model is None:
-            sr_resolutions = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
-            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(sr_resolutions)}")
+            raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(SR_RESOLUTIONS)}")
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer()
@@ -447,10 +447,6 @@ class Engine:
 
 def _ignore(phase: str, step: int, total: int) -> None:
     return None
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 class _StageTimer:

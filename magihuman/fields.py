@@ -95,7 +95,6 @@ def _resolution_label(name: str) -> str:
     return name if RESOLUTIONS[name].sr_model is None else f"{name} (256p + super-resolution)"
 
 
-LIMITS = REQUEST_LIMITS
 FIELDS: tuple[Field, ...] = (
     Field(
         "prompt",
@@ -103,7 +102,7 @@ FIELDS: tuple[Field, ...] = (
         "Prompt",
         "what the person looks like, says (and in which language) and the sound around them; the dialogue "
         "builder writes it in the model's format",
-        maximum=LIMITS.max_prompt_chars,
+        maximum=REQUEST_LIMITS.max_prompt_chars,
     ),
     Field(
         "portrait",
@@ -150,25 +149,29 @@ FIELDS: tuple[Field, ...] = (
         "Seed",
         "the same seed and settings give the same clip; empty: random (the result says which)",
         minimum=0,
-        maximum=LIMITS.max_seed,
+        maximum=REQUEST_LIMITS.max_seed,
     ),
     Field(
         "base_model",
         "choice",
         "Base model",
-        "the distilled model (8 steps, no guidance) or the base model (32 steps, classifier-free guidance)",
+        f"the distilled model ({SAMPLING.distill_steps} steps, no guidance) or the base model "
+        f"({SAMPLING.base_steps} steps, classifier-free guidance)",
         default="distill",
-        choices=(("distill", "Distilled, 8 steps"), ("base", "Base with guidance, 32 steps")),
+        choices=(
+            ("distill", f"Distilled, {SAMPLING.distill_steps} steps"),
+            ("base", f"Base with guidance, {SAMPLING.base_steps} steps"),
+        ),
         advanced=True,
     ),
     Field(
         "steps",
         "int",
         "Steps",
-        f"denoising steps of the base stage (distilled at most {LIMITS.max_steps['distill']}); empty: "
+        f"denoising steps of the base stage (distilled at most {REQUEST_LIMITS.max_steps['distill']}); empty: "
         f"{SAMPLING.distill_steps} distilled, {SAMPLING.base_steps} base",
         minimum=1,
-        maximum=max(LIMITS.max_steps.values()),
+        maximum=max(REQUEST_LIMITS.max_steps.values()),
         advanced=True,
     ),
     Field(
@@ -178,7 +181,7 @@ FIELDS: tuple[Field, ...] = (
         "denoising steps of the super-resolution stage",
         default=SAMPLING.sr_steps,
         minimum=1,
-        maximum=LIMITS.max_sr_steps,
+        maximum=REQUEST_LIMITS.max_sr_steps,
         noun="super-resolution steps",
         advanced=True,
     ),
@@ -188,8 +191,8 @@ FIELDS: tuple[Field, ...] = (
         "Guidance (base model only)",
         f"classifier-free guidance scale of the base model; empty: {SAMPLING.video_guidance_high:g}, then "
         f"{SAMPLING.video_guidance_low:g} for the last half of the steps",
-        minimum=LIMITS.min_guidance,
-        maximum=LIMITS.max_guidance,
+        minimum=REQUEST_LIMITS.min_guidance,
+        maximum=REQUEST_LIMITS.max_guidance,
         step=0.5,
         advanced=True,
     ),
@@ -199,7 +202,7 @@ FIELDS: tuple[Field, ...] = (
         "Negative prompt (base model only)",
         "what guidance steers away from; empty: the engine's own (blurry face, warped features, lips out of sync, "
         "flicker, ...)",
-        maximum=LIMITS.max_prompt_chars,
+        maximum=REQUEST_LIMITS.max_prompt_chars,
         advanced=True,
     ),
     Field(

@@ -184,16 +184,20 @@ def with_space_weights(load: Callable[[StatusFn], Engine]) -> Callable[[StatusFn
     return load_with_weights
 
 
-def _engine() -> Engine:
-    slot = _slot
-    if slot is None:
-        raise gr.Error("No engine is bound to the GPU functions (studio.gpu.bind_slot).")
+def ready_engine(slot: EngineSlot) -> Engine:
+    """The slot's engine, or a `gr.Error` saying that it failed to load (with the cause) or is still loading."""
     status = slot.status
     if status.state == "failed":
         raise gr.Error(f"The engine failed to load: {status.message}", print_exception=False)
     if slot.engine is None:
         raise gr.Error(f"The engine is still loading ({status.message}); try again in a moment.")
     return slot.engine
+
+
+def _engine() -> Engine:
+    if _slot is None:
+        raise gr.Error("No engine is bound to the GPU functions (studio.gpu.bind_slot).")
+    return ready_engine(_slot)
 
 
 # ---------------------------------------------------------------------------------------------------------

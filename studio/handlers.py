@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from magihuman.__main__ import timing_table
-from magihuman.config import RESOLUTIONS
+from magihuman.config import RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
 from magihuman.media import usable_audio_seconds
@@ -28,7 +28,6 @@ from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
 from studio.snippets import cli_line, python_call
 
-SR_RESOLUTIONS = [name for name, res in RESOLUTIONS.items() if res.sr_model is not None]
 PHASES = {
     "text": "Encoding the prompt",
     "image": "Encoding the portrait",
@@ -68,11 +67,7 @@ class Studio:
         return f"**Engine {status.state}:** {text}"
 
     def _require_engine(self) -> None:
-        status = self.slot.status
-        if status.state == "failed":
-            raise gr.Error(f"The engine failed to load: {status.message}", print_exception=False)
-        if self.slot.engine is None:
-            raise gr.Error(f"The engine is still loading ({status.message}); try again in a moment.")
+        gpu.ready_engine(self.slot)
 
     # --- generate and upscale ---------------------------------------------------------------------------
 

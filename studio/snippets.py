@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from magihuman.fields import FIELDS
+from magihuman.fields import FIELD, FIELDS
 
 PLACEHOLDER_URL = "http://127.0.0.1:7860/"
 
@@ -50,7 +50,7 @@ def cli_line(settings: dict[str, Any]) -> str:
     """The `python -m magihuman generate` command line for the same settings."""
     words = ["python", "-m", "magihuman", "generate"]
     for name, value in _changed(settings).items():
-        flag = "--" + name.replace("_", "-")
+        flag = FIELD[name].flag
         shown = Path(str(value)).name if name in ("portrait", "audio") else str(value)
         words += [flag, shown]
     words += ["--out", "clip.mp4"]

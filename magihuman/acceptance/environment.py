@@ -12,6 +12,7 @@ import torch
 from magihuman.acceptance.measure import seconds_per_call
 from magihuman.acceptance.runner import Context, Outcome
 from magihuman.model.attention import flash_attention_available, select_backend
+from magihuman.precision import cpu_info
 
 # Sanity bounds, far below an H100/H200 (≈ 790 TFLOP/s, 3.0-4.3 TB/s measured copies): below them the
 # GPU or the torch build is not what the numbers of the later checks assume (e.g. clocks throttled, no tensor
@@ -51,8 +52,9 @@ def check_environment(ctx: Context) -> Outcome:
         out.at_least("bf16 GEMM TFLOP/s (8192³)", gemm_tflops(device, 8192, torch.bfloat16), MIN_CUDA_BF16_TFLOPS)
         out.at_least("D2D copy GB/s (read+write)", copy_gbps(device, 2**31), MIN_CUDA_COPY_GBPS)
     else:
-        out.measured["cpu"] = _cpu_name()
-        out.measured["cpu_bf16_units"] = _cpu_has_bf16()
+        cpu = cpu_info()
+        out.measured["cpu"] = cpu.model
+        out.measured["cpu_bf16_units"] = any(flag in cpu.flags for flag in ("avx512_bf16", "amx_bf16"))
         out.measured["fp32 GEMM TFLOP/s (1024³)"] = gemm_tflops(device, 1024, torch.float32)
         out.measured["copy GB/s (read+write)"] = copy_gbps(device, 2**26)
         out.notes.append("CPU: the GEMM and copy numbers are recorded only (the bounds apply on CUDA)")
@@ -87,24 +89,3 @@ def _version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_has_bf16() -> bool:
-    """AVX-512 bf16 or AMX: without them bf16 kernels on this CPU are very slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in text or "amx_bf16" in text

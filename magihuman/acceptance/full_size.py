@@ -32,7 +32,6 @@ from magihuman.config import FULL_TURBO_VAE, RESOLUTIONS, SAMPLING, dit_presets,
 
 SECONDS = 5  # the clip length of the published numbers
 TEXT_TOKENS = 300
-TIERS = ("256p", "540p", "1080p")
 SR_DITS = {"540p": "sr-540p", "1080p": "sr-1080p"}
 EXPECTED_1080P_S = 100  # warm-up (1-step, compiles the frame-local graphs) + one full run, with margin
 # Random weights give no quality target; these bounds only catch a broken fp8 path (garbage is ≈ 1 or more).

@@ -185,7 +185,7 @@ def _attend(cp: ContextParallel, q, k, v, backend: str, local: LocalWindow | Non
     n, d = q.shape[0], q.shape[2]
     packed = torch.cat(
         [q.reshape(n, p, hq // p, d), k.reshape(n, p, hkv // p, d), v.reshape(n, p, hkv // p, d)], dim=2
-    ).reshape(n, p * (hq + 2 * hkv) // p, d)
+    ).reshape(n, hq + 2 * hkv, d)
     full = seq_to_heads(packed, sizes, shard)  # (N, (Hq + 2·Hkv)/P, D)
     q_all, k_all, v_all = full.split([hq // p, hkv // p, hkv // p], dim=1)
     # 2. The unchanged attention backend on the whole sequence, for this process's heads.
