@@ -43,6 +43,7 @@ from PIL import Image
 import app as studio_app
 import magihuman.engine as engine_module
 import studio.gpu as gpu
+import studio.jobs as jobs
 from magihuman.build import load_engine
 from magihuman.config import (
     MAX_SECONDS,
@@ -422,8 +423,8 @@ def test_twenty_users_at_once_get_their_own_clips_or_a_queue_full_answer(server)
 
 def test_out_of_memory_in_a_step_advises_frees_memory_and_the_next_job_runs(server, client, monkeypatch) -> None:
     freed: list[int] = []
-    real_collect = gpu.gc.collect
-    monkeypatch.setattr(gpu.gc, "collect", lambda *args: (freed.append(1), real_collect(*args))[1])
+    real_collect = jobs.gc.collect
+    monkeypatch.setattr(jobs.gc, "collect", lambda *args: (freed.append(1), real_collect(*args))[1])
 
     def out_of_memory(stage: str, step: int) -> None:
         if (stage, step) == ("base", 2):
@@ -467,7 +468,7 @@ def test_a_client_that_leaves_mid_job_gets_it_cancelled(server, client, how) -> 
     call = server.calls.calls[first_call]
     assert call["done"].wait(60), "the engine kept running for a client that had gone"
     assert call.get("error") is GenerationCancelled, call.get("error")
-    # The server notices a departed client at its next check (every studio.gpu.HEARTBEAT_S, or a progress item);
+    # The server notices a departed client at its next check (every studio.jobs.HEARTBEAT_S, or a progress item);
     # from then on at most the running step finishes (the README's promise).
     assert call["base_steps"] <= call["cancel_seen_after"] + 1, call
     assert len(steps) <= at_leaving + 3 and steps[-1] < 16, (at_leaving, steps)  # noticed within ~3 tiny steps

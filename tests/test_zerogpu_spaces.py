@@ -180,10 +180,10 @@ def test_engine_errors_arrive_with_their_message(zerogpu) -> None:
 
 
 def test_a_request_beyond_the_quota_is_refused_before_a_gpu_is_asked_for(zerogpu, monkeypatch) -> None:
-    import studio.gpu
+    import studio.space
 
     stub, client, _, _ = zerogpu
-    monkeypatch.setattr(studio.gpu, "PLAN", studio.gpu.zerogpu_plan())  # as on a Space: xlarge, weights to copy
+    monkeypatch.setattr(studio.space, "PLAN", studio.space.zerogpu_plan())  # as on a Space: xlarge, weights to copy
     asked = len(stub.schedules)
     with pytest.raises(AppError, match=r"10-second 1080p clip needs about \d+ s of ZeroGPU time"):
         client.predict(**api_arguments(resolution="1080p", seconds=10), api_name="/generate")
