@@ -34,3 +34,16 @@ def median_seconds(fn: Callable[[], object], device: torch.device | str, warmup:
         fn()
         times.append(seconds_since(start, device))
     return statistics.median(times)
+
+
+def timing_table(timings: dict[str, float], peak_memory_gb: float | None, layout: str | None = None) -> str:
+    """Per-stage seconds as a small text table (the CLI prints it, the studio shows it); `layout` names the multi-GPU
+    layout that ran it (`Result.layout`)."""
+    lines = [f"{'stage':<8} {'seconds':>8}", f"{'-' * 8} {'-' * 8}"]
+    lines += [f"{stage:<8} {seconds:>8.2f}" for stage, seconds in timings.items()]
+    lines.append(f"{'total':<8} {sum(timings.values()):>8.2f}")
+    if peak_memory_gb is not None:
+        lines.append(f"peak GPU memory: {peak_memory_gb:.1f} GiB")
+    if layout is not None:
+        lines.append(f"layout: {layout}")
+    return "\n".join(lines)
