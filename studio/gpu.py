@@ -440,7 +440,7 @@ def _number(value, default: int) -> int:
 
 
 def package_dir() -> Path:
-    from magihuman.optimize import default_cache_dir
+    from magihuman.cache import default_cache_dir
 
     return default_cache_dir() / "aoti"
 

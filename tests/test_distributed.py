@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from magihuman.config import TINY_DIT, TINY_FRAME_RECEPTIVE_FIELD, TINY_LOCAL_ATTN_LAYERS, DiTConfig
-from magihuman.model.dit import DiT, build_dit, init_random_
+from magihuman.model.dit import DiT, build_dit
 from magihuman.parallel import runtime
 from magihuman.parallel.runtime import Layout, ParallelContext, init_from_env, plan_layout
 from magihuman.parallel.ulysses import (
@@ -39,6 +39,7 @@ from magihuman.parallel.ulysses import (
     split_sizes,
 )
 from magihuman.precision import compute_dtype
+from magihuman.random_models import init_random_
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "portraits" / "eileen_collins.jpg"
 

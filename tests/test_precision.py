@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from magihuman.bench.workload import sample_inputs
-from magihuman.build import random_models
 from magihuman.config import TINY_DIT, TINY_TURBO_VAE, dit_presets
 from magihuman.fp8 import relative_rms
-from magihuman.model.dit import ExpertLinear, build_dit, init_random_
-from magihuman.model.turbo_vae import build_random_turbo_vae
+from magihuman.model.dit import ExpertLinear, build_dit
 from magihuman.optimize import onednn_conv3d_
 from magihuman.packing import TokenLayout
 from magihuman.precision import CPU_DTYPE_ENV, ModelDtypes, compute_dtype, cpu_info, measured_cpu_dtype, model_dtypes
+from magihuman.random_models import build_random_turbo_vae, init_random_, random_models
 
 BF16, FP32 = torch.bfloat16, torch.float32
 

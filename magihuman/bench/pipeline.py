@@ -83,8 +83,9 @@ def _max_peak(*results: Result) -> float | None:
 def run_pipeline(
     args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, tiers: list[str]
 ) -> None:
-    from magihuman.build import ALL_DITS, load_engine, random_models
+    from magihuman.build import load_engine
     from magihuman.engine import Engine
+    from magihuman.random_models import ALL_DITS, random_models
 
     dits = ["distill", *(RESOLUTIONS[t].sr_model for t in tiers if RESOLUTIONS[t].sr_model)]
     dits = [d for d in ALL_DITS if d in dits]
