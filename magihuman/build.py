@@ -20,6 +20,7 @@ from magihuman.loading import load_turbo_vae
 from magihuman.memory import plan_fp8
 from magihuman.model.dit import DiT
 from magihuman.optimize import SpeedFlags, apply_speed_flags, optimize_dit
+from magihuman.options import DEFAULT_DITS, default_device
 from magihuman.precision import model_dtypes
 from magihuman.random_models import ALL_DITS, tiny_models
 from magihuman.text import load_text_encoder
@@ -27,12 +28,6 @@ from magihuman.vae import load_audio_vae, load_video_vae
 from magihuman.weights import resolve_weights
 
 StatusFn = Callable[[str], None]
-DEFAULT_DITS = ("distill", "sr-540p")
-
-
-def default_model_size() -> ModelSize:
-    """The full model where there is a CUDA GPU, the tiny preview engine elsewhere."""
-    return "full" if torch.cuda.is_available() else "tiny"
 
 
 def load_engine(
@@ -52,7 +47,7 @@ def load_engine(
     `on_status` receives one line per loading step, for a UI status box.
     """
     status = on_status or (lambda line: None)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     speed = speed or SpeedFlags.default(device)
     dits = list(dict.fromkeys(dits))  # read twice below: a generator would be empty the second time
     if model not in ("full", "tiny"):
@@ -82,7 +77,7 @@ def load_dits(
     """Only the DiTs, as `load_engine` holds them (same weights, fp8 plan and speed steps, no offload): what a
     context-parallel worker rank serves. The text encoder and VAEs (about 20 GB) stay on rank 0."""
     status = on_status or (lambda line: None)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     speed = speed or SpeedFlags.default(device)
     if model == "tiny":
         # Built whole (seconds): its DiTs are then the driver's, whatever preview settings load_engine applies.
