@@ -8,23 +8,18 @@ with explicit security options.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
-from dataclasses import replace
 from types import SimpleNamespace
 
 import gradio as gr
-import torch
 
-from magihuman.build import DEFAULT_DITS, default_model_size, load_engine
 from magihuman.config import MEDIA_LIMITS, SR_RESOLUTIONS
 from magihuman.fields import FIELD, FIELDS
-from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
-from magihuman.parallel import add_parallel_argument, attach, init_parallel, run_worker
+from magihuman.options import EngineOptions
 from magihuman.prompts import LANGUAGE_NAMES
-from studio import gpu, space
+from studio import gpu, space, startup
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
 from studio.handlers import (
@@ -37,7 +32,7 @@ from studio.handlers import (
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
 
-AUTH_ENV = "MAGIHUMAN_AUTH"
+AUTH_ENV = startup.AUTH_ENV
 MAX_QUEUE = 16
 MAX_UPLOAD = f"{MEDIA_LIMITS.max_image_bytes // 2**20}mb"
 GPU_JOBS = "gpu"  # one concurrency group: one job on the GPU at a time
@@ -212,79 +207,16 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
     demo.load(**listing, queue=False, **private)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------------------
-
-ENGINE: dict = {}  # what main()'s flags ask of the engine; read when the engine starts loading
-
-
-def load_studio_engine(status: space.StatusFn):
-    """The engine the flags (or the environment) ask for: weights, the speed steps, then compilation and
-    warm-up on a GPU (on ZeroGPU studio.gpu compiles ahead of time instead)."""
-    size = ENGINE.get("model") or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
-    device = "cuda" if torch.cuda.is_available() or space.ON_ZEROGPU else "cpu"
-    speed = ENGINE.get("speed") or SpeedFlags.from_env(device)
-    if space.ON_ZEROGPU:  # no torch.compile in ZeroGPU workers (studio.gpu compiles AoT), no pinned memory at load
-        speed = replace(speed, compile=False, offload=False)
-    parallel = ENGINE.get("parallel")
-    if parallel is not None:
-        device = parallel.device
-    engine = load_engine(size, weights_dir=ENGINE.get("weights_dir"), device=device, speed=speed, on_status=status)
-    if parallel is not None:
-        attach(engine, parallel)  # handshake with the worker ranks; a no-op for one process
-        if engine.layout:
-            status(f"layout: {engine.layout}")
-    if speed.compile and not space.ON_ZEROGPU:
-        status("compiling and warming up the DiT for each resolution")
-        status(f"compiled and warmed up in {warm_up(engine):.0f} s")
-    return engine
-
-
-def _parse_auth(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise SystemExit("--auth (or $MAGIHUMAN_AUTH) must look like user:password")
-    return user, password
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="daVinci-MagiHuman Studio")
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on a CUDA machine, tiny elsewhere")
-    # Hugging Face Spaces run `python app.py` with GRADIO_SERVER_NAME=0.0.0.0; elsewhere this machine only.
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
-        help="interface to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only)",
-    )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860))
-    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (anyone can use it)")
-    parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
-    parser.add_argument("--weights-dir", help="local weights folder (see `python -m magihuman download`)")
-    parser.add_argument("--mcp", action="store_true", help="also serve /generate and /upscale as MCP tools")
-    add_speed_arguments(parser)
-    add_parallel_argument(parser)  # --cp N under torchrun: several GPUs on one clip
-    args = parser.parse_args(argv)
-
-    auth = _parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    args = startup.parse_args(argv)
+    auth = startup.parse_auth(args.auth or os.environ.get(AUTH_ENV))
     if args.share:
         warnings.warn(
             "--share makes a PUBLIC link: anyone with it can use this GPU" + ("" if auth else " (no --auth set)"),
             stacklevel=1,
         )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    speed = SpeedFlags.from_args(args, device)
-    size = args.model or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
-    try:
-        parallel = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    if not parallel.is_driver:  # ranks other than 0 hold the DiTs and serve rank 0's forwards until it stops
-        run_worker(parallel, size, args.weights_dir, DEFAULT_DITS, speed)
+    if not startup.join(EngineOptions.from_args(args)):  # ranks other than 0 served rank 0's DiT forwards
         return
-    ENGINE.update(model=size, weights_dir=args.weights_dir, speed=speed, parallel=parallel)
     demo.studio.slot.start()
     demo.launch(
         server_name=args.host,
@@ -300,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
 # On ZeroGPU the engine must load now, in the main thread (studio.gpu.start_slot); elsewhere it loads in the
 # background once main() or the first page asks.
 demo = build_demo(
-    gpu.start_slot(load_studio_engine) if space.ON_ZEROGPU else EngineSlot(space.with_space_weights(load_studio_engine))
+    gpu.start_slot(startup.load_studio_engine)
+    if space.ON_ZEROGPU
+    else EngineSlot(space.with_space_weights(startup.load_studio_engine))
 )
 demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from acceptance.runner import Check, command_line, run_checks
+from magihuman.options import default_device
 
 DEFAULT_OUT = "acceptance-report"
 DEFAULT_BUDGET_S = 480.0
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None, checks: Sequence[Check] | None = None) -
     # No network and no hub: everything is random weights or local fixtures.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     out_dir = Path(args.out)
     run = run_checks(checks, device, out_dir, args.budget_s, command=command_line())
     for r in run.results:

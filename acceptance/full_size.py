@@ -67,8 +67,8 @@ def check_pipeline(ctx: Context) -> Outcome:
     from magihuman.bench.flops import H100_BF16_DENSE_TFLOPS, FlopCounter
     from magihuman.bench.pipeline import PUBLISHED
     from magihuman.memory import plan_fp8
-    from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import SpeedFlags, compile_decoder
+    from magihuman.random_models import build_random_turbo_vae
 
     device, out = ctx.device, ctx.outcome
     runs: list[TierRun] = []

@@ -17,8 +17,8 @@ import torch
 import tests.golden_checks as harness  # plain Python (safetensors and torch, no pytest): the suite's own checks
 from acceptance.runner import Context, Outcome, Skip
 from magihuman.config import TurboVAEConfig
+from magihuman.loading import turbo_vae_from_state_dict
 from magihuman.model.attention import flash_attention_available
-from magihuman.model.turbo_vae import turbo_vae_from_state_dict
 from tests.golden_checks.dit import build_from_fixture
 
 

@@ -145,8 +145,8 @@ def check_compiled(ctx: Context) -> Outcome:
     from torch._dynamo.utils import counters
 
     from magihuman.bench.workload import make_model, sample_inputs
-    from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import compile_decoder, compile_dit
+    from magihuman.random_models import build_random_turbo_vae
 
     device, out = ctx.device, ctx.outcome
     config = dit_presets("full")["distill"].dit

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from acceptance.report import write_report
+from magihuman.timing import synchronize
 
 Status = Literal["passed", "failed", "skipped"]
 # A missing module of ours is a bug, not a missing dependency.
@@ -244,7 +245,7 @@ def _free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         try:
-            torch.cuda.synchronize(device)
+            synchronize(device)
             torch.cuda.empty_cache()
         except RuntimeError:  # a broken context (e.g. after a device-side assert): the next check reports it
             pass

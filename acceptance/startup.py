@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     from magihuman.bench.workload import make_model
     from magihuman.config import FULL_TURBO_VAE, dit_presets
     from magihuman.memory import plan_fp8
-    from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import SpeedFlags, compile_decoder, optimize_dit
+    from magihuman.random_models import build_random_turbo_vae
     from magihuman.timing import seconds_since
 
     device = torch.device("cuda")

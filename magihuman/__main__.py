@@ -7,14 +7,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from magihuman.config import RESOLUTIONS
 from magihuman.engine import GenerationRequest
 from magihuman.errors import MagiHumanError
 from magihuman.fields import FIELDS
-from magihuman.optimize import SpeedFlags, add_speed_arguments
-from magihuman.parallel.launch import add_parallel_argument
+from magihuman.options import EngineOptions
 from magihuman.timing import timing_table
 
 
@@ -33,11 +30,8 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float}.get(f.kind, str)
             shown = f" ({range_text})" if (range_text := f.range_text()) else ""
             parser.add_argument(f.flag, type=kind, default=f.default, help=help_text + shown)
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
-    parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
     parser.add_argument("--out", type=Path, required=True, help="output mp4 (at 540p or 1080p: the SR clip)")
-    add_parallel_argument(parser)
-    add_speed_arguments(parser)
+    EngineOptions.add_arguments(parser)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
@@ -48,28 +42,23 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from magihuman.build import default_model_size, load_engine
-    from magihuman.parallel import attach, init_parallel, run_worker, shutdown
+    from magihuman.parallel import shutdown, start
 
     request = request_from_args(args)
-    size = args.model or default_model_size()
     sr_model = RESOLUTIONS[request.resolution].sr_model
-    speed = SpeedFlags.from_args(args, "cuda" if torch.cuda.is_available() else "cpu")
-    dits = [request.base_model, *([sr_model] if sr_model else [])]
+    options = EngineOptions.from_args(args, dits=[request.base_model, *([sr_model] if sr_model else [])])
+    print(f"loading the {options.size} engine ...", file=sys.stderr)
     try:
-        ctx = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
-    except ValueError as exc:
+        engine = start(options)
+    except ValueError as exc:  # a layout init_parallel refuses, before anything loads
         raise MagiHumanError(str(exc)) from exc
-    if not ctx.is_driver:
-        run_worker(ctx, size, args.weights_dir, dits, speed)
+    if engine is None:  # a worker rank: rank 0 has finished
         return
-    print(f"loading the {size} engine ({ctx.describe()}) ...", file=sys.stderr)
-    engine = load_engine(size, weights_dir=args.weights_dir, device=ctx.device, dits=dits, speed=speed)
-    driver = attach(engine, ctx)
     try:
         _generate_one(engine, args, request)
     finally:
-        shutdown(driver)
+        if engine.parallel is not None:
+            shutdown(engine.parallel)
 
 
 def _generate_one(engine, args: argparse.Namespace, request: GenerationRequest) -> None:

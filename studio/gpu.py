@@ -133,7 +133,7 @@ def gpu_upscale(take: Take, resolution: str) -> Iterator[Progress | Result]:
 
 
 def package_dir() -> Path:
-    from magihuman.optimize import default_cache_dir
+    from magihuman.cache import default_cache_dir
 
     return default_cache_dir() / "aoti"
 

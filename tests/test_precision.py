@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from magihuman.bench.workload import sample_inputs
-from magihuman.build import random_models
 from magihuman.config import TINY_DIT, TINY_TURBO_VAE, dit_presets
 from magihuman.fp8 import relative_rms
-from magihuman.model.dit import ExpertLinear, build_dit, init_random_
-from magihuman.model.turbo_vae import build_random_turbo_vae
+from magihuman.model.dit import ExpertLinear, build_dit
 from magihuman.optimize import onednn_conv3d_
 from magihuman.packing import TokenLayout
 from magihuman.precision import CPU_DTYPE_ENV, compute_dtype, cpu_info, measured_cpu_dtype, model_dtypes
+from magihuman.random_models import build_random_turbo_vae, init_random_, random_models
 
 BF16, FP32 = torch.bfloat16, torch.float32
 
@@ -28,10 +27,10 @@ def test_the_full_size_builders_use_the_reference_dtypes(monkeypatch, device: st
     """Built on meta (no memory) through the dtype choice for `device`: on CUDA the DiT's transformer linears,
     the text encoder, the video VAE and the decoder are bf16 (the reference flow); on a CPU (the full-size
     benchmark's meta builds, a CPU load) the VAEs and the decoder widen to fp32. The audio VAE is fp32 on both."""
-    import magihuman.build
+    import magihuman.random_models
 
-    monkeypatch.setattr(magihuman.build, "model_dtypes", lambda size, _: model_dtypes(size, device))
-    models = magihuman.build.random_models("full", device="meta", dits=[])
+    monkeypatch.setattr(magihuman.random_models, "model_dtypes", lambda size, _: model_dtypes(size, device))
+    models = random_models("full", device="meta", dits=[])
     wide = BF16 if device == "cuda" else FP32
     dit = build_dit(dit_presets("full")["distill"].dit)  # random_dits' DiT before its seeded values
     assert _linear_dtypes(dit) == {BF16}

@@ -27,8 +27,9 @@ from magihuman.aot import (
 )
 from magihuman.config import TINY_DIT
 from magihuman.memory import GB
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import build_dit
 from magihuman.precision import compute_dtype
+from magihuman.random_models import init_random_
 from studio import gpu, space
 from tests.zerogpu_stub import fork_context
 
@@ -108,8 +109,8 @@ def test_compiled_forward_loads_lazily_in_the_process_that_runs_it(package) -> N
 
 
 def test_compile_ahead_of_time_reuses_the_cache_without_a_gpu_call(package, monkeypatch) -> None:
-    from magihuman.build import tiny_models
     from magihuman.engine import Engine
+    from magihuman.random_models import tiny_models
 
     models = tiny_models()
     for dit in models.dits.values():
@@ -148,7 +149,7 @@ def test_clear_execstack(tmp_path) -> None:
 
 EMULATED_STARTUP = r"""
 import json, os, threading
-from magihuman.build import tiny_models
+from magihuman.random_models import tiny_models
 from magihuman.engine import Engine
 
 # Built on the CPU before spaces patches torch: the tiny builders seed CUDA RNG state, which emulation refuses.

@@ -196,8 +196,8 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     compile itself is tested in test_zerogpu.py; here the worker's build is replaced by a stand-in.)"""
     import magihuman.aot
     import studio.gpu
-    from magihuman.build import tiny_models
     from magihuman.engine import Engine
+    from magihuman.random_models import tiny_models
 
     stub, _, handlers, _ = zerogpu
     engine = Engine(tiny_models(), "cpu", preview=True)

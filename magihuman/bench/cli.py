@@ -38,13 +38,12 @@ from magihuman.bench.forward import run_forward
 from magihuman.bench.pipeline import run_pipeline
 from magihuman.bench.preview import run_preview
 from magihuman.config import RESOLUTIONS
-from magihuman.optimize import SpeedFlags, add_speed_arguments
-from magihuman.parallel.launch import add_parallel_argument, init_parallel
+from magihuman.options import EngineOptions
+from magihuman.parallel.launch import init_parallel
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m magihuman.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny on CPU")
     parser.add_argument("--forward", action="store_true", help="time single DiT forwards instead of the pipeline")
     parser.add_argument(
         "--resolutions",
@@ -55,29 +54,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny tiers)")
     parser.add_argument("--latent-frames", type=int, help="--forward: override the latent frame count (CPU: 2)")
     parser.add_argument("--text-tokens", type=int, default=300)
-    parser.add_argument("--weights-dir", help="pipeline: load the real weights from here instead of random ones")
     parser.add_argument("--backend", dest="attention", choices=["math", "sdpa", "fa2", "fa3"], help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, help="untimed runs first (pipeline: 1 on CUDA, 0 on CPU)")
     parser.add_argument("--iters", type=int, help="timed runs (pipeline: 2 on CUDA, 1 on CPU; forward: 3 / 1)")
-    add_speed_arguments(parser)  # --backend above is the old name of --attention
-    add_parallel_argument(parser)
+    EngineOptions.add_arguments(parser)  # --backend above is the old name of --attention
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = args.model or ("full" if device.type == "cuda" else "tiny")
+    options = EngineOptions.from_args(args)
+    device, size, flags = torch.device(options.device), options.size, options.speed
     if size == "full" and device.type != "cuda":
         parser.error("the full-size benchmark needs a CUDA GPU; run with --model tiny on a CPU")
     if args.weights_dir and (args.forward or size != "full"):
-        parser.error("--weights-dir loads the full model in pipeline mode")
+        parser.error("--weights-dir loads the full model in pipeline mode (instead of random weights)")
     preview = size == "tiny" and not args.forward and args.tiers is None and args.seconds is None
     tiers = [t.strip() for t in (args.tiers or ",".join(RESOLUTIONS)).split(",") if t.strip()]
     unknown = [t for t in tiers if t not in RESOLUTIONS]
     if unknown:
         parser.error(f"unknown tier(s) {unknown}; choose from {', '.join(RESOLUTIONS)}")
 
-    flags = SpeedFlags.from_args(args, device)
     try:
-        ctx = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=flags)
+        ctx = init_parallel(options.cp, size, cfg_parallel=options.cfg_parallel, speed=flags)
     except ValueError as exc:
         parser.error(str(exc))
     if ctx.world > 1:  # under torchrun: CP N against CP 1 with the same models (magihuman.bench.parallel)
@@ -92,9 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     if size == "tiny":
         print("NOTE: tiny preset (a smoke test of the code path, not a speed measurement of the 15B model)")
     if preview:
-        run_preview(args, device, flags)
+        run_preview(args, options)
+    elif args.forward:
+        run_forward(args, device, size, flags, tiers)
     else:
-        (run_forward if args.forward else run_pipeline)(args, device, size, flags, tiers)
+        run_pipeline(args, options, tiers)
 
 
 if __name__ == "__main__":

@@ -64,11 +64,11 @@ def expected_h100_seconds(config: DiTConfig, layout: TokenLayout, cp: int) -> fl
 
 def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers: list[str]) -> None:
     """The `--cp N` benchmark on every rank (rank 0 prints)."""
-    from magihuman.build import ALL_DITS, random_dits, random_models
     from magihuman.memory import plan_fp8
     from magihuman.optimize import apply_speed_flags, optimize_dit, warm_up
     from magihuman.parallel.launch import attach, shutdown
     from magihuman.parallel.serve import serve_forever
+    from magihuman.random_models import ALL_DITS, random_dits, random_models
 
     device = ctx.device
     dits = [d for d in ALL_DITS if d == "distill" or d in {RESOLUTIONS[t].sr_model for t in tiers}]

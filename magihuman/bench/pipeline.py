@@ -9,7 +9,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,8 @@ from magihuman.bench.memory import free_memory
 from magihuman.bench.workload import bench_prompt, cases, fp8_quality, make_model
 from magihuman.config import RESOLUTIONS, dit_presets, latent_frames, video_frames
 from magihuman.memory import plan_fp8
-from magihuman.optimize import SpeedFlags, apply_speed_flags, warm_up
+from magihuman.optimize import apply_speed_flags, warm_up
+from magihuman.options import EngineOptions
 
 if TYPE_CHECKING:  # the engine needs the media stack (av, diffusers); forward mode and the DiT helpers do not
     from magihuman.engine import Engine, Result
@@ -80,14 +81,14 @@ def _max_peak(*results: Result) -> float | None:
     return max(peaks) if peaks else None
 
 
-def run_pipeline(
-    args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, tiers: list[str]
-) -> None:
-    from magihuman.build import ALL_DITS, load_engine, random_models
+def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[str]) -> None:
     from magihuman.engine import Engine
+    from magihuman.parallel import start
+    from magihuman.random_models import ALL_DITS, random_models
 
     dits = ["distill", *(RESOLUTIONS[t].sr_model for t in tiers if RESOLUTIONS[t].sr_model)]
     dits = [d for d in ALL_DITS if d in dits]
+    device, size, flags = torch.device(options.device), options.size, options.speed
     seconds = args.seconds or (5 if size == "full" else 1)
     on_gpu = device.type == "cuda"
     plan = plan_fp8(dits, flags.fp8, device, size, flags.offload)
@@ -108,7 +109,7 @@ def run_pipeline(
     try:
         start = time.perf_counter()
         if args.weights_dir:
-            engine = load_engine("full", args.weights_dir, device, dits, flags, output_root, on_status=print)
+            engine = start(replace(options, dits=tuple(dits)), on_status=print, output_root=output_root)
             source = f"weights loaded from {args.weights_dir}"
             built = steps = time.perf_counter() - start
         else:

@@ -14,7 +14,8 @@ import torch
 
 from magihuman.bench.pipeline import STAGES
 from magihuman.bench.workload import bench_prompt
-from magihuman.optimize import SpeedFlags, warm_up
+from magihuman.optimize import warm_up
+from magihuman.options import EngineOptions
 from magihuman.precision import compute_dtype, cpu_info
 
 # (what, request seconds, goal in seconds on a 2-core CPU without bf16 instructions)
@@ -24,17 +25,18 @@ PREVIEW_GOALS = {
 }
 
 
-def run_preview(args: argparse.Namespace, device: torch.device, flags: SpeedFlags) -> None:
+def run_preview(args: argparse.Namespace, options: EngineOptions) -> None:
     """Time the two preview goals with the tiny engine, warm, median of `--iters` runs (default 1)."""
-    from magihuman.build import load_engine
     from magihuman.engine import GenerationRequest
+    from magihuman.parallel import start
 
+    device = torch.device(options.device)
     print(f"CPU: {cpu_info().describe()}")
     print(f"preview compute dtype: {str(compute_dtype(device)).removeprefix('torch.')} (the faster one, measured)")
     output_root = Path(tempfile.mkdtemp(prefix="magihuman-bench-"))
     try:
         start = time.perf_counter()
-        engine = load_engine("tiny", device=device, speed=flags, output_root=output_root)
+        engine = start(options, output_root=output_root)
         warm = warm_up(engine, ["256p", "540p"])
         print(f"start-up: tiny engine built in {time.perf_counter() - start - warm:.1f} s, warm-up {warm:.1f} s")
         times: dict[str, list[dict[str, float]]] = {"clip": [], "upscale": []}

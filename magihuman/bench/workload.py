@@ -10,8 +10,9 @@ import torch
 from magihuman.config import RESOLUTIONS, DiTConfig, dit_presets
 from magihuman.fp8 import fp8_kernel, quantize_fp8_, relative_rms
 from magihuman.model.attention import select_backend
-from magihuman.model.dit import DiT, build_dit, init_random_
+from magihuman.model.dit import DiT, build_dit
 from magihuman.packing import TokenLayout
+from magihuman.random_models import init_random_
 from magihuman.sampling import denoise_distill, gaussian_noise
 
 
