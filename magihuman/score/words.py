@@ -88,7 +88,13 @@ def _load_model(name: str, pid: int):
             f"scorecard: loading ASR model {name!r} (downloaded into the Hugging Face cache on first use)",
             file=sys.stderr,
         )
-    return WhisperModel(name, device="cpu", compute_type="int8", cpu_threads=2)
+    try:
+        return WhisperModel(name, device="cpu", compute_type="int8", cpu_threads=2)
+    except Exception as exc:  # noqa: BLE001  (hub, file and CTranslate2 errors alike: the card says why)
+        raise RuntimeError(
+            f"the ASR model {name!r} could not be loaded ({type(exc).__name__}: {exc}); set {ASR_MODEL_ENV} to a "
+            f"local faster-whisper (CTranslate2) folder, or allow its download once"
+        ) from exc
 
 
 def asr_model():
