@@ -32,7 +32,7 @@ def client(server):
 
 
 def test_score_a_take_and_an_upload(server, client, tmp_path) -> None:
-    take_id = generate(client, seed=5)[4]
+    take_id = generate(client, seed=5, steps=2)[4]
     html, card = client.predict(take_id=take_id, api_name="/score")
     assert "Scorecard" in html and card["video_seconds"] > 0.9 and card["dnsmos"] is not None
     for key in ("transcript", "speech_start_s", "offset_frames", "offset_confidence", "flags", "unavailable"):
@@ -57,12 +57,12 @@ def test_scoring_never_holds_the_gpu_queue(server, client, monkeypatch) -> None:
         return real(video, prompt)
 
     monkeypatch.setattr(scorecard, "score_take", held)
-    first = generate(client, seed=6)[4]
+    first = generate(client, seed=6, steps=2)[4]
     scoring = client.submit(take_id=first, api_name="/score")
     assert started.wait(60), "scoring did not start"
     try:
         t0 = time.monotonic()
-        second = generate(client, seed=7)[4]  # the GPU queue is free although a card is being made
+        second = generate(client, seed=7, steps=2)[4]  # the GPU queue is free although a card is being made
         assert second != first and not scoring.done() and time.monotonic() - t0 < 100
     finally:
         release.set()
@@ -72,7 +72,7 @@ def test_scoring_never_holds_the_gpu_queue(server, client, monkeypatch) -> None:
 def test_gallery_shows_scores_and_sorts_by_them(server, client) -> None:
     demo = server[0]
     studio, scorer = demo.studio, demo.scorer
-    ids = [generate(client, seed=20 + i)[4] for i in range(3)]
+    ids = [generate(client, seed=20 + i, steps=2)[4] for i in range(3)]
     history = []
     for take_id in ids:
         history = studio.remember(take_id, history)
