@@ -39,6 +39,7 @@ from studio.runtime import EngineSlot
 from studio.scorecard import (
     CARD_CSS,
     Scorer,
+    best_of_controls,
     card_controls,
     gallery_listing,
     order_control,
@@ -78,7 +79,7 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
     """The studio UI for an engine slot (loading or ready). No side effects: nothing loads until the first page
     load asks the slot to start (main() starts it at once)."""
     studio = Studio(slot)
-    scorer = Scorer(studio.takes)
+    scorer = Scorer(studio)
     gpu.bind_slot(slot)
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
         page = _layout()
@@ -116,6 +117,7 @@ def _layout() -> SimpleNamespace:
             with gr.Row():
                 p.generate = gr.Button("Generate", variant="primary", interactive=False, elem_id="generate")
                 p.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            best_of_controls(p)
             with gr.Accordion("Dialogue builder", open=True, elem_id="dialogue-builder"):
                 description = gr.Textbox(label="Character and scene", lines=3, elem_id="db-description")
                 with gr.Row():
@@ -201,7 +203,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
 
     selected = p.gallery.select(studio.select, p.history, [*answer, *inputs, p.random_seed], **private)
     selected.success(**enable_upscale, **private)
-    wire_scoring(p, scorer, [gen_event, up_event], [selected], listing)
+    wire_scoring(p, scorer, [gen_event, up_event], [selected], listing, gpu_job)
     p.controls["seed"].input(lambda: False, outputs=p.random_seed, queue=False, **private)
     p.compare.click(studio.compare, [p.compare_a, p.compare_b], p.player, **private)
     removed = p.remove.click(studio.remove, [p.take_id, p.history], [p.history, p.player, p.take_id], **private)

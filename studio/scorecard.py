@@ -24,12 +24,14 @@ import gradio as gr
 from magihuman.errors import MagiHumanError
 from magihuman.score import Scorecard, score_take
 from magihuman.threads import worker_thread
-from studio.history import TakeStore, clean_history
+from studio.handlers import Studio, request_to_values
+from studio.history import clean_history
 
 SCORE_JOBS = "score"  # the concurrency group of scoring events, apart from the GPU's
 SCORE_TIMEOUT_S = 300  # a card takes seconds; this bounds a stuck model load
 ORDERS = ("Newest first", "Best score first")
 SCORING_OFF = "Scoring is off."
+BEST_OF = (2, 8)  # seeds per "best of N" request
 CARD_CSS = """
 #scorecard table { font-size: 0.9em; }
 #scorecard del { background: #fee2e2; color: #991b1b; }
@@ -41,8 +43,9 @@ CARD_CSS = """
 class Scorer:
     """The cards of a studio's takes, and the events that make and show them."""
 
-    def __init__(self, takes: TakeStore) -> None:
-        self.takes = takes
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+        self.takes = studio.takes
         self.cards: dict[str, Scorecard] = {}
         self._lock = threading.Lock()
 
@@ -97,6 +100,48 @@ class Scorer:
             raise gr.Error(f"Scoring the take took more than {SCORE_TIMEOUT_S} s; try again later.") from None
         except MagiHumanError as exc:
             raise gr.Error(str(exc)) from exc
+
+    # --- best of N ---------------------------------------------------------------------------------------
+
+    def best_of(self, take_id: str, n: int = 4, request: gr.Request = None, progress: gr.Progress = gr.Progress()):
+        """Generate more seeds of an earlier take's request (its seed + 1, + 2, ...) until there are `n` takes
+        of it (2-8), all kept. Returns their take ids; the page then scores them and lists them best first.
+
+        Args:
+            take_id: the take_id that /generate returned
+            n: how many takes of the request in all, the earlier one included (2-8)
+        """
+        stored = self.takes.get(take_id or "")
+        if stored is None:
+            raise gr.Error("Generate a take first: best of N makes more seeds of the take shown.")
+        if not isinstance(n, int | float) or not BEST_OF[0] <= n <= BEST_OF[1] or int(n) != n:
+            raise gr.Error(f"Best of N takes a whole N from {BEST_OF[0]} to {BEST_OF[1]}.")
+        values = request_to_values(stored.take.request)
+        ids = [take_id]
+        for offset in range(1, int(n)):
+            answer = self.studio.generate(
+                **{**values, "seed": values["seed"] + offset}, request=request, progress=progress
+            )
+            ids.append(answer[4])
+        return ids
+
+    def rank(self, take_ids, history, enabled: bool = True):
+        """Score the takes of a best-of-N request and put them first in the history, best first: (card HTML,
+        card JSON, history, best take id, the gallery order)."""
+        ids = [i for i in take_ids if isinstance(i, str) and self.takes.get(i) is not None] if take_ids else []
+        if not ids:
+            raise gr.Error("Those takes are no longer on the server.")
+        if not enabled:
+            return SCORING_OFF, None, self._first(ids, history), ids[0], gr.update()
+        cards = {take_id: self._card_of(take_id) for take_id in ids}
+        ids.sort(key=lambda take_id: -_number(cards[take_id].score, float("-inf")))
+        best = cards[ids[0]]
+        return card_html(best), _json(best), self._first(ids, history), ids[0], ORDERS[1]
+
+    def _first(self, ids: list[str], history) -> list[dict]:
+        for take_id in reversed(ids):
+            history = self.studio.remember(take_id, history)
+        return history
 
     # --- the gallery ------------------------------------------------------------------------------------
 
@@ -196,6 +241,14 @@ def order_control(p: SimpleNamespace) -> None:
     p.order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Order takes", elem_id="takes-order")
 
 
+def best_of_controls(p: SimpleNamespace) -> None:
+    """Under the Generate button: more seeds of the take shown, ranked by their cards."""
+    with gr.Row():
+        p.best_n = gr.Slider(*BEST_OF, value=4, step=1, label="Takes in all", elem_id="best-n")
+        p.best_of = gr.Button("Best of N seeds of this take", elem_id="best-of")
+    p.best_ids = gr.JSON(visible=False)
+
+
 def score_controls(p: SimpleNamespace) -> None:
     """Score an uploaded video (what /score does in the page)."""
     with gr.Accordion("Score a video", open=False, elem_id="score-upload"):
@@ -204,10 +257,13 @@ def score_controls(p: SimpleNamespace) -> None:
         p.score_button = gr.Button("Score this video", elem_id="score-button")
 
 
-def wire_scoring(p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_shown: list, listing: dict) -> None:
+def wire_scoring(
+    p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_shown: list, listing: dict, gpu_job: dict
+) -> None:
     """Score each finished take (`takes_done`: the /generate and /upscale events) off the GPU queue, then list
     the gallery again with its score; show the card of a take picked in the gallery (`takes_shown`); reorder
-    on request; `/score` for a take id or an upload."""
+    on request; `/score` for a take id or an upload; best of N (its seeds on the GPU queue, `gpu_job`, then
+    ranked on the scoring one)."""
     private = {"api_visibility": "private"}
     scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
     card = {"fn": scorer.score_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
@@ -216,6 +272,15 @@ def wire_scoring(p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_sho
     for shown in takes_shown:
         shown.success(**card, **scoring, **private)
     p.order.change(**listing, **private)
+    ranked = p.best_of.click(scorer.best_of, [p.take_id, p.best_n], p.best_ids, api_name="best_of", **gpu_job)
+    ranked = ranked.success(
+        scorer.rank,
+        [p.best_ids, p.history, p.score_on],
+        [p.card, p.card_json, p.history, p.take_id, p.order],
+        **scoring,
+        **private,
+    )
+    ranked.success(**listing, **private)
     p.score_button.click(
         scorer.score, [p.take_id, p.score_video, p.score_prompt], [p.card, p.card_json], api_name="score", **scoring
     )

@@ -91,3 +91,19 @@ def test_the_switch_turns_scoring_off_and_the_card_escapes_text(server) -> None:
     card = Scorecard(1.0, 1.0, 25.0, transcript="<script>x</script>", language="en", flags=["<b>"], score=1.0)
     page = card_html(card)
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
+
+
+def test_best_of_three_keeps_three_takes_best_first(server, client) -> None:
+    studio, scorer = server[0].studio, server[0].scorer
+    first = generate(client, seed=30, steps=2)[4]
+    ids = client.predict(take_id=first, n=3, api_name="/best_of")
+    assert len(ids) == 3 and ids[0] == first
+    assert [studio.takes.get(take_id).take.seed for take_id in ids] == [30, 31, 32]
+    assert all(studio.takes.get(take_id).take.request.steps == 2 for take_id in ids)  # the same request
+    _, card, history, best, order = scorer.rank(ids, [{"id": "older", "number": 0}], True)
+    assert order == ORDERS[1] and [rec["id"] for rec in history[:3]] == sorted(
+        ids, key=lambda take_id: -scorer.cards[take_id].score
+    )
+    assert best == history[0]["id"] and card["score"] == scorer.cards[best].score
+    with pytest.raises(Exception, match="maximum value 8|from 2 to 8"):
+        client.predict(take_id=first, n=9, api_name="/best_of")
