@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from magihuman.score.clip import Take, read_take
+from magihuman.score.clip import TakeMedia, read_take
 from magihuman.score.sync import MIN_CONFIDENCE
 
 # Packages per part: (import name, pip name).
@@ -103,7 +103,7 @@ def _run_part(card: Scorecard, part: str, run: Callable[[], object]) -> object:
         card.seconds[part] = round(time.perf_counter() - start, 3)
 
 
-def _timing(card: Scorecard, take: Take):
+def _timing(card: Scorecard, take: TakeMedia):
     from magihuman.score.timing import speech_span
 
     span = speech_span(take.audio)
@@ -113,7 +113,7 @@ def _timing(card: Scorecard, take: Take):
     return span
 
 
-def _words(card: Scorecard, take: Take, prompt: str, speech) -> None:
+def _words(card: Scorecard, take: TakeMedia, prompt: str, speech) -> None:
     from magihuman.score.words import error_rate, expected_speech, language_matches, transcribe
 
     expected = expected_speech(prompt)
@@ -132,7 +132,7 @@ def _words(card: Scorecard, take: Take, prompt: str, speech) -> None:
         setattr(card, metric, round(rate, 3))
 
 
-def _sync(card: Scorecard, take: Take, speech) -> None:
+def _sync(card: Scorecard, take: TakeMedia, speech) -> None:
     from magihuman.score.sync import estimate_sync
 
     estimate = estimate_sync(take)
@@ -145,7 +145,7 @@ def _sync(card: Scorecard, take: Take, speech) -> None:
         card.flags += estimate.flags()
 
 
-def _sound(card: Scorecard, take: Take) -> None:
+def _sound(card: Scorecard, take: TakeMedia) -> None:
     from magihuman.score.sound import dnsmos
 
     mos = dnsmos(take.audio)

@@ -23,7 +23,7 @@ MAX_TAKE_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
-class Take:
+class TakeMedia:
     """A decoded take: (F, H, W) uint8 grey frames at `fps`, (N,) float32 mono audio at `SAMPLE_RATE`."""
 
     frames: np.ndarray
@@ -39,7 +39,7 @@ class Take:
         return len(self.audio) / SAMPLE_RATE
 
 
-def read_take(path: str | Path, max_seconds: float = MAX_TAKE_SECONDS) -> Take:
+def read_take(path: str | Path, max_seconds: float = MAX_TAKE_SECONDS) -> TakeMedia:
     """Decode the first video and audio tracks of `path`. Raises `InputError` for a missing, empty or huge
     file, one FFmpeg cannot read, one without a video or an audio track, or one longer than `max_seconds`."""
     path = Path(path)
@@ -63,43 +63,37 @@ def read_take(path: str | Path, max_seconds: float = MAX_TAKE_SECONDS) -> Take:
                 f"{path.name} lasts {seconds:.1f} s, more than the {max_seconds:.0f} s a take may have for scoring"
             )
         try:
-            frames, fps = _grey_frames(container, max_seconds)
-            audio = _mono_16k(container, max_seconds)
+            frames, fps, audio = _decode(container, max_seconds)
         except (av.FFmpegError, ValueError) as exc:
             raise InputError(f"{path.name} is damaged: decoding failed ({exc})") from exc
     if len(frames) == 0:
         raise InputError(f"{path.name} holds no video frames")
     if len(frames) > max_seconds * fps + 1:
         raise InputError(f"{path.name} is longer than the {max_seconds:.0f} s a take may have for scoring")
-    return Take(frames, fps, audio)
+    return TakeMedia(frames, fps, audio)
 
 
-def _grey_frames(container: av.container.InputContainer, max_seconds: float) -> tuple[np.ndarray, float]:
-    stream = container.streams.video[0]
-    fps = float(stream.average_rate or stream.guessed_rate or 25)
+def _decode(container: av.container.InputContainer, max_seconds: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """One pass over the packets of both tracks: (F, H, W) grey frames, the frame rate, (N,) float32 audio."""
+    video, sound = container.streams.video[0], container.streams.audio[0]
+    fps = float(video.average_rate or video.guessed_rate or 25)
     limit = int(max_seconds * fps) + 2  # one past the cap, so that a longer file is detected and refused
-    width = min(FRAME_WIDTH, stream.codec_context.width)
-    height = max(2, round(stream.codec_context.height * width / stream.codec_context.width / 2) * 2)
-    frames = []
-    for frame in container.decode(stream):
-        frames.append(frame.reformat(width=width, height=height, format="gray").to_ndarray())
-        if len(frames) >= limit:
-            break
-    return (np.stack(frames) if frames else np.zeros((0, height, width), np.uint8)), fps
-
-
-def _mono_16k(container: av.container.InputContainer, max_seconds: float) -> np.ndarray:
-    container.seek(0)
+    width = min(FRAME_WIDTH, video.codec_context.width)
+    height = max(2, round(video.codec_context.height * width / video.codec_context.width / 2) * 2)
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     wanted = int(max_seconds * SAMPLE_RATE)
-    chunks, count = [], 0
-    for frame in container.decode(container.streams.audio[0]):
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray()[0])
-            count += chunks[-1].size
-        if count >= wanted:
+    frames, chunks, samples = [], [], 0
+    for packet in container.demux(video, sound):
+        if len(frames) >= limit and samples >= wanted:
             break
-    else:
-        chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
+        if packet.stream is video and len(frames) < limit:
+            frames += [f.reformat(width=width, height=height, format="gray").to_ndarray() for f in packet.decode()]
+        elif packet.stream is sound and samples < wanted:
+            for frame in packet.decode():  # a flush packet (no data) decodes the codec's tail
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray()[0])
+                    samples += chunks[-1].size
+    chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
+    grey = np.stack(frames) if frames else np.zeros((0, height, width), np.uint8)
     wave = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    return wave[:wanted].astype(np.float32) / 32768
+    return grey, fps, wave[:wanted].astype(np.float32) / 32768

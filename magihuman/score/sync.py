@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from magihuman.score.clip import SAMPLE_RATE, Take
+from magihuman.score.clip import SAMPLE_RATE, TakeMedia
 
 MAX_LAG_FRAMES = 15
 FACE_PROBES = 5  # frames searched for a face
@@ -96,7 +96,7 @@ def lagged_correlations(mouth: np.ndarray, voice: np.ndarray, max_lag: int) -> d
     return out
 
 
-def estimate_sync(take: Take) -> SyncEstimate:
+def estimate_sync(take: TakeMedia) -> SyncEstimate:
     face = find_face(take.frames)
     if face is None:
         return SyncEstimate(face_found=False)
