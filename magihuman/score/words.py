@@ -104,8 +104,8 @@ def asr_model():
 def transcribe(audio: np.ndarray, language: str | None) -> Heard:
     """Transcribe 16 kHz mono audio in `language` (a prompt-format name; None: the language heard). The
     language is detected separately and reported, so a take in the wrong language is flagged, while the
-    words are read in the requested one, as ASR benchmarks of speech generators do. Greedy decoding at
-    temperature 0: deterministic, and no retries at higher temperatures on a hard clip."""
+    words are read in the requested one, as ASR benchmarks of speech generators do. Beam search at
+    temperature 0 only: deterministic, and no retries at higher temperatures on a hard clip."""
     model = asr_model()
     with _LOCK:
         if model.model.is_multilingual:
@@ -116,7 +116,7 @@ def transcribe(audio: np.ndarray, language: str | None) -> Heard:
         segments, _ = model.transcribe(
             audio,
             language=code,
-            beam_size=1,
+            beam_size=5,
             temperature=0.0,
             condition_on_previous_text=False,
             without_timestamps=True,
