@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from magihuman.prompts import get_language, parse_prompt
+from magihuman.score.clip import SAMPLE_RATE
 
 DEFAULT_ASR_MODEL = "base"  # multilingual, 145 MB; `large-v3` is the choice for numbers comparable to papers
 ASR_MODEL_ENV = "MAGIHUMAN_ASR_MODEL"
@@ -37,6 +38,7 @@ WHISPER_CODES = {
     "French": "fr",
 }
 _SAME_LANGUAGE = {"yue": {"yue", "zh"}}  # a model without a Cantonese token hears it as Chinese
+TOKENS_PER_SECOND = 15  # fast speech in a CJK language is ~10 tokens/s; more is a decoding loop
 _LOCK = threading.Lock()  # one transcription at a time: a CTranslate2 model keeps one pool of CPU threads
 
 
@@ -120,6 +122,8 @@ def transcribe(audio: np.ndarray, language: str | None) -> Heard:
             temperature=0.0,
             condition_on_previous_text=False,
             without_timestamps=True,
+            # A hallucination loop on a hard clip ("Z1,Z1,Z1,...") would otherwise run to Whisper's 448-token cap.
+            max_new_tokens=min(440, 20 + round(TOKENS_PER_SECOND * len(audio) / SAMPLE_RATE)),
         )
         text = " ".join(segment.text.strip() for segment in segments).strip()
     return Heard(text, detected, float(probability))
