@@ -184,7 +184,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     answer = [p.player, p.downloads, p.seed_used, p.details, p.take_id]
     private = {"api_visibility": "private"}
     listing = {
-        "fn": gallery_listing(studio, scorer),
+        "fn": gallery_listing(scorer),
         "inputs": [p.history, p.order],
         "outputs": [p.gallery, p.compare_a, p.compare_b, p.history],
     }

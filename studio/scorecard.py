@@ -51,7 +51,7 @@ class Scorer:
 
     # --- scoring ----------------------------------------------------------------------------------------
 
-    def score_take(self, take_id: str, enabled: bool = True):
+    def card_for_take(self, take_id: str, enabled: bool = True):
         """The card of a take just made (the event chained after /generate and /upscale): (HTML, JSON)."""
         if not enabled:
             return SCORING_OFF, None
@@ -165,11 +165,11 @@ def _json(card: Scorecard) -> dict:
     return asdict(card)
 
 
-def gallery_listing(studio, scorer: Scorer):
+def gallery_listing(scorer: Scorer):
     """The studio's gallery listing (`Studio.gallery`) of the history with scores, in the chosen order."""
 
     def gallery(history, order: str = ORDERS[0]):
-        return studio.gallery(scorer.ordered(history, order))
+        return scorer.studio.gallery(scorer.ordered(history, order))
 
     return gallery
 
@@ -266,7 +266,7 @@ def wire_scoring(
     ranked on the scoring one)."""
     private = {"api_visibility": "private"}
     scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
-    card = {"fn": scorer.score_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
+    card = {"fn": scorer.card_for_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
     for done in takes_done:
         done.success(**card, **scoring, **private).success(**listing, **private)
     for shown in takes_shown:

@@ -78,7 +78,7 @@ def test_gallery_shows_scores_and_sorts_by_them(server, client) -> None:
         history = studio.remember(take_id, history)
     for take_id, score in zip(ids, (40.0, 90.0, 10.0), strict=True):
         scorer.cards[take_id] = Scorecard(1.0, 1.0, 25.0, score=score)
-    listing = scorecard.gallery_listing(studio, scorer)
+    listing = scorecard.gallery_listing(scorer)
     items, _, _, kept = listing(history, ORDERS[1])
     assert [rec["id"] for rec in kept] == [ids[1], ids[0], ids[2]]
     assert [caption.split(" · score ")[1][:2] for _, caption in items] == ["90", "40", "10"]
@@ -87,7 +87,7 @@ def test_gallery_shows_scores_and_sorts_by_them(server, client) -> None:
 
 
 def test_the_switch_turns_scoring_off_and_the_card_escapes_text(server) -> None:
-    assert server[0].scorer.score_take("any", enabled=False) == (SCORING_OFF, None)
+    assert server[0].scorer.card_for_take("any", enabled=False) == (SCORING_OFF, None)
     card = Scorecard(1.0, 1.0, 25.0, transcript="<script>x</script>", language="en", flags=["<b>"], score=1.0)
     page = card_html(card)
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;" in page
