@@ -31,18 +31,31 @@ from studio.handlers import (
 )
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
+from studio.scorecard import (
+    CARD_CSS,
+    Scorer,
+    best_of_controls,
+    card_controls,
+    gallery_listing,
+    order_control,
+    score_controls,
+    wire_scoring,
+)
 
 AUTH_ENV = startup.AUTH_ENV
 MAX_QUEUE = 16
 MAX_UPLOAD = f"{MEDIA_LIMITS.max_image_bytes // 2**20}mb"
 GPU_JOBS = "gpu"  # one concurrency group: one job on the GPU at a time
 HISTORY_KEY = "magihuman-studio-takes"
-CSS = """
+CSS = (
+    """
 #status-line { font-size: 0.9em; opacity: 0.85; }
 #preview-banner { border: 1px solid #d97706; background: #fef3c7; color: #78350f; border-radius: 8px;
                   padding: 8px 12px; }
 #details pre { font-size: 0.85em; }
 """
+    + CARD_CSS
+)
 PREVIEW_BANNER = (
     "**Preview engine:** tiny random weights, no GPU. Clips have the right size, length and audio, but show "
     "noise. Run on a CUDA machine for real output."
@@ -61,11 +74,13 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
     """The studio UI for an engine slot (loading or ready). No side effects: nothing loads until the first page
     load asks the slot to start (main() starts it at once)."""
     studio = Studio(slot)
+    scorer = Scorer(studio)
     gpu.bind_slot(slot)
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
         page = _layout()
-        _wire(demo, page, studio)
+        _wire(demo, page, studio, scorer)
     demo.studio = studio  # for tests and main(): the takes to clean up at exit
+    demo.scorer = scorer
     return demo
 
 
@@ -97,6 +112,7 @@ def _layout() -> SimpleNamespace:
             with gr.Row():
                 p.generate = gr.Button("Generate", variant="primary", interactive=False, elem_id="generate")
                 p.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            best_of_controls(p)
             with gr.Accordion("Dialogue builder", open=True, elem_id="dialogue-builder"):
                 description = gr.Textbox(label="Character and scene", lines=3, elem_id="db-description")
                 with gr.Row():
@@ -124,6 +140,7 @@ def _layout() -> SimpleNamespace:
             p.seed_used = gr.Number(label="Seed used", interactive=False, precision=0, elem_id="seed-used")
             p.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
             p.details = gr.Markdown(label="Details", elem_id="details")
+            card_controls(p)
             p.take_id = gr.Textbox(label="Take id", visible=False, elem_id="take-id")
             with gr.Accordion("Takes of this browser", open=True, elem_id="history"):
                 p.gallery = gr.Gallery(
@@ -133,6 +150,7 @@ def _layout() -> SimpleNamespace:
                     allow_preview=False,
                     elem_id="takes",
                 )
+                order_control(p)
                 with gr.Row():
                     p.compare_a = gr.Dropdown(label="Compare take", elem_id="compare-a")
                     p.compare_b = gr.Dropdown(label="with take", elem_id="compare-b")
@@ -143,6 +161,7 @@ def _layout() -> SimpleNamespace:
                 p.write_code = gr.Button("Write the code for these settings", elem_id="write-code")
                 p.python_code = gr.Code(language="python", label="gradio_client", elem_id="python-code")
                 p.cli_code = gr.Code(language="shell", label="Command line", elem_id="cli-code")
+            score_controls(p)
     gr.Examples(
         examples=example_values(),
         example_labels=example_labels(),
@@ -153,13 +172,17 @@ def _layout() -> SimpleNamespace:
     return p
 
 
-def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
-    """The events. Public API: /generate (one parameter per request field), /upscale and /stop; every other
-    event is private."""
+def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -> None:
+    """The events. Public API: /generate (one parameter per request field), /upscale, /stop and /score; every
+    other event is private."""
     inputs = [p.controls[f.name] for f in FIELDS]
     answer = [p.player, p.downloads, p.seed_used, p.details, p.take_id]
     private = {"api_visibility": "private"}
-    listing = {"fn": studio.gallery, "inputs": p.history, "outputs": [p.gallery, p.compare_a, p.compare_b, p.history]}
+    listing = {
+        "fn": gallery_listing(scorer),
+        "inputs": [p.history, p.order],
+        "outputs": [p.gallery, p.compare_a, p.compare_b, p.history],
+    }
     remember = {"fn": studio.remember, "inputs": [p.take_id, p.history], "outputs": p.history}
     enable_upscale = {"fn": lambda: gr.update(interactive=True), "outputs": p.upscale}
     gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
@@ -175,6 +198,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
 
     selected = p.gallery.select(studio.select, p.history, [*answer, *inputs, p.random_seed], **private)
     selected.success(**enable_upscale, **private)
+    wire_scoring(p, scorer, [gen_event, up_event], [selected], listing, gpu_job)
     p.controls["seed"].input(lambda: False, outputs=p.random_seed, queue=False, **private)
     p.compare.click(studio.compare, [p.compare_a, p.compare_b], p.player, **private)
     removed = p.remove.click(studio.remove, [p.take_id, p.history], [p.history, p.player, p.take_id], **private)

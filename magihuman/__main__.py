@@ -1,4 +1,4 @@
-"""Command line: `python -m magihuman generate ...` and `python -m magihuman download ...`."""
+"""Command line: `python -m magihuman generate ...`, `... download ...` and `... score ...`."""
 
 from __future__ import annotations
 
@@ -81,16 +81,20 @@ def _generate_one(engine, args: argparse.Namespace, request: GenerationRequest) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from magihuman.score.cli import add_score_arguments, run_score
     from magihuman.weights import add_download_arguments, run_download
 
     parser = argparse.ArgumentParser(prog="python -m magihuman", description="daVinci-MagiHuman engine")
     commands = parser.add_subparsers(dest="command", required=True)
     _generate_arguments(commands.add_parser("generate", help="generate a clip and print per-stage timings"))
     add_download_arguments(commands.add_parser("download", help="download the weights for some tiers"))
+    add_score_arguments(commands.add_parser("score", help="print a take's scorecard (words, timing, sync, sound)"))
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             _run_generate(args)
+        elif args.command == "score":
+            run_score(args)
         else:
             run_download(args)
     except MagiHumanError as exc:

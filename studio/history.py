@@ -149,9 +149,11 @@ def record(take_id: str, stored: StoredTake) -> dict:
 
 
 def caption(rec: dict) -> str:
+    score = rec.get("score")
+    scored = f" · score {score:.0f}" if isinstance(score, int | float) and not isinstance(score, bool) else ""
     return (
         f"#{rec.get('number')} · seed {rec.get('seed')} · {rec.get('base_model')} {rec.get('steps')} steps · "
-        f"{rec.get('resolution')} · {rec.get('seconds')} s — {rec.get('prompt')}"
+        f"{rec.get('resolution')} · {rec.get('seconds')} s{scored} — {rec.get('prompt')}"
     )
 
 
