@@ -1,4 +1,5 @@
-"""Command line: `python -m magihuman generate ...` and `python -m magihuman download ...`."""
+"""Command line: `python -m magihuman generate ...`, `python -m magihuman download ...` and
+`python -m magihuman enhance "idea"`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from magihuman.config import RESOLUTIONS
 from magihuman.engine import GenerationRequest
+from magihuman.enhance import add_enhance_arguments, run_enhance
 from magihuman.errors import MagiHumanError
 from magihuman.fields import FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments
@@ -110,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _generate_arguments(commands.add_parser("generate", help="generate a clip and print per-stage timings"))
     add_download_arguments(commands.add_parser("download", help="download the weights for some tiers"))
+    add_enhance_arguments(commands.add_parser("enhance", help="rewrite a rough idea into a prompt with your LLM"))
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             _run_generate(args)
+        elif args.command == "enhance":
+            run_enhance(args)
         else:
             run_download(args)
     except MagiHumanError as exc:
