@@ -20,10 +20,12 @@ import torch
 
 from magihuman.build import DEFAULT_DITS, default_model_size, load_engine
 from magihuman.config import MEDIA_LIMITS, SR_RESOLUTIONS
+from magihuman.enhance import MODEL_ENV as ENHANCER_MODEL_ENV
 from magihuman.fields import FIELD, FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.parallel import add_parallel_argument, attach, init_parallel, run_worker
 from magihuman.prompts import LANGUAGE_NAMES
+from studio import enhance as enhance_ui
 from studio import gpu
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
@@ -93,6 +95,7 @@ def _layout() -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=5):
             place("portrait", "prompt")
+            p.enhancer = enhance_ui.layout()
             p.prompt_warning = gr.Markdown(elem_id="prompt-warning")
             with gr.Row():
                 place("resolution", "aspect")
@@ -189,6 +192,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
     prompt, seconds = p.controls["prompt"], p.controls["seconds"]
     p.build.click(dialogue_to_prompt, [*p.dialogue, seconds], [prompt, p.line_warning], **private)
     p.read.click(prompt_to_dialogue, prompt, p.dialogue, **private)
+    enhance_ui.wire(p.enhancer, prompt, p.dialogue[2], seconds, p.dialogue[0])  # language, character and scene
     prompt.blur(studio.prompt_warning, prompt, p.prompt_warning, **private)
     p.controls["audio"].change(audio_hint, [p.controls["audio"], seconds], p.audio_note, **private)
 
@@ -263,12 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (anyone can use it)")
     parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
     parser.add_argument("--weights-dir", help="local weights folder (see `python -m magihuman download`)")
-    parser.add_argument("--mcp", action="store_true", help="also serve /generate and /upscale as MCP tools")
+    parser.add_argument("--mcp", action="store_true", help="also serve /generate, /upscale and /enhance as MCP tools")
+    parser.add_argument("--enhancer-model", help=f"chat model of the prompt enhancer (or ${ENHANCER_MODEL_ENV})")
     add_speed_arguments(parser)
     add_parallel_argument(parser)  # --cp N under torchrun: several GPUs on one clip
     args = parser.parse_args(argv)
 
     auth = _parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    if args.enhancer_model:  # the enhancer reads its configuration from the environment at each call
+        os.environ[ENHANCER_MODEL_ENV] = args.enhancer_model
     if args.share:
         warnings.warn(
             "--share makes a PUBLIC link: anyone with it can use this GPU" + ("" if auth else " (no --auth set)"),

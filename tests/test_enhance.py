@@ -174,3 +174,51 @@ def test_the_cli_prints_the_enhanced_prompt(server, monkeypatch, capsys) -> None
     monkeypatch.delenv(MODEL_ENV, raising=False)
     assert cli_main(["enhance", "a baker"]) == 2
     assert "enhancer is off" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The studio: /enhance (API and MCP tool) and the review panel's diff
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_the_studio_enhances_through_its_api_and_mcp_tool(tiny_engine, server, monkeypatch) -> None:
+    pytest.importorskip("mcp")
+    import httpx
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    import app as studio_app
+    from studio.runtime import EngineSlot
+    from tests.studio import launched
+
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", MODEL_ENV):
+        monkeypatch.delenv(name, raising=False)
+    demo = studio_app.build_demo(EngineSlot.ready(tiny_engine))
+    with launched(demo, show_error=True, mcp_server=True) as url:
+        client = Client(url, verbose=False, download_files=False)
+        with pytest.raises(AppError, match="enhancer is off.*OPENAI_BASE_URL"):
+            client.predict(idea="a baker", api_name="/enhance")
+
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv(MODEL_ENV, "studio-model")
+        server.replies = [scene_json(lines=[{"text": "Bonjour, entrez donc !", "language": "French"}])]
+        prompt, structure, warning = client.predict(
+            idea="a baker greets me", language="French", seconds=3, api_name="/enhance"
+        )
+        assert '<Woman in green linen apron, French>: "Bonjour, entrez donc !"' in prompt
+        assert structure["lines"][0]["language"] == "French" and warning == ""
+        assert "Spoken language: French" in server.requests[-1]["messages"][-1]["content"]
+
+        tools = httpx.get(url + "gradio_api/mcp/schema", timeout=30).json()
+    tool = next(tool for tool in tools if tool["name"] == "enhance_prompt")
+    assert list(tool["inputSchema"]["properties"]) == ["idea", "language", "seconds", "portrait_description"]
+    assert "official format" in tool["description"]
+
+
+def test_the_review_shows_word_changes_against_the_idea() -> None:
+    from studio.enhance import diff_tokens
+
+    pieces = diff_tokens("a baker says hi", "A baker says hello.\n\nDialogue:")
+    assert "".join(text for text, label in pieces if label != "removed") == "A baker says hello.\n\nDialogue:"
+    assert "".join(text for text, label in pieces if label != "added") == "a baker says hi"
+    assert ("hi", "removed") in pieces and (" baker says ", None) in pieces
