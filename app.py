@@ -25,6 +25,7 @@ from magihuman.fields import FIELD, FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
 from magihuman.parallel import add_parallel_argument, attach, init_parallel, run_worker
 from magihuman.prompts import LANGUAGE_NAMES
+from studio import cards as cards_ui
 from studio import enhance as enhance_ui
 from studio import gpu
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
@@ -119,6 +120,7 @@ def _layout() -> SimpleNamespace:
                     p.build = gr.Button("Write the prompt", elem_id="db-build")
                     p.read = gr.Button("Fill from the prompt", elem_id="db-read")
                 p.line_warning = gr.Markdown(elem_id="db-warning")
+            p.cards = cards_ui.layout()
             with gr.Accordion("Your own speech (optional)", open=False):
                 place("audio")
                 p.audio_note = gr.Markdown(elem_id="audio-hint")
@@ -193,6 +195,15 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
     p.build.click(dialogue_to_prompt, [*p.dialogue, seconds], [prompt, p.line_warning], **private)
     p.read.click(prompt_to_dialogue, prompt, p.dialogue, **private)
     enhance_ui.wire(p.enhancer, prompt, p.dialogue[2], seconds, p.dialogue[0])  # language, character and scene
+    cards_ui.wire(
+        demo,
+        p.cards,
+        portrait=p.controls["portrait"],
+        audio=p.controls["audio"],
+        dialogue=p.dialogue,
+        seed=p.controls["seed"],
+        random_seed=p.random_seed,
+    )
     prompt.blur(studio.prompt_warning, prompt, p.prompt_warning, **private)
     p.controls["audio"].change(audio_hint, [p.controls["audio"], seconds], p.audio_note, **private)
 
