@@ -46,14 +46,20 @@ def test_enhance_edit_generate_then_a_card_across_browsers(tiny_engine, tmp_path
     face = portrait(tmp_path / "face.png")
     demo = studio_app.build_demo(EngineSlot.ready(tiny_engine))
     demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", MODEL_ENV):
+        monkeypatch.delenv(name, raising=False)
     with chat_server() as llm, launched(demo) as url:
-        monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
-        monkeypatch.setenv(MODEL_ENV, "browser-model")
-        llm.replies = [scene_json()]
         with browser_page(url, WAIT_MS, viewport={"width": 1400, "height": 1600}) as page:
             page.wait_for_selector("#generate:not([disabled])")
             idea = "a baker says the shop opens at seven"
             _field(page, "#prompt").fill(idea)
+            page.locator("#enhance").click()  # not configured yet: the page says how to turn it on
+            page.get_by_text("The prompt enhancer is off").first.wait_for()
+            assert "OPENAI_BASE_URL" in page.get_by_text("The prompt enhancer is off").first.inner_text()
+
+            monkeypatch.setenv("OPENAI_BASE_URL", llm.url)
+            monkeypatch.setenv(MODEL_ENV, "browser-model")
+            llm.replies = [scene_json()]
             page.locator("#enhance").click()
             rewrite = _field(page, "#enhanced-prompt")
             _wait_value(page, "#enhanced-prompt", "Dialogue:")

@@ -222,3 +222,19 @@ def test_the_review_shows_word_changes_against_the_idea() -> None:
     assert "".join(text for text, label in pieces if label != "removed") == "A baker says hello.\n\nDialogue:"
     assert "".join(text for text, label in pieces if label != "added") == "a baker says hi"
     assert ("hi", "removed") in pieces and (" baker says ", None) in pieces
+
+
+def test_the_shorten_button_sends_the_scene_back_with_the_warning(server, monkeypatch) -> None:
+    from studio.enhance import enhance_prompt, shorten_lines
+
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+    monkeypatch.setenv(MODEL_ENV, "m")
+    long_line = "This line goes on and on about the croissants, the coffee, the weather and the neighbours."
+    server.replies = [scene_json(lines=[{"text": long_line}]), scene_json()]
+    prompt, structure, warning = enhance_prompt("a baker", "English", 2)
+    assert warning.startswith("⚠️ The dialogue needs about")
+    prompt, structure, warning = shorten_lines("a baker", "English", 5, "", structure, warning)
+    assert warning == "" and f'"{LINE}"' in prompt
+    assert "needs about" in server.requests[1]["messages"][-1]["content"]
+    with pytest.raises(Exception, match="Enhance the prompt first"):
+        shorten_lines("a baker", "English", 5, "", None, "")
