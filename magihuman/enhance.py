@@ -326,8 +326,7 @@ def enhance(
 def _ask(config: EnhancerConfig, messages: list[dict]) -> Scene:
     """The Scene from the endpoint: one call, plus one repair call when the answer does not parse."""
     client = _client(config)
-    structured = True
-    content, structured = _complete(client, config, messages, structured)
+    content, structured = _complete(client, config, messages, structured=True)
     try:
         return parse_scene(content)
     except ValueError as first:
@@ -369,11 +368,11 @@ def _complete(client, config: EnhancerConfig, messages: list[dict], structured: 
     schema_format = {"type": "json_schema", "json_schema": {"name": "scene", "schema": SCENE_SCHEMA, "strict": True}}
     plain = [{**messages[0], "content": messages[0]["content"] + _schema_hint()}, *messages[1:]]
     try:
-        try:
-            if structured:
+        if structured:
+            try:
                 return _text(client, config, messages, schema_format), True
-        except openai.BadRequestError:
-            pass  # the endpoint does not take json_schema: ask in words instead
+            except openai.BadRequestError:
+                pass  # the endpoint does not take json_schema: ask in words instead
         return _text(client, config, plain, None), False
     except openai.APITimeoutError:
         raise EnhancerError(

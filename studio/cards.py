@@ -19,6 +19,7 @@ import gradio as gr
 
 from magihuman.cards import MAX_CARDS, Card, CardError, import_card, make_card
 from magihuman.errors import InputError
+from magihuman.prompts import speaker_subject
 
 CARDS_KEY = "magihuman-studio-cards"
 SCRATCH_FOLDERS = 64  # request folders kept for the page to fetch their files; older ones are deleted
@@ -140,7 +141,9 @@ def use_cards(pick, second, cards):
     portrait, voice = first.write_portrait(folder), first.write_voice(folder)
     description, note = first.description, f"Using card **{_md(first.name)}**"
     if other is not None:
-        description = " ".join(part for part in (first.description, other.description) if part)
+        # Both looks and who speaks which language, in the builder's description: the prompt and Enhance get both.
+        speakers = [f"{speaker_subject(card.speaker)} speaks {card.language}." for card in (first, other)]
+        description = " ".join(part for part in (first.description, other.description, *speakers) if part)
         note = (
             f"Using cards **{_md(first.name)}** and **{_md(other.name)}**: speakers {_md(first.speaker)} "
             f"({first.language}) and {_md(other.speaker)} ({other.language}); the portrait is {_md(first.name)}'s "
