@@ -21,6 +21,7 @@ from magihuman.enhance import Enhanced, EnhancerError, enhance, parse_scene
 DIFF_COLOURS = {"added": "#16a34a", "removed": "#dc2626"}
 ENHANCE_JOBS = {"concurrency_limit": 4, "concurrency_id": "enhance"}  # network waits, not GPU work
 _TOKEN = re.compile(r"\s+|[^\s]+")
+MIN_KEPT_WORDS = 3
 
 
 def layout() -> SimpleNamespace:
@@ -118,14 +119,29 @@ def review_panel(idea: str, rewrite: str):
 
 def diff_tokens(before: str, after: str) -> list[tuple[str, str | None]]:
     """(text, "added" | "removed" | None) pieces that read as `after`, with what `before` had and `after` lost
-    shown in place. Whitespace is its own token, so the pieces keep the rewrite's line breaks."""
+    shown in place. Whitespace is its own token, so the pieces keep the rewrite's line breaks. Unchanged runs of
+    fewer than MIN_KEPT_WORDS words between changes count as changed: a rewrite shares "a" and "the" with any
+    idea, and marking those as kept would chop the diff into confetti."""
     old, new = _TOKEN.findall(before), _TOKEN.findall(after)
+    opcodes = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
     pieces: list[tuple[str, str | None]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
-        if op in ("delete", "replace"):
-            pieces.append(("".join(old[i1:i2]), "removed"))
-        if op in ("insert", "replace"):
-            pieces.append(("".join(new[j1:j2]), "added"))
-        if op == "equal":
+    removed, added = [], []
+
+    def flush() -> None:
+        if removed:
+            pieces.append(("".join(removed), "removed"))
+        if added:
+            pieces.append(("".join(added), "added"))
+        removed.clear()
+        added.clear()
+
+    for index, (op, i1, i2, j1, j2) in enumerate(opcodes):
+        inside = 0 < index < len(opcodes) - 1
+        if op == "equal" and not (inside and sum(not t.isspace() for t in new[j1:j2]) < MIN_KEPT_WORDS):
+            flush()
             pieces.append(("".join(new[j1:j2]), None))
+        else:
+            removed.extend(old[i1:i2])
+            added.extend(new[j1:j2])
+    flush()
     return pieces
