@@ -325,18 +325,18 @@ def enhance(
 
 def _ask(config: EnhancerConfig, messages: list[dict]) -> Scene:
     """The Scene from the endpoint: one call, plus one repair call when the answer does not parse."""
-    client = _client(config)
-    content, structured = _complete(client, config, messages, structured=True)
-    try:
-        return parse_scene(content)
-    except ValueError as first:
-        problem = str(first)
-    repair = [
-        *messages,
-        {"role": "assistant", "content": (content or "")[:4000]},
-        {"role": "user", "content": f"That answer cannot be used: {problem}. Reply with the corrected JSON only."},
-    ]
-    content, _ = _complete(client, config, repair, structured)
+    with _client(config) as client:  # closes its connection pool when done
+        content, structured = _complete(client, config, messages, structured=True)
+        try:
+            return parse_scene(content)
+        except ValueError as first:
+            problem = str(first)
+        repair = [
+            *messages,
+            {"role": "assistant", "content": (content or "")[:4000]},
+            {"role": "user", "content": f"That answer cannot be used: {problem}. Reply with the corrected JSON only."},
+        ]
+        content, _ = _complete(client, config, repair, structured)
     try:
         return parse_scene(content)
     except ValueError as second:
