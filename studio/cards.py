@@ -2,9 +2,10 @@
 scene) to fill the portrait, the dialogue builder's character and the voice, export a card file and import one.
 
 Cards live in the browser (`gr.BrowserState`, like the takes), as `magihuman.cards` records with their media
-inlined, so they survive a reload and a server restart; the server keeps nothing of them but the files a
-request writes into its own scratch folder for the page to show. Every record the browser sends back is
-checked again (`Card.from_record`).
+inlined, so a reload keeps them and the server keeps nothing of them but the files a request writes into its
+own scratch folder for the page to show. Gradio encrypts browser state with a key made at each start, so after
+a server restart the browser's cards cannot be read: card files are what lasts. Every record the browser sends
+back is checked again (`Card.from_record`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def save_card(name, portrait, audio, description, speaker, language, seed, rando
     name = (name or "").strip()
     if not name:
         raise gr.Error("Name the card first.")
+    if not random_seed and seed not in (None, "") and not float(seed).is_integer():
+        raise gr.Error(f"The seed must be a whole number, not {seed}.")
     others = [record for record in kept if record["name"] != name]
     if len(others) >= MAX_CARDS:
         raise gr.Error(f"This browser keeps {MAX_CARDS} cards: delete one (export it first to keep it) and save again.")
