@@ -27,7 +27,7 @@ from magihuman.parallel import add_parallel_argument, attach, init_parallel, run
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import cards as cards_ui
 from studio import enhance as enhance_ui
-from studio import gpu
+from studio import gpu, space
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
 from studio.handlers import (
@@ -234,13 +234,13 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
 ENGINE: dict = {}  # what main()'s flags ask of the engine; read when the engine starts loading
 
 
-def load_studio_engine(status: gpu.StatusFn):
+def load_studio_engine(status: space.StatusFn):
     """The engine the flags (or the environment) ask for: weights, the speed steps, then compilation and
     warm-up on a GPU (on ZeroGPU studio.gpu compiles ahead of time instead)."""
     size = ENGINE.get("model") or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
-    device = "cuda" if torch.cuda.is_available() or gpu.ON_ZEROGPU else "cpu"
+    device = "cuda" if torch.cuda.is_available() or space.ON_ZEROGPU else "cpu"
     speed = ENGINE.get("speed") or SpeedFlags.from_env(device)
-    if gpu.ON_ZEROGPU:  # no torch.compile in ZeroGPU workers (studio.gpu compiles AoT), no pinned memory at load
+    if space.ON_ZEROGPU:  # no torch.compile in ZeroGPU workers (studio.gpu compiles AoT), no pinned memory at load
         speed = replace(speed, compile=False, offload=False)
     parallel = ENGINE.get("parallel")
     if parallel is not None:
@@ -250,7 +250,7 @@ def load_studio_engine(status: gpu.StatusFn):
         attach(engine, parallel)  # handshake with the worker ranks; a no-op for one process
         if engine.layout:
             status(f"layout: {engine.layout}")
-    if speed.compile and not gpu.ON_ZEROGPU:
+    if speed.compile and not space.ON_ZEROGPU:
         status("compiling and warming up the DiT for each resolution")
         status(f"compiled and warmed up in {warm_up(engine):.0f} s")
     return engine
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
 # On ZeroGPU the engine must load now, in the main thread (studio.gpu.start_slot); elsewhere it loads in the
 # background once main() or the first page asks.
 demo = build_demo(
-    gpu.start_slot(load_studio_engine) if gpu.ON_ZEROGPU else EngineSlot(gpu.with_space_weights(load_studio_engine))
+    gpu.start_slot(load_studio_engine) if space.ON_ZEROGPU else EngineSlot(space.with_space_weights(load_studio_engine))
 )
 demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
 

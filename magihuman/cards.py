@@ -30,6 +30,7 @@ from PIL import Image
 
 from magihuman.config import MAX_SECONDS, MEDIA_LIMITS, REQUEST_LIMITS
 from magihuman.errors import InputError
+from magihuman.forksafe import MediaJob
 from magihuman.media import load_audio, load_portrait
 from magihuman.prompts import LANGUAGE_NAMES, clean_text, get_language
 
@@ -270,7 +271,8 @@ def _voice_ogg(path: str | Path, max_seconds: float = CARD_FILE_LIMITS.max_voice
 
 def _encode_opus(wave: np.ndarray) -> bytes:
     out = io.BytesIO()
-    with av.open(out, "w", format="ogg") as container:
+    # A media job: a fork (a ZeroGPU worker) waits until the encoder is closed (magihuman.forksafe).
+    with MediaJob("encoding a card's voice"), av.open(out, "w", format="ogg") as container:
         stream = container.add_stream("libopus", rate=VOICE_RATE, layout="mono")
         stream.bit_rate = VOICE_BITRATE
         samples = (np.clip(wave, -1, 1) * 32767).astype(np.int16)[None]  # (1, n) packed s16

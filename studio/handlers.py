@@ -22,7 +22,7 @@ from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
-from studio import gpu
+from studio import gpu, jobs
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
@@ -119,7 +119,7 @@ class Studio:
 
         gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
         try:
-            return gpu.run_job(job, report, stop_requested)
+            return jobs.run_job(job, report, stop_requested)
         finally:
             self.stops.pop(session, None)
 

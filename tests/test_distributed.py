@@ -16,7 +16,6 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from magihuman.config import TINY_DIT, TINY_FRAME_RECEPTIVE_FIELD, TINY_LOCAL_ATTN_LAYERS, DiTConfig
+from magihuman.media import read_video_frames
 from magihuman.model.dit import DiT, build_dit, init_random_
 from magihuman.parallel import runtime
 from magihuman.parallel.runtime import Layout, ParallelContext, init_from_env, plan_layout
@@ -203,8 +203,7 @@ def case_guided_pair(ctx: ParallelContext, folder: Path) -> dict:
 
 
 def _frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return read_video_frames(path)
 
 
 def _assert_same_clip(split, alone, fp32: bool) -> None:
