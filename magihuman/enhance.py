@@ -14,9 +14,11 @@ spacing, the quoted lines and the `Dialogue:` / `Background Sound:` blocks are a
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -423,7 +425,7 @@ def _schema_hint() -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def add_enhance_arguments(parser) -> None:
+def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("idea", help="a rough idea: who is on camera and what they say")
     parser.add_argument("--language", choices=LANGUAGE_NAMES, help="the spoken language (default: the LLM's choice)")
     parser.add_argument("--seconds", type=float, help=f"clip duration the lines must fit ({MIN_SECONDS}-{MAX_SECONDS})")
@@ -432,10 +434,8 @@ def add_enhance_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the structure as JSON after the prompt")
 
 
-def run_enhance(args) -> None:
+def run_enhance(args: argparse.Namespace) -> None:
     """Print the enhanced prompt (stdout), the duration warning (stderr) and, with --json, the structure."""
-    import sys
-
     try:
         result = enhance(
             args.idea,
