@@ -17,6 +17,7 @@ from magihuman.errors import MagiHumanError
 from magihuman.fields import FIELDS
 from magihuman.optimize import SpeedFlags, add_speed_arguments
 from magihuman.parallel.launch import add_parallel_argument
+from magihuman.timing import timing_table
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,19 +91,6 @@ def _generate_one(engine, args: argparse.Namespace, request: GenerationRequest) 
         print(f"base clip: {base_copy}")
     print(f"wrote {args.out} (seed {result.seed})")
     print(timing_table(result.timings, result.peak_memory_gb, result.layout))
-
-
-def timing_table(timings: dict[str, float], peak_memory_gb: float | None, layout: str | None = None) -> str:
-    """Per-stage seconds as a small text table (shared by the CLI and the app); `layout` names the multi-GPU
-    layout that ran it (`Result.layout`)."""
-    lines = [f"{'stage':<8} {'seconds':>8}", f"{'-' * 8} {'-' * 8}"]
-    lines += [f"{stage:<8} {seconds:>8.2f}" for stage, seconds in timings.items()]
-    lines.append(f"{'total':<8} {sum(timings.values()):>8.2f}")
-    if peak_memory_gb is not None:
-        lines.append(f"peak GPU memory: {peak_memory_gb:.1f} GiB")
-    if layout is not None:
-        lines.append(f"layout: {layout}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

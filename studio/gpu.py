@@ -142,7 +142,7 @@ def package_dir() -> Path:
 def _compile_packages() -> dict[str, str]:
     """In a worker (which has the GPU): compile, or find in the cache folder, one package per DiT; returns
     their paths. The engine is this module's global: nothing but strings crosses."""
-    from studio.zerogpu import build_package, example_inputs
+    from magihuman.aot import build_package, example_inputs
 
     engine = _engine()
     folder = package_dir()
@@ -153,7 +153,7 @@ def _compile_packages() -> dict[str, str]:
 def compile_ahead_of_time(engine: Engine) -> float:
     """Compile (in a GPU worker, unless every package is already in the cache folder) and give each shared
     layer, in this process, a forward that loads its package lazily in whichever process runs it. Seconds."""
-    from studio.zerogpu import apply_package, package_path
+    from magihuman.aot import apply_package, package_path
 
     start = time.perf_counter()
     folder = package_dir()

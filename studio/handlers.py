@@ -16,12 +16,12 @@ from typing import Any
 
 import gradio as gr
 
-from magihuman.__main__ import timing_table
 from magihuman.config import RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
+from magihuman.timing import timing_table
 from studio import gpu, jobs
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
 from studio.player import ComparePlayer

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from magihuman.bench import attended_pairs, bench_prompt, cases, forward_flops, fp8_quality, main, run_tiers
+from magihuman.bench.cli import main
+from magihuman.bench.flops import attended_pairs, forward_flops
+from magihuman.bench.pipeline import run_tiers
+from magihuman.bench.workload import bench_prompt, cases, fp8_quality
 from magihuman.build import load_engine, random_models
 from magihuman.config import RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
 from magihuman.fp8 import Fp8ExpertLinear

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 import magihuman.cache as cache
-from magihuman.bench import sample_inputs
+from magihuman.bench.workload import sample_inputs
 from magihuman.cache import COMPLETE_NAME, converted_entry, load_dit_cached
 from magihuman.config import TINY_DIT
 from magihuman.fp8 import Fp8ExpertLinear, quantize_fp8_

@@ -333,7 +333,7 @@ def test_apply_speed_flags_and_warm_up_on_the_tiny_engine(tmp_path) -> None:
 
 
 def test_bench_reports_the_fp8_quality_check(capsys) -> None:
-    from magihuman.bench import main
+    from magihuman.bench.cli import main
 
     main(["--forward", "--tiers", "256p", "--text-tokens", "8", "--fp8", "--no-compile"])
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magihuman.bench import sample_inputs
+from magihuman.bench.workload import sample_inputs
 from magihuman.build import random_models
 from magihuman.config import TINY_DIT, TINY_TURBO_VAE, dit_presets
 from magihuman.fp8 import relative_rms

@@ -14,12 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magihuman.config import TINY_DIT
-from magihuman.memory import GB
-from magihuman.model.dit import build_dit, init_random_
-from magihuman.precision import compute_dtype
-from studio import gpu, space
-from studio.zerogpu import (
+from magihuman.aot import (
     PF_X,
     PT_GNU_STACK,
     apply_package,
@@ -30,6 +25,11 @@ from studio.zerogpu import (
     package_path,
     shared_layers,
 )
+from magihuman.config import TINY_DIT
+from magihuman.memory import GB
+from magihuman.model.dit import build_dit, init_random_
+from magihuman.precision import compute_dtype
+from studio import gpu, space
 from tests.zerogpu_stub import fork_context
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -194,8 +194,8 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     """The start-up compile call takes no engine (the worker has it from the fork) and returns only paths; the
     main process then gives every shared layer a lazy forward for its package without loading anything. (The
     compile itself is tested in test_zerogpu.py; here the worker's build is replaced by a stand-in.)"""
+    import magihuman.aot
     import studio.gpu
-    import studio.zerogpu
     from magihuman.build import tiny_models
     from magihuman.engine import Engine
 
@@ -206,7 +206,7 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     def stand_in(dit, x, rope, folder):  # runs in the worker
         return Path(folder) / f"shared_layer-{dit.config.coords_style}.pt2"
 
-    monkeypatch.setattr(studio.zerogpu, "build_package", stand_in)
+    monkeypatch.setattr(magihuman.aot, "build_package", stand_in)
     monkeypatch.setattr(studio.gpu, "package_dir", lambda: tmp_path)
     studio.gpu.bind_slot(EngineSlot.ready(engine))
     try:
@@ -216,8 +216,8 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     finally:
         studio.gpu.bind_slot(handlers.slot)
     for name, dit in engine.models.dits.items():
-        built[name] = {layer.forward.package for layer in studio.zerogpu.shared_layers(dit)}
-        assert all(layer.forward._pid is None for layer in studio.zerogpu.shared_layers(dit))  # nothing loaded
+        built[name] = {layer.forward.package for layer in magihuman.aot.shared_layers(dit)}
+        assert all(layer.forward._pid is None for layer in magihuman.aot.shared_layers(dit))  # nothing loaded
     assert built["distill"] == {str(tmp_path / "shared_layer-v2.pt2")}
     assert built["sr-540p"] == {str(tmp_path / "shared_layer-v1.pt2")}
 

@@ -1,4 +1,4 @@
-"""`python -m magihuman.acceptance`: parse the flags, pick the checks, run them, exit 1 if any failed."""
+"""`python -m acceptance`: parse the flags, pick the checks, run them, exit 1 if any failed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from magihuman.acceptance.runner import Check, command_line, run_checks
+from acceptance.runner import Check, command_line, run_checks
 
 DEFAULT_OUT = "acceptance-report"
 DEFAULT_BUDGET_S = 480.0
@@ -18,11 +18,11 @@ DEFAULT_BUDGET_S = 480.0
 def main(argv: list[str] | None = None, checks: Sequence[Check] | None = None) -> int:
     """Returns the exit status: 0 when no check failed (skips are not failures), 1 otherwise."""
     if checks is None:
-        from magihuman.acceptance.registry import CHECKS
+        from acceptance.registry import CHECKS
 
         checks = CHECKS
     parser = argparse.ArgumentParser(
-        prog="python -m magihuman.acceptance",
+        prog="python -m acceptance",
         description="Run the GPU acceptance checks and write DIR/report.json and DIR/report.md as they finish.",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default: {DEFAULT_OUT}/)")

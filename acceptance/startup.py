@@ -1,4 +1,4 @@
-"""One start-up to ready in this process, for the `startup` check: `python -m magihuman.acceptance.startup
+"""One start-up to ready in this process, for the `startup` check: `python -m acceptance.startup
 --cache-dir DIR`. Builds the full distilled DiT (random weights) and the Turbo VAE decoder on the GPU, applies
 the app's default speed steps with the compile cache in DIR, runs a 1-step 256p warm-up, and prints one JSON
 line of seconds: build, speed steps, warm-up."""
@@ -15,17 +15,18 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m magihuman.acceptance.startup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m acceptance.startup", description=__doc__)
     parser.add_argument("--cache-dir", required=True)
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    from magihuman.acceptance.full_size import base_stage
-    from magihuman.bench import make_model
+    from acceptance.full_size import base_stage
+    from magihuman.bench.workload import make_model
     from magihuman.config import FULL_TURBO_VAE, dit_presets
     from magihuman.memory import plan_fp8
     from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import SpeedFlags, compile_decoder, optimize_dit
+    from magihuman.timing import seconds_since
 
     device = torch.device("cuda")
     imported = time.perf_counter() - start
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = plan_fp8(["distill"], None, device)
     dit = make_model(dit_presets("full")["distill"].dit, device, flags.attention)
     decoder = build_random_turbo_vae(FULL_TURBO_VAE, 0, device=device, dtype=torch.bfloat16)
-    torch.cuda.synchronize(device)
-    built = time.perf_counter() - start - imported
+    built = seconds_since(start, device) - imported
     optimize_dit(dit, replace(flags, fp8="distill" in plan.quantised), device)  # also points the caches at DIR
     compile_decoder(decoder)
     steps = time.perf_counter() - start - imported - built
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         text = torch.randn(300, dit.config.text_in_channels, device=device)
         video, _ = base_stage(dit, text, device, steps=1)
         decoder.decode(video)
-    torch.cuda.synchronize(device)
-    warm = time.perf_counter() - start - imported - built - steps
+    warm = seconds_since(start, device) - imported - built - steps
     print(json.dumps({"import s": imported, "build s": built, "speed steps s": steps, "warm-up s": warm}))
 
 

@@ -1,4 +1,4 @@
-"""Check 2, golden fixtures: every fixture in `$MAGIHUMAN_GOLDEN_DIR` through the test suite's own check
+"""`golden`: every fixture in `$MAGIHUMAN_GOLDEN_DIR` through the test suite's own check
 functions (`tests/golden_checks`, the CPU reference path), then the DiT fixtures end to end on this device
 with each attention backend it has, and on CUDA the Turbo VAE fixtures through the CUDA kernels in bf16.
 
@@ -10,32 +10,16 @@ reference) and `bf16_atol` / `bf16_rel_rms` of the Turbo VAE case.
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from magihuman.acceptance.runner import Context, Outcome, Skip
+import tests.golden_checks as harness  # plain Python (safetensors and torch, no pytest): the suite's own checks
+from acceptance.runner import Context, Outcome, Skip
 from magihuman.config import TurboVAEConfig
 from magihuman.model.attention import flash_attention_available
 from magihuman.model.turbo_vae import turbo_vae_from_state_dict
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def golden_harness() -> ModuleType:
-    """`tests.golden_checks` (plain Python: safetensors and torch, no pytest), importable from a checkout even
-    when the command runs from another folder."""
-    try:
-        return importlib.import_module("tests.golden_checks")
-    except ModuleNotFoundError as missing:
-        if missing.name not in ("tests", "tests.golden_checks"):
-            raise
-    if not (REPO_ROOT / "tests" / "golden_checks" / "__init__.py").is_file():
-        raise Skip("tests/golden_checks not found next to magihuman/ (run from a checkout of the repository)")
-    sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("tests.golden_checks")
+from tests.golden_checks.dit import build_from_fixture
 
 
 def device_backends(device: torch.device) -> list[str]:
@@ -51,7 +35,6 @@ def device_backends(device: torch.device) -> list[str]:
 
 
 def check_golden(ctx: Context) -> Outcome:
-    harness = golden_harness()
     folder = harness.golden_dir()
     if not folder.is_dir():
         raise Skip(f"golden folder {folder} not found (set MAGIHUMAN_GOLDEN_DIR)")
@@ -88,8 +71,6 @@ def check_golden(ctx: Context) -> Outcome:
 
 @torch.no_grad()
 def _dit_on_device(harness: ModuleType, fx, device: torch.device, out: Outcome) -> None:
-    from tests.golden_checks.dit import build_from_fixture
-
     tol = fx.recommended
     model = build_from_fixture(fx.config, fx.weights()).to(device)
     inputs = [fx[key].to(device) for key in ("in.video", "in.audio", "in.text")]

@@ -1,4 +1,4 @@
-"""Check 3, kernels against their CPU-tested references, on fresh random inputs.
+"""Kernels against their CPU-tested references, on fresh random inputs.
 
 - `fp8_linear`: the fp8 `_scaled_mm` linear against its exact fp32 emulation and against bf16 (on a CPU: the
   emulation against bf16, at a small size).
@@ -17,13 +17,13 @@ import warnings
 
 import torch
 
-from magihuman.acceptance.measure import seconds_per_call, synchronize
-from magihuman.acceptance.runner import Context, Outcome, Skip
+from acceptance.runner import Context, Outcome, Skip
 from magihuman.config import FULL_TURBO_VAE, RESOLUTIONS, dit_presets, latent_frames, video_frames
 from magihuman.fp8 import Fp8ExpertLinear, fp8_kernel, quantize_rows, relative_rms, scaled_matmul
 from magihuman.model.attention import LocalWindow, attention
 from magihuman.model.dit import ExpertLinear
 from magihuman.packing import TokenLayout
+from magihuman.timing import median_seconds, seconds_since
 
 # One linear's fp8 error is the e4m3 floor (≈ 3.6 %, magihuman/fp8.py); the kernel and its emulation differ by
 # fp32 summation order under one bf16 rounding (tests/test_optimize.py uses the same bounds).
@@ -61,8 +61,8 @@ def check_fp8_linear(ctx: Context) -> Outcome:
         got = scaled_matmul(x_q, x_scale, fp8.weight, fp8.weight_scale, "scaled_mm")
         want = scaled_matmul(x_q, x_scale, fp8.weight, fp8.weight_scale, "emulated")
         out.at_most("scaled_mm vs emulation rel_rms", relative_rms(got, want), KERNEL_VS_EMULATION)
-        bf16_s = seconds_per_call(lambda: linear(x, segments), device, warmup=3, iters=10)
-        fp8_s = seconds_per_call(lambda: fp8(x, segments), device, warmup=3, iters=10)
+        bf16_s = median_seconds(lambda: linear(x, segments), device, warmup=3, iters=10)
+        fp8_s = median_seconds(lambda: fp8(x, segments), device, warmup=3, iters=10)
         flops = 2 * tokens * in_features * out_features
         out.measured.update(bf16_tflops=flops / bf16_s / 1e12, fp8_tflops=flops / fp8_s / 1e12)
         out.notes.append("fp8 TFLOP/s include the per-call activation quantisation")
@@ -121,13 +121,12 @@ def check_flex_window(ctx: Context) -> Outcome:
     with warnings.catch_warnings():  # eager FlexAttention on a CPU warns that it is unfused: intended here
         warnings.simplefilter("ignore", UserWarning)
         flex = attention(q, k, v, "sdpa", masked)
-    synchronize(device)
-    out.measured["flex first call s (compile)"] = time.perf_counter() - start
+    out.measured["flex first call s (compile)"] = seconds_since(start, device)
     split = attention(q, k, v, "sdpa", local)
     out.at_most("flex vs per-frame split rel_rms", relative_rms(flex, split), bound)
     if ctx.cuda:
-        flex_s = seconds_per_call(lambda: attention(q, k, v, "sdpa", masked), device, warmup=1, iters=3)
-        split_s = seconds_per_call(lambda: attention(q, k, v, "sdpa", local), device, warmup=1, iters=3)
+        flex_s = median_seconds(lambda: attention(q, k, v, "sdpa", masked), device, warmup=1, iters=3)
+        split_s = median_seconds(lambda: attention(q, k, v, "sdpa", local), device, warmup=1, iters=3)
         out.measured.update(flex_ms=1e3 * flex_s, per_frame_split_ms=1e3 * split_s)
     else:
         dense = attention(q, k, v, "math", local)
@@ -145,7 +144,7 @@ def check_flex_window(ctx: Context) -> Outcome:
 def check_compiled(ctx: Context) -> Outcome:
     from torch._dynamo.utils import counters
 
-    from magihuman.bench import make_model, sample_inputs
+    from magihuman.bench.workload import make_model, sample_inputs
     from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import compile_decoder, compile_dit
 
@@ -164,8 +163,7 @@ def check_compiled(ctx: Context) -> Outcome:
     graphs_before = counters["stats"]["unique_graphs"]
     start = time.perf_counter()
     compiled = [model(*inputs[0])]
-    synchronize(device)
-    out.measured["DiT compile + first call s"] = time.perf_counter() - start
+    out.measured["DiT compile + first call s"] = seconds_since(start, device)
     graphs_first = counters["stats"]["unique_graphs"]
     compiled += [model(*args) for args in inputs[1:]]
     recompiles = counters["stats"]["unique_graphs"] - graphs_first
@@ -184,8 +182,7 @@ def check_compiled(ctx: Context) -> Outcome:
     graphs_before = counters["stats"]["unique_graphs"]
     start = time.perf_counter()
     compiled = [vae.decode(latents[0])]
-    synchronize(device)
-    out.measured["decoder compile + first call s"] = time.perf_counter() - start
+    out.measured["decoder compile + first call s"] = seconds_since(start, device)
     graphs_first = counters["stats"]["unique_graphs"]
     compiled.append(vae.decode(latents[1]))
     recompiles = counters["stats"]["unique_graphs"] - graphs_first
@@ -204,7 +201,7 @@ def check_compiled(ctx: Context) -> Outcome:
 
 @torch.no_grad()
 def check_offload(ctx: Context) -> Outcome:
-    from magihuman.bench import make_model, sample_inputs
+    from magihuman.bench.workload import make_model, sample_inputs
     from magihuman.offload import offload_
 
     device, out = ctx.device, ctx.outcome
@@ -235,7 +232,7 @@ def check_offload(ctx: Context) -> Outcome:
         handle.load()
         handle.release()
 
-    seconds = seconds_per_call(round_trip, device, warmup=1, iters=3)
+    seconds = median_seconds(round_trip, device, warmup=1, iters=3)
     out.measured["host-to-device GB/s (pinned, one load)"] = num_bytes / seconds / 1e9
     out.measured["loaded GiB"] = num_bytes / 2**30
     out.require("bandwidth measured", math.isfinite(seconds) and seconds > 0)

@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 import torch
 
-from magihuman.acceptance.report import write_report
+from acceptance.report import write_report
 
 Status = Literal["passed", "failed", "skipped"]
-OUR_PACKAGES = ("magihuman", "studio", "tests")  # a missing module of ours is a bug, not a missing dependency
+# A missing module of ours is a bug, not a missing dependency.
+OUR_PACKAGES = ("magihuman", "studio", "tests", "acceptance")
 
 
 class Skip(Exception):  # noqa: N818  (raised to say "skipped", not an error condition)
@@ -258,13 +259,13 @@ def _short(value: float) -> str:
 
 
 def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for a fresh `python -m magihuman...` process: the repository root on PYTHONPATH, so that it
+    """Environment for a fresh `python -m acceptance...` process: the repository root on PYTHONPATH, so that it
     imports this checkout (and `studio`) wherever the command was started."""
     env = dict(os.environ if environ is None else environ)
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
 def command_line() -> str:
-    return " ".join(["python -m magihuman.acceptance", *sys.argv[1:]])
+    return " ".join(["python -m acceptance", *sys.argv[1:]])

@@ -5,9 +5,9 @@ shared layer with that layer's own weights. Sandwich and frame-local layers stay
 
 On a ZeroGPU Space the package is built by `build_package` inside a `spaces.GPU` function at start-up (the
 worker has the GPU) and only its path comes back; `apply_package` then gives each shared layer, in the main
-process, a forward that loads the package lazily in whichever process runs it (studio/gpu.py). Elsewhere
-`compile_shared_layers` does both in one process. Only PyTorch's AOTInductor API is used, so all of it also
-runs (and is tested) on the CPU.
+process, a forward that loads the package lazily in whichever process runs it (the studio's ZeroGPU glue,
+`studio/gpu.py`). Elsewhere `compile_shared_layers` does both in one process. Only PyTorch's AOTInductor API
+is used, so all of it also runs (and is tested) on the CPU.
 """
 
 from __future__ import annotations

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
-import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from magihuman.bench.flops import forward_flops
+from magihuman.bench.pipeline import run_tiers, summarise
+from magihuman.bench.workload import cases, sample_inputs
 from magihuman.config import RESOLUTIONS, DiTConfig, dit_presets, latent_frames, video_frames
 from magihuman.packing import TokenLayout
 from magihuman.parallel.runtime import ParallelContext
+from magihuman.timing import median_seconds
 
 # An arithmetic model of context parallel on H100 SXM with NVLink/NVSwitch (README, "Several GPUs on one clip").
 H100_ACHIEVED_FLOPS = 560e12  # one GPU on the reference's own timings: 500-620 TFLOP/s per DiT forward
@@ -51,8 +54,6 @@ def _gemm_efficiency(tokens_per_rank: float) -> float:
 def expected_h100_seconds(config: DiTConfig, layout: TokenLayout, cp: int) -> float:
     """Arithmetic seconds of one DiT forward on `cp` H100s: FLOPs / (P · achieved rate · GEMM efficiency)
     + all-to-all bytes / bandwidth + 2 collectives per layer × latency. A model, not a measurement."""
-    from magihuman.bench import forward_flops
-
     single = forward_flops(config, layout) / H100_ACHIEVED_FLOPS
     if cp == 1:
         return single
@@ -80,7 +81,6 @@ def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers:
         torch.distributed.destroy_process_group()
         return
 
-    from magihuman.bench import cases, sample_inputs, synchronize
     from magihuman.engine import Engine
 
     models = random_models(size, 0, device, dits, fp8=plan.quantised)
@@ -99,15 +99,15 @@ def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers:
         rows = []
         for case in cases(tiers, latent_frames(seconds), video_frames(seconds), args.text_tokens, size):
             dit = engine.models.dits[case.model]
-            inputs = sample_inputs(dit.config, case.layout, device)
+            forward = partial(dit, *sample_inputs(dit.config, case.layout, device))
 
             with torch.inference_mode():
                 cp = dit.context_parallel
                 sent_before = cp.bytes_sent if cp is not None else 0
-                split = _median_forward(dit, inputs, iters, synchronize)
+                split = median_seconds(forward, device, warmup=1, iters=iters)
                 sent = (cp.bytes_sent - sent_before) / (iters + 1) if cp is not None else 0
                 with driver.detached():
-                    alone = _median_forward(dit, inputs, iters, synchronize)
+                    alone = median_seconds(forward, device, warmup=1, iters=iters)
             rows.append((case, dit.config, alone, split, sent))
         e2e = _end_to_end(engine, driver, tiers, seconds, args.text_tokens, iters)
     finally:
@@ -116,23 +116,8 @@ def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers:
     _print(rows, e2e, ctx, size, args.text_tokens)
 
 
-def _median_forward(dit, inputs, iters: int, synchronize) -> float:
-    """Median seconds of `iters` forwards after one untimed (kernel selection for this shape)."""
-    device = inputs[0].device
-    dit(*inputs)
-    synchronize(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        dit(*inputs)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _end_to_end(engine, driver, tiers, seconds, text_tokens, iters) -> dict[str, tuple[float, float]]:
     """Per tier, median seconds of the published scope (base denoise + SR + final decode): (CP 1, CP N)."""
-    from magihuman.bench import run_tiers, summarise
 
     def median_scope() -> dict[str, float]:
         timed = [run_tiers(engine, tiers, seconds, text_tokens, repetition=i) for i in range(iters)]
@@ -145,8 +130,6 @@ def _end_to_end(engine, driver, tiers, seconds, text_tokens, iters) -> dict[str,
 
 
 def _print(rows, e2e, ctx: ParallelContext, size: str, text_tokens: int) -> None:
-    from magihuman.bench import cases
-
     p = ctx.layout.cp
     full = {
         c.tier: c for c in cases([row[0].tier for row in rows], latent_frames(5), video_frames(5), text_tokens, "full")

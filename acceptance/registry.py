@@ -7,13 +7,12 @@ the earlier checks finish early, or on their own with `--only`.
 
 from __future__ import annotations
 
-from magihuman.acceptance.context_parallel import check_context_parallel
-from magihuman.acceptance.environment import check_environment
-from magihuman.acceptance.full_size import check_fp8_quality, check_pipeline, check_startup
-from magihuman.acceptance.golden import check_golden
-from magihuman.acceptance.kernels import check_compiled, check_flex_window, check_fp8_linear, check_offload
-from magihuman.acceptance.runner import Check
-from magihuman.acceptance.zerogpu import check_zerogpu
+from acceptance.environment import check_environment
+from acceptance.full_size import check_fp8_quality, check_pipeline, check_startup
+from acceptance.golden import check_golden
+from acceptance.kernels import check_compiled, check_flex_window, check_fp8_linear, check_offload
+from acceptance.runner import Check
+from acceptance.zerogpu import check_zerogpu
 
 CHECKS: tuple[Check, ...] = (
     Check("environment", "GPU, versions, attention backends, GEMM and copy ceilings", check_environment, 15, 3),
@@ -67,12 +66,5 @@ CHECKS: tuple[Check, ...] = (
         150,
         needs_cuda=True,
         cpu_skip_reason="the full-size model",
-    ),
-    Check(
-        "context_parallel",
-        "context parallel 2/4/8 GPUs: per-forward scaling, CP vs one GPU on an 8-step latent",
-        check_context_parallel,
-        120,
-        1,
     ),
 )

@@ -1,17 +1,18 @@
-"""Checks 4 and 5 on the full-size models with random weights (speed does not depend on weight values).
+"""`pipeline`, `fp8_quality` and `startup` on the full-size models with random weights (speed does not depend
+on weight values).
 
-`pipeline` (check 4): the published scope of a 5-second clip, warm, per tier: distilled base denoise at 256p,
+`pipeline`: the published scope of a 5-second clip, warm, per tier: distilled base denoise at 256p,
 then super-resolution of that take to 540p and 1080p, and the Turbo VAE decode of the final video; per stage
-seconds, achieved TFLOP/s of the DiT work against the arithmetic floor (`magihuman.bench`'s FLOP counter at
+seconds, achieved TFLOP/s of the DiT work against the arithmetic floor (`magihuman.bench.flops` at
 790 TFLOP/s) and the published H100 numbers (2.0 / 8.0 / 38.4 s), and the peak memory of each tier against
 the fp8-auto plan's estimate for the models held. It drives the engine's own stage functions (the samplers,
 the DiTs with the app's speed steps, the decoder) without the text encoder, the VAE encoders and the muxer,
 which the GPU hosts cannot import (no diffusers or av) and which the published numbers do not time.
 
-`fp8_quality` (check 5): relative RMS error of one velocity and of an 8-step latent of the fp8 distilled model
-against the same model in bf16 (`magihuman.bench.fp8_quality`).
+`fp8_quality`: relative RMS error of one velocity and of an 8-step latent of the fp8 distilled model
+against the same model in bf16 (`magihuman.bench.workload.fp8_quality`).
 
-`startup` (part of check 4): build + compile + warm-up to ready in fresh processes, cold and warm compile cache.
+`startup`: build + compile + warm-up to ready in fresh processes, cold and warm compile cache.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from magihuman.acceptance.measure import free_memory, peak_gib, reset_peak, synchronize
-from magihuman.acceptance.runner import Context, Outcome, child_env, describe_device
+from acceptance.runner import Context, Outcome, child_env, describe_device
+from magihuman.bench.memory import free_memory, peak_gib, reset_peak
 from magihuman.config import FULL_TURBO_VAE, RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
+from magihuman.timing import seconds_since, synchronize
 
 SECONDS = 5  # the clip length of the published numbers
 TEXT_TOKENS = 300
@@ -39,7 +41,7 @@ FP8_SANITY_BOUND = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Check 4: the published scope per tier
+# pipeline: the published scope per tier
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -62,7 +64,8 @@ class TierRun:
 
 @torch.no_grad()
 def check_pipeline(ctx: Context) -> Outcome:
-    from magihuman.bench import H100_BF16_DENSE_TFLOPS, PUBLISHED, FlopCounter
+    from magihuman.bench.flops import H100_BF16_DENSE_TFLOPS, FlopCounter
+    from magihuman.bench.pipeline import PUBLISHED
     from magihuman.memory import plan_fp8
     from magihuman.model.turbo_vae import build_random_turbo_vae
     from magihuman.optimize import SpeedFlags, compile_decoder
@@ -141,7 +144,7 @@ def _build_dit(name: str, quantised: frozenset[str], flags, device: torch.device
     """A full-size DiT with random weights and the app's speed steps (fp8 if the plan quantises it)."""
     from dataclasses import replace
 
-    from magihuman.bench import make_model
+    from magihuman.bench.workload import make_model
     from magihuman.optimize import optimize_dit
 
     model = make_model(dit_presets("full")[name].dit, device, flags.attention)
@@ -175,8 +178,7 @@ def _timed(device: torch.device, fn, *args):
     synchronize(device)
     start = time.perf_counter()
     result = fn(*args)
-    synchronize(device)
-    return result, time.perf_counter() - start
+    return result, seconds_since(start, device)
 
 
 def _held_estimate_gib(names: list[str], quantised) -> float:
@@ -221,12 +223,12 @@ def speed_table(runs: list[TierRun], published: dict, ceiling_tflops: float, gpu
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Check 5: fp8 quality at full size
+# fp8_quality: fp8 against bf16 at full size
 # ---------------------------------------------------------------------------------------------------------
 
 
 def check_fp8_quality(ctx: Context) -> Outcome:
-    from magihuman.bench import cases, fp8_quality, make_model
+    from magihuman.bench.workload import cases, fp8_quality, make_model
     from magihuman.fp8 import fp8_kernel
 
     device, out = ctx.device, ctx.outcome
@@ -265,7 +267,7 @@ def check_startup(ctx: Context) -> Outcome:
         cold, warm = out.measured["cold ready s"], out.measured["warm ready s"]
         out.require("the warm cache starts faster", warm < cold, f"warm {warm:.1f} s vs cold {cold:.1f} s")
     out.notes.append(
-        "fresh `python -m magihuman.acceptance.startup` processes: the full distilled DiT (random weights) and the "
+        "fresh `python -m acceptance.startup` processes: the full distilled DiT (random weights) and the "
         "Turbo VAE decoder built on the GPU, compiled with the compile cache in one folder (empty for the cold "
         "start), then a 1-step 256p warm-up; includes the Python and torch import"
     )
@@ -276,7 +278,7 @@ def _fresh_process_start(cache_dir, timeout_s: float) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "magihuman.acceptance.startup", "--cache-dir", str(cache_dir)],
+        [sys.executable, "-m", "acceptance.startup", "--cache-dir", str(cache_dir)],
         capture_output=True,
         text=True,
         timeout=max(timeout_s, 1),

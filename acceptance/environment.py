@@ -1,4 +1,4 @@
-"""Check 1, environment: the machine, the library versions, which attention backends import, and the two
+"""`environment`: the machine, the library versions, which attention backends import, and the two
 ceilings every later number is read against: the dense bf16 GEMM rate and the device-to-device copy bandwidth."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from importlib import metadata
 
 import torch
 
-from magihuman.acceptance.measure import seconds_per_call
-from magihuman.acceptance.runner import Context, Outcome
+from acceptance.runner import Context, Outcome
 from magihuman.model.attention import flash_attention_available, select_backend
 from magihuman.precision import cpu_info
+from magihuman.timing import median_seconds
 
 # Sanity bounds, far below an H100/H200 (≈ 790 TFLOP/s, 3.0-4.3 TB/s measured copies): below them the
 # GPU or the torch build is not what the numbers of the later checks assume (e.g. clocks throttled, no tensor
@@ -65,7 +65,7 @@ def gemm_tflops(device: torch.device, n: int, dtype: torch.dtype) -> float:
     """Achieved rate of an n×n×n matmul (2n³ FLOPs per call)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = seconds_per_call(lambda: a @ b, device, warmup=3, iters=10 if device.type == "cuda" else 3)
+    seconds = median_seconds(lambda: a @ b, device, warmup=3, iters=10 if device.type == "cuda" else 3)
     return 2 * n**3 / seconds / 1e12
 
 
@@ -73,7 +73,7 @@ def copy_gbps(device: torch.device, num_bytes: int) -> float:
     """Achieved bandwidth of a same-device tensor copy, counting bytes read plus bytes written."""
     src = torch.empty(num_bytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    seconds = seconds_per_call(lambda: dst.copy_(src), device, warmup=2, iters=10 if device.type == "cuda" else 3)
+    seconds = median_seconds(lambda: dst.copy_(src), device, warmup=2, iters=10 if device.type == "cuda" else 3)
     return 2 * num_bytes / seconds / 1e9
 
 

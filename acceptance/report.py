@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from magihuman.acceptance.runner import Run
+    from acceptance.runner import Run
 
 STATUS_MARK = {"passed": "passed", "failed": "**FAILED**", "skipped": "skipped"}
 

@@ -1,8 +1,8 @@
-"""Check 6, the ZeroGPU path on CUDA: the ahead-of-time package of the DiT's shared layer (`studio.zerogpu`)
+"""`zerogpu`, the ZeroGPU path on CUDA: the ahead-of-time package of the DiT's shared layer (`magihuman.aot`)
 builds, matches eager, loads in a fresh process without compiling again (and matches there too), and its
 compiled library does not ask for an executable stack (glibc ≥ 2.41 refuses to load such a library).
 
-`python -m magihuman.acceptance.zerogpu --package-dir DIR` is the fresh-process half: it prints one JSON line.
+`python -m acceptance.zerogpu --package-dir DIR` is the fresh-process half: it prints one JSON line.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-from magihuman.acceptance.measure import free_memory
-from magihuman.acceptance.runner import Context, Outcome, child_env
+from acceptance.runner import Context, Outcome, child_env
+from magihuman.aot import PF_X, PT_GNU_STACK
+from magihuman.bench.memory import free_memory
 
 # Inductor fuses the eager layer's bf16 roundings differently: the golden DiT cases' other-kernel tolerance.
 AOT_VS_EAGER = 0.02
 MODEL_SIZE = "full"  # the model whose shared layer is packaged ("tiny" exercises the same path on a CPU)
-PT_GNU_STACK = 0x6474E551
-PF_X = 0x1
 
 
 def check_zerogpu(ctx: Context) -> Outcome:
@@ -49,7 +48,7 @@ def check_zerogpu(ctx: Context) -> Outcome:
     gc.collect()  # this process's copy of the 15B model, before the fresh process builds its own
     free_memory(ctx.device)
     done = subprocess.run(
-        [sys.executable, "-m", "magihuman.acceptance.zerogpu", "--package-dir", str(package_dir)]
+        [sys.executable, "-m", "acceptance.zerogpu", "--package-dir", str(package_dir)]
         + ["--size", MODEL_SIZE, "--device", str(ctx.device)],
         capture_output=True,
         text=True,
@@ -70,11 +69,11 @@ def check_zerogpu(ctx: Context) -> Outcome:
 def measure_aot(package_dir: Path, device: torch.device, size: str = "full") -> dict:
     """Build (or find) the package for the distilled DiT's shared layer in `package_dir`, run every shared
     layer through it, and compare one forward with eager."""
-    from magihuman.bench import make_model, sample_inputs
+    from magihuman.aot import compile_shared_layers, example_inputs, package_path
+    from magihuman.bench.workload import make_model, sample_inputs
     from magihuman.config import RESOLUTIONS, dit_presets, latent_frames, video_frames
     from magihuman.fp8 import relative_rms
     from magihuman.packing import TokenLayout
-    from studio.zerogpu import compile_shared_layers, example_inputs, package_path
 
     config = dit_presets(size)["distill"].dit
     dit = make_model(config, device, None)  # seeded: the fresh process builds the same weights
@@ -122,7 +121,7 @@ def executable_stack(elf: bytes) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m magihuman.acceptance.zerogpu", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m acceptance.zerogpu", description=__doc__)
     parser.add_argument("--package-dir", required=True, type=Path)
     parser.add_argument("--size", choices=["full", "tiny"], default="full")
     parser.add_argument("--device", default="cuda")
