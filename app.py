@@ -16,9 +16,12 @@ from types import SimpleNamespace
 import gradio as gr
 
 from magihuman.config import MEDIA_LIMITS, SR_RESOLUTIONS
+from magihuman.enhance import MODEL_ENV as ENHANCER_MODEL_ENV
 from magihuman.fields import FIELD, FIELDS
 from magihuman.options import EngineOptions
 from magihuman.prompts import LANGUAGE_NAMES
+from studio import cards as cards_ui
+from studio import enhance as enhance_ui
 from studio import gpu, space, startup
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
@@ -103,6 +106,7 @@ def _layout() -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=5):
             place("portrait", "prompt")
+            p.enhancer = enhance_ui.layout()
             p.prompt_warning = gr.Markdown(elem_id="prompt-warning")
             with gr.Row():
                 place("resolution", "aspect")
@@ -127,6 +131,7 @@ def _layout() -> SimpleNamespace:
                     p.build = gr.Button("Write the prompt", elem_id="db-build")
                     p.read = gr.Button("Fill from the prompt", elem_id="db-read")
                 p.line_warning = gr.Markdown(elem_id="db-warning")
+            p.cards = cards_ui.layout()
             with gr.Accordion("Your own speech (optional)", open=False):
                 place("audio")
                 p.audio_note = gr.Markdown(elem_id="audio-hint")
@@ -208,6 +213,16 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     prompt, seconds = p.controls["prompt"], p.controls["seconds"]
     p.build.click(dialogue_to_prompt, [*p.dialogue, seconds], [prompt, p.line_warning], **private)
     p.read.click(prompt_to_dialogue, prompt, p.dialogue, **private)
+    enhance_ui.wire(p.enhancer, prompt, p.dialogue[2], seconds, p.dialogue[0])  # language, character and scene
+    cards_ui.wire(
+        demo,
+        p.cards,
+        portrait=p.controls["portrait"],
+        audio=p.controls["audio"],
+        dialogue=p.dialogue,
+        seed=p.controls["seed"],
+        random_seed=p.random_seed,
+    )
     prompt.blur(studio.prompt_warning, prompt, p.prompt_warning, **private)
     p.controls["audio"].change(audio_hint, [p.controls["audio"], seconds], p.audio_note, **private)
 
@@ -234,6 +249,8 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
 def main(argv: list[str] | None = None) -> None:
     args = startup.parse_args(argv)
     auth = startup.parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    if args.enhancer_model:  # the enhancer reads its configuration from the environment at each call
+        os.environ[ENHANCER_MODEL_ENV] = args.enhancer_model
     if args.share:
         warnings.warn(
             "--share makes a PUBLIC link: anyone with it can use this GPU" + ("" if auth else " (no --auth set)"),

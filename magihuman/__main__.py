@@ -1,4 +1,4 @@
-"""Command line: `python -m magihuman generate ...`, `... download ...` and `... score ...`."""
+"""Command line: `python -m magihuman generate ...`, `... download ...`, `... score ...` and `... enhance "idea"`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from magihuman.config import RESOLUTIONS
 from magihuman.engine import GenerationRequest
+from magihuman.enhance import add_enhance_arguments, run_enhance
 from magihuman.errors import MagiHumanError
 from magihuman.fields import FIELDS
 from magihuman.options import EngineOptions
@@ -89,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     _generate_arguments(commands.add_parser("generate", help="generate a clip and print per-stage timings"))
     add_download_arguments(commands.add_parser("download", help="download the weights for some tiers"))
     add_score_arguments(commands.add_parser("score", help="print a take's scorecard (words, timing, sync, sound)"))
+    add_enhance_arguments(commands.add_parser("enhance", help="rewrite a rough idea into a prompt with your LLM"))
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             _run_generate(args)
         elif args.command == "score":
             run_score(args)
+        elif args.command == "enhance":
+            run_enhance(args)
         else:
             run_download(args)
     except MagiHumanError as exc:

@@ -8,6 +8,7 @@ import os
 from dataclasses import replace
 
 from magihuman.engine import Engine
+from magihuman.enhance import MODEL_ENV as ENHANCER_MODEL_ENV
 from magihuman.optimize import warm_up
 from magihuman.options import EngineOptions
 from magihuman.parallel import ParallelContext, init_parallel, start
@@ -31,7 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (anyone can use it)")
     parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
-    parser.add_argument("--mcp", action="store_true", help="also serve /generate and /upscale as MCP tools")
+    parser.add_argument("--mcp", action="store_true", help="also serve /generate, /upscale and /enhance as MCP tools")
+    parser.add_argument("--enhancer-model", help=f"chat model of the prompt enhancer (or ${ENHANCER_MODEL_ENV})")
     EngineOptions.add_arguments(parser)  # --cp N under torchrun: several GPUs on one clip
     return parser.parse_args(argv)
 
