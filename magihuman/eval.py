@@ -20,12 +20,11 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from magihuman.build import default_model_size, load_engine
 from magihuman.engine import GenerationRequest
 from magihuman.errors import MagiHumanError
 from magihuman.fields import FIELD
+from magihuman.options import EngineOptions
+from magihuman.parallel import start
 from magihuman.score import Scorecard, score_take
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "eval" / "prompts.jsonl"
@@ -105,15 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m magihuman.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL of prompts (default: ours)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the clips, cards.jsonl and table.md")
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
-    parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
     parser.add_argument("--limit", type=int, help="only the first N takes (a quick check)")
+    EngineOptions.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         requests = read_prompts(args.prompts)[: args.limit]
-        size = args.model or default_model_size()
-        print(f"loading the {size} engine for {len(requests)} takes ...", file=sys.stderr)
-        engine = load_engine(size, weights_dir=args.weights_dir, device="cuda" if torch.cuda.is_available() else "cpu")
+        options = EngineOptions.from_args(args)
+        print(f"loading the {options.size} engine for {len(requests)} takes ...", file=sys.stderr)
+        engine = start(options)
+        if engine is None:  # a worker rank of a torchrun job: it served rank 0's forwards
+            return 0
         print(evaluate(engine, requests, args.out))
     except MagiHumanError as exc:
         print(f"error: {exc}", file=sys.stderr)
