@@ -35,6 +35,7 @@ from studio.handlers import (
     prompt_to_dialogue,
 )
 from studio.player import ComparePlayer
+from studio.replicas import add_replica_arguments, replica_options
 from studio.runtime import EngineSlot
 
 AUTH_ENV = "MAGIHUMAN_AUTH"
@@ -62,10 +63,10 @@ class StudioBlocks(gr.Blocks):
         return super().launch(*args, css=CSS if css is None else css, **kwargs)
 
 
-def build_demo(slot: EngineSlot) -> StudioBlocks:
+def build_demo(slot: EngineSlot, jobs=gpu) -> StudioBlocks:
     """The studio UI for an engine slot (loading or ready). No side effects: nothing loads until the first page
-    load asks the slot to start (main() starts it at once)."""
-    studio = Studio(slot)
+    load asks the slot to start (main() starts it at once). `jobs`: who runs the GPU work (studio.Studio)."""
+    studio = Studio(slot, jobs)
     gpu.bind_slot(slot)
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
         page = _layout()
@@ -167,7 +168,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
     listing = {"fn": studio.gallery, "inputs": p.history, "outputs": [p.gallery, p.compare_a, p.compare_b, p.history]}
     remember = {"fn": studio.remember, "inputs": [p.take_id, p.history], "outputs": p.history}
     enable_upscale = {"fn": lambda: gr.update(interactive=True), "outputs": p.upscale}
-    gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
+    gpu_job = {"concurrency_limit": studio.jobs_at_once, "concurrency_id": GPU_JOBS}
     as_sent = {"js": empty_values_js(FIELDS)}  # the page sends None for an empty number box (not in the API)
 
     gen_event = p.generate.click(studio.generate, inputs, answer, api_name="generate", **as_sent, **gpu_job)
@@ -266,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mcp", action="store_true", help="also serve /generate and /upscale as MCP tools")
     add_speed_arguments(parser)
     add_parallel_argument(parser)  # --cp N under torchrun: several GPUs on one clip
+    add_replica_arguments(parser)  # --replicas N / --ray ADDRESS: engine replicas on Ray Serve
     args = parser.parse_args(argv)
+    replicas = replica_options(args)  # None without those flags: Ray is never imported
 
     auth = _parse_auth(args.auth or os.environ.get(AUTH_ENV))
     if args.share:
@@ -285,8 +288,14 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(parallel, size, args.weights_dir, DEFAULT_DITS, speed)
         return
     ENGINE.update(model=size, weights_dir=args.weights_dir, speed=speed, parallel=parallel)
-    demo.studio.slot.start()
-    demo.launch(
+    app = demo
+    if replicas is not None:  # the jobs run on engine replicas; this process loads no engine
+        from studio.replicas import replica_demo
+
+        app = replica_demo(build_demo, replicas, args.model, args.weights_dir)
+        app.queue(max_size=MAX_QUEUE)  # events start at once (no concurrency limit): the replicas queue the jobs
+    app.studio.slot.start()
+    app.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,

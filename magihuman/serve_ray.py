@@ -260,6 +260,8 @@ class EngineReplica:
             cancel.set()
             if not future.done():
                 await asyncio.wait([future], timeout=STOP_WAIT_S)  # the engine stops at its next step
+            if future.done():
+                future.exception()  # a cancelled job's GenerationCancelled: expected, and retrieved
             if outcome["outcome"] == "cancelled":
                 outcome["stopped_at"] = last[0][:2]
             self._record(job, ended=time.time(), **outcome)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -86,6 +88,8 @@ def replica_options(args: argparse.Namespace) -> ReplicaOptions | None:
     values = {**config, **{k: v for k, v in flags.items() if v is not None}}
     if not values:
         return None
+    if (getattr(args, "cp", None) or 1) > 1:
+        raise SystemExit("--replicas / --ray run one GPU per replica; --cp inside replicas is not supported yet")
     count = values.pop("replicas", None) or 1
     options = ReplicaOptions(
         address=values.get("address"),
@@ -116,6 +120,15 @@ def _read_config(path: str) -> dict:
     if unknown:
         raise SystemExit(f"--replica-config {path}: unknown keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
     return data
+
+
+def replica_demo(build_demo, options: ReplicaOptions, model: str | None, weights_dir: str | None):
+    """The studio (`app.build_demo`) with its jobs on a replica pool; the pool is closed at exit."""
+    if importlib.util.find_spec("ray") is None:
+        raise SystemExit("--replicas / --ray need Ray: pip install -c constraints.txt -r requirements-ray.txt")
+    pool = ReplicaPool(options, model, weights_dir)
+    atexit.register(pool.close)
+    return build_demo(ReplicaSlot(pool), jobs=pool)
 
 
 @dataclass(frozen=True)
