@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import concurrent.futures
 import importlib.util
 import os
 import shutil
@@ -165,17 +166,23 @@ class ReplicaPool:
         from magihuman import serve_ray
 
         options = self.options
+        if not self._loop_thread.is_alive():
+            self._loop_thread.start()
         if not ray.is_initialized():
             status(f"starting {'a local Ray instance' if options.address is None else 'Ray: ' + options.address}")
             local = {"num_cpus": max(os.cpu_count() or 1, options.max_replicas)} if options.address is None else {}
             # The replicas import this checkout's engine package, shipped by Ray, on every node.
             code = {"py_modules": [str(Path(serve_ray.__file__).parent)]}
-            ray.init(
-                address=options.address,
-                namespace=serve_ray.NAMESPACE,
-                runtime_env=code,
-                include_dashboard=False,
-                **local,
+            # Ray's local processes die with the *thread* that started them (Linux parent-death signal), and
+            # this runs on the slot's short-lived loader thread: start them on the pool's long-lived one.
+            self._on_loop_thread(
+                lambda: ray.init(
+                    address=options.address,
+                    namespace=serve_ray.NAMESPACE,
+                    runtime_env=code,
+                    include_dashboard=False,
+                    **local,
+                )
             )
             self._started_ray = options.address is None
             serve.start(proxy_location="Disabled")  # jobs come through handles; no HTTP proxy
@@ -189,7 +196,6 @@ class ReplicaPool:
         )
         self._store = serve_ray.shared_store()
         status(f"starting {options.describe()} ({model} engine, {f'{gpus:g} GPU' if gpus else 'CPU'} each)")
-        self._loop_thread.start()
         try:
             handle = serve.run(serve_ray.engine_app(spec, scaling), name=serve_ray.APP_NAME, route_prefix=None)
         except RuntimeError as exc:  # the deployment failed: name the replicas that could not load
@@ -198,6 +204,19 @@ class ReplicaPool:
         self.layout = f"{options.describe()}, {f'{gpus:g} GPU' if gpus else 'CPU'} per replica"
         status(self.layout)
         return PoolEngine(preview=model == "tiny", layout=self.layout)
+
+    def _on_loop_thread(self, call):
+        """`call()` run on the pool's thread (which lives until `close`); its result or exception."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(call())
+            except BaseException as exc:  # handed to the caller
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return done.result(timeout=START_TIMEOUT_S)
 
     def close(self) -> None:
         """Remove the replicas (and stop Ray if this pool started it); the front-end's files go too."""
@@ -211,7 +230,7 @@ class ReplicaPool:
         if self._started_ray:
             import ray
 
-            ray.shutdown()
+            self._on_loop_thread(ray.shutdown)
             self._started_ray = False
         if self._loop_thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
