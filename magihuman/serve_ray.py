@@ -145,10 +145,12 @@ class SharedStore:
 
     # --- records and failures ---
     def record(self, job: str, fields: dict) -> None:
-        """Create or update the record of `job` (written by the replica that runs it)."""
+        """Create or update the record of `job` (written by the replica that runs it). Job ids are
+        "<ticket>.<attempt>": a recorded job's ticket no longer waits."""
         self._records.setdefault(job, {"job": job}).update(fields)
-        if job in self._tickets:
-            self._tickets[job][1] = True
+        ticket = self._tickets.get(job.partition(".")[0])
+        if ticket is not None:
+            ticket[1] = True
         while len(self._records) > RECORD_CAPACITY:
             self._records.popitem(last=False)
 
@@ -357,3 +359,15 @@ def engine_app(spec: ReplicaSpec, scaling: Scaling):
     options = scaling.deployment_options()
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT, ray_actor_options=actor, **options)
     return deployment.bind(spec)
+
+
+def app_builder(args: dict):
+    """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a KubeRay RayService's
+    serveConfigV2): args model, weights_dir, gpus (per replica), min_replicas, max_replicas,
+    target_ongoing_requests. The studio then joins with `--ray` and uses this application as it is."""
+    spec = ReplicaSpec(
+        model=args.get("model", "full"), weights_dir=args.get("weights_dir"), gpus=float(args.get("gpus", 1))
+    )
+    low = int(args.get("min_replicas", 1))
+    scaling = Scaling(low, int(args.get("max_replicas", low)), float(args.get("target_ongoing_requests", 1.0)))
+    return engine_app(spec, scaling)

@@ -196,10 +196,14 @@ class ReplicaPool:
         )
         self._store = serve_ray.shared_store()
         status(f"starting {options.describe()} ({model} engine, {f'{gpus:g} GPU' if gpus else 'CPU'} each)")
-        try:
-            handle = serve.run(serve_ray.engine_app(spec, scaling), name=serve_ray.APP_NAME, route_prefix=None)
-        except RuntimeError as exc:  # the deployment failed: name the replicas that could not load
-            raise RuntimeError(f"{exc}. {self._failures()}") from None
+        handle = _running_app(serve_ray.APP_NAME) if options.address is not None else None
+        if handle is not None:  # another front-end or a RayService deployed it: redeploying would restart it
+            status("joining the replicas already serving on the cluster")
+        else:
+            try:
+                handle = serve.run(serve_ray.engine_app(spec, scaling), name=serve_ray.APP_NAME, route_prefix=None)
+            except RuntimeError as exc:  # the deployment failed: name the replicas that could not load
+                raise RuntimeError(f"{exc}. {self._failures()}") from None
         self._handle = handle.options(stream=True)
         self.layout = f"{options.describe()}, {f'{gpus:g} GPU' if gpus else 'CPU'} per replica"
         status(self.layout)
@@ -290,7 +294,7 @@ class ReplicaPool:
             while True:
                 attempt += 1
                 try:
-                    yield from self._stream(method, f"{job}.{attempt}", args, take, ahead)
+                    yield from self._stream(method, job, attempt, args, take, ahead)
                     return
                 except _MissingTake:
                     if fallback is None:
@@ -302,14 +306,14 @@ class ReplicaPool:
         finally:
             self._store.release.remote(job)
 
-    def _stream(self, method: str, job: str, args: tuple, take: Take | None, ahead: int):
+    def _stream(self, method: str, job: str, attempt: int, args: tuple, take: Take | None, ahead: int):
         import ray
 
         from magihuman.serve_ray import Failed, Finished
 
-        response = getattr(self._handle, method).remote(job, *args)
+        response = getattr(self._handle, method).remote(f"{job}.{attempt}", *args)
         last, streamed, done = Progress("queued", ahead, self.options.max_queue), False, False
-        pending = None
+        pending = asked = None
         try:
             while True:
                 pending = asyncio.run_coroutine_threadsafe(_next_item(response), self._loop)
@@ -318,6 +322,13 @@ class ReplicaPool:
                         item = pending.result(timeout=gpu.HEARTBEAT_S)
                         break
                     except TimeoutError:
+                        if not streamed:  # still waiting for a replica: keep the queue position current
+                            if asked is not None and ray.wait([asked], timeout=0)[0]:
+                                ahead = ray.get(asked)
+                                last = Progress("queued", ahead, self.options.max_queue) if ahead is not None else last
+                                asked = None
+                            if asked is None:
+                                asked = self._store.position.remote(job)
                         yield last  # heartbeat: run_job asks should_stop() at every item
                 pending = None
                 if isinstance(item, tuple):
@@ -358,6 +369,17 @@ class ReplicaPool:
         if take is None:
             take = replace(result.take, base_video_path=folder / result.video_path.name, folder=folder)
         return replace(result, video_path=take.base_video_path, sr_video_path=sr_path, take=take)
+
+
+def _running_app(name: str):
+    """A handle to the Serve application `name` if it is running on the cluster, else None."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(name)
+    except Exception:  # noqa: BLE001  (Serve not started on the cluster yet)
+        return None
+    return serve.get_app_handle(name) if app is not None and app.status == "RUNNING" else None
 
 
 class _ReplicaLost(Exception):

@@ -273,3 +273,16 @@ def test_default_studio_never_imports_ray():
     code = "import sys, app; assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'ray imported'"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_shared_queue_counts_waiting_jobs_only():
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
+    from magihuman.serve_ray import SharedStore
+
+    store = SharedStore()  # the actor's class, called directly
+    assert (store.admit("a", 2), store.admit("b", 2), store.admit("c", 2)) == (0, 1, None)
+    store.record("a.1", {"outcome": "running"})  # a replica took job a (attempt 1): it no longer waits
+    assert store.position("a") is None and store.position("b") == 0
+    assert store.admit("c", 2) == 1
+    store.release("b")
+    assert store.position("c") == 0
