@@ -170,7 +170,10 @@ class ReplicaPool:
             self._loop_thread.start()
         if not ray.is_initialized():
             status(f"starting {'a local Ray instance' if options.address is None else 'Ray: ' + options.address}")
-            local = {"num_cpus": max(os.cpu_count() or 1, options.max_replicas)} if options.address is None else {}
+            # One CPU more than the replicas need, so that a replacement is scheduled while the CPU of the
+            # replica it replaces is still being released.
+            cpus = max(os.cpu_count() or 1, options.max_replicas) + 1
+            local = {"num_cpus": cpus} if options.address is None else {}
             # The replicas import this checkout's engine package, shipped by Ray, on every node.
             code = {"py_modules": [str(Path(serve_ray.__file__).parent)]}
             # Ray's local processes die with the *thread* that started them (Linux parent-death signal), and

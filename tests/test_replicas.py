@@ -231,7 +231,7 @@ def test_killed_replica_mid_job(pool):
         after = [r for r in _records(pool, kind="generate", outcome="done") if r["started"] >= since]
         return len({r["pid"] for r in after}) == 2 and killed not in {r["pid"] for r in after}
 
-    _wait_for("two jobs at once on the surviving and the new replica", served_by_two_replicas, timeout=60)
+    _wait_for("two jobs at once on the surviving and the new replica", served_by_two_replicas, timeout=JOB_S)
 
 
 # ---------------------------------------------------------------------------------------------------------
