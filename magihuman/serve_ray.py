@@ -190,6 +190,7 @@ class EngineReplica:
             self.engine = _load(spec, self.root)
         except Exception as exc:  # reported by name; Ray Serve then stops this replica and tries a new one
             traceback.print_exc()
+            shutil.rmtree(self.root, ignore_errors=True)
             ray.get(self.store.report_failure.remote(self.name, f"{type(exc).__name__}: {exc}"), timeout=30)
             raise
 

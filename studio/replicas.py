@@ -226,17 +226,16 @@ class ReplicaPool:
         return done.result(timeout=START_TIMEOUT_S)
 
     def close(self) -> None:
-        """Remove the replicas (and stop Ray if this pool started it); the front-end's files go too."""
-        if self._handle is not None:
+        """Stop the local Ray instance this pool started, replicas included (on a cluster the replicas stay for
+        the other front-ends: `serve delete magihuman` removes them); the front-end's files go too."""
+        self._handle = None
+        if self._started_ray:
+            import ray
             from ray import serve
 
             from magihuman import serve_ray
 
             serve.delete(serve_ray.APP_NAME)
-            self._handle = None
-        if self._started_ray:
-            import ray
-
             self._on_loop_thread(ray.shutdown)
             self._started_ray = False
         if self._loop_thread.is_alive():
@@ -258,10 +257,10 @@ class ReplicaPool:
             states = app.deployments[serve_ray.DEPLOYMENT].replica_states if app else {}
             running = states.get("RUNNING", 0)
             text = f"{self.layout}; {running} running now"
+            failures = self._failures()
+            text = f"{text}. {failures}" if failures else text
         except Exception as exc:  # noqa: BLE001  (a status line must not fail the page)
             text = f"{self.layout}; replica status unavailable ({type(exc).__name__})"
-        failures = self._failures()
-        text = f"{text}. {failures}" if failures else text
         self._described = (time.monotonic(), text)
         return text
 
@@ -270,7 +269,7 @@ class ReplicaPool:
 
         if self._store is None:
             return ""
-        failures = ray.get(self._store.failures.remote(), timeout=STORE_TIMEOUT_S)
+        failures = ray.get(self._store.failures.remote(), timeout=5)
         return "; ".join(f"replica {name} failed to load: {message}" for name, message in failures.items())
 
     # --- the GPU functions ------------------------------------------------------------------------------

@@ -187,6 +187,15 @@ def test_full_queue_is_refused_with_a_clear_message(pool):
             pool._store.release.remote(job)
 
 
+def test_replica_whose_engine_fails_to_load_is_reported_by_name(pool):
+    from magihuman.serve_ray import EngineReplica, ReplicaSpec
+
+    with pytest.raises(ValueError, match="unknown model"):
+        EngineReplica(ReplicaSpec(model="huge"))  # outside Serve, the replica is named after its process
+    pool._described = (0.0, "")  # the status line's cache
+    assert f"replica pid-{os.getpid()} failed to load: ValueError: unknown model 'huge'" in pool.describe()
+
+
 def test_killed_replica_mid_job(pool):
     from ray import serve
 
