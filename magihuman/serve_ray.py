@@ -39,10 +39,11 @@ import ray
 import torch
 from ray import serve
 
-from magihuman.build import DEFAULT_DITS, load_engine
 from magihuman.engine import Engine, GenerationRequest, Result, Take
 from magihuman.errors import GenerationCancelled, MagiHumanError
 from magihuman.optimize import SpeedFlags, warm_up
+from magihuman.options import DEFAULT_DITS, EngineOptions
+from magihuman.parallel import start
 from magihuman.threads import worker_thread
 
 NAMESPACE = "magihuman"
@@ -301,11 +302,12 @@ def _replica_name() -> str:
 
 
 def _load(spec: ReplicaSpec, root: Path) -> Engine:
+    """The replica's engine through the one start-up path (`magihuman.parallel.start`), warmed up when compiled."""
     device = "cuda" if spec.gpus and torch.cuda.is_available() else "cpu"
     speed = spec.speed or SpeedFlags.default(torch.device(device))
-    engine = load_engine(
-        spec.model, weights_dir=spec.weights_dir, device=device, dits=spec.dits, speed=speed, output_root=root
-    )
+    weights = Path(spec.weights_dir) if spec.weights_dir else None
+    options = EngineOptions(size=spec.model, weights_dir=weights, device=device, dits=spec.dits, speed=speed, cp=1)
+    engine = start(options, output_root=root)
     if speed.compile:
         warm_up(engine)
     return engine

@@ -16,13 +16,13 @@ from typing import Any
 
 import gradio as gr
 
-from magihuman.__main__ import timing_table
 from magihuman.config import RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
-from studio import gpu
+from magihuman.timing import timing_table
+from studio import gpu, jobs
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
@@ -50,13 +50,14 @@ ANNOTATIONS = {
 
 
 class Studio:
-    """The state the handlers share: the engine slot, the takes, and the per-session Stop flags. `jobs` runs
-    the GPU work: studio.gpu (the in-process engine), or a studio.replicas.ReplicaPool (engine replicas)."""
+    """The state the handlers share: the engine slot, the takes, and the per-session Stop flags.
+    `gpu_functions` has the GPU functions (gpu_generate, gpu_upscale): studio.gpu (the in-process engine), or a
+    studio.replicas.ReplicaPool (engine replicas on Ray Serve)."""
 
-    def __init__(self, slot: EngineSlot, jobs=gpu) -> None:
+    def __init__(self, slot: EngineSlot, gpu_functions=gpu) -> None:
         self.slot = slot
-        self.jobs = jobs
-        self.jobs_at_once: int | None = getattr(jobs, "jobs_at_once", 1)  # the events' concurrency limit
+        self.gpu_functions = gpu_functions
+        self.jobs_at_once: int | None = getattr(gpu_functions, "jobs_at_once", 1)  # the events' concurrency limit
         self.takes = TakeStore()
         self.stops: dict[str, bool] = {}
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
@@ -78,7 +79,7 @@ class Studio:
     def _generate(self, values: dict[str, Any], request: gr.Request, progress: gr.Progress):
         self._require_engine()
         gen_request = request_from_values(values)
-        result = self._run(request, progress, self.jobs.gpu_generate(gen_request))
+        result = self._run(request, progress, self.gpu_functions.gpu_generate(gen_request))
         take_id = self.takes.add(result)
         return self._answer(take_id, self.takes.get(take_id), result.sr_resolution)
 
@@ -102,7 +103,7 @@ class Studio:
             raise gr.Error("No take to upscale: generate a clip first (the latest 32 takes are kept).")
         if resolution not in SR_RESOLUTIONS:
             raise gr.Error(f"Upscale to one of {', '.join(SR_RESOLUTIONS)}, not {str(resolution)[:20]!r}.")
-        result = self._run(request, progress, self.jobs.gpu_upscale(stored.take, resolution))
+        result = self._run(request, progress, self.gpu_functions.gpu_upscale(stored.take, resolution))
         stored = self.takes.add_upscale(take_id, result) or stored
         return self._answer(take_id, stored, resolution)
 
@@ -123,7 +124,7 @@ class Studio:
 
         gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
         try:
-            return gpu.run_job(job, report, stop_requested)
+            return jobs.run_job(job, report, stop_requested)
         finally:
             self.stops.pop(session, None)
 

@@ -4,7 +4,7 @@ one pool of GPUs.
 
 `ReplicaPool` is a drop-in for the GPU functions of `studio.gpu`: `gpu_generate(request)` and
 `gpu_upscale(take, resolution)` return generators of `Progress` items, then the `Result`, which
-`studio.gpu.run_job` consumes exactly as it consumes the local ones (closing the generator cancels the job on
+`studio.jobs.run_job` consumes exactly as it consumes the local ones (closing the generator cancels the job on
 its replica). The replicas and the shared store are `magihuman.serve_ray`. Ray is imported only when a pool
 starts: the flags and options here are Ray-free, so the default studio never imports it.
 """
@@ -22,15 +22,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
 
 from magihuman.engine import GenerationRequest, Result, Take
-from studio import gpu
-from studio.gpu import Progress
+from studio import jobs
+from studio.jobs import Progress
 from studio.runtime import EngineSlot, EngineStatus
 
 DEFAULT_MAX_QUEUE = 16  # waiting jobs over all front-ends (the one-process studio's queue holds 16 too)
@@ -158,7 +158,7 @@ class ReplicaPool:
 
     # --- start and stop ---------------------------------------------------------------------------------
 
-    def start(self, status: gpu.StatusFn) -> PoolEngine:
+    def start(self, status: Callable[[str], None]) -> PoolEngine:
         """Start or join Ray, then deploy the replicas and wait until they serve (EngineSlot's load)."""
         import ray
         from ray import serve
@@ -321,7 +321,7 @@ class ReplicaPool:
                 pending = asyncio.run_coroutine_threadsafe(_next_item(response), self._loop)
                 while True:
                     try:
-                        item = pending.result(timeout=gpu.HEARTBEAT_S)
+                        item = pending.result(timeout=jobs.HEARTBEAT_S)
                         break
                     except TimeoutError:
                         if not streamed:  # still waiting for a replica: keep the queue position current
@@ -407,11 +407,11 @@ async def _next_item(response):
 def _user_error(failed) -> gr.Error:
     """The message the user sees for a replica's Failed item (worded as studio.gpu words local errors)."""
     if failed.kind == "cancelled":
-        return gr.Error(gpu.STOPPED.format(failed.message), print_exception=False)
+        return gr.Error(jobs.STOPPED.format(failed.message), print_exception=False)
     if failed.kind == "input":
         return gr.Error(failed.message, print_exception=False)
     if failed.kind == "out_of_memory":
-        return gr.Error(gpu.OUT_OF_MEMORY, print_exception=False)
+        return gr.Error(jobs.OUT_OF_MEMORY, print_exception=False)
     return gr.Error(f"Generation failed: {failed.message}")
 
 

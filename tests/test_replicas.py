@@ -21,7 +21,7 @@ import pytest
 from gradio_client import Client
 
 from magihuman.engine import GenerationRequest
-from studio import gpu
+from studio import jobs
 from studio.replicas import ReplicaOptions, ReplicaPool, ReplicaSlot, add_replica_arguments, replica_options
 from tests.studio import generate, launched, paths
 
@@ -66,7 +66,7 @@ def _wait_for(what: str, probe, timeout: float = JOB_S):
 
 
 def _run(pool, job, should_stop=lambda: False):
-    return gpu.run_job(job, lambda *a: None, should_stop)
+    return jobs.run_job(job, lambda *a: None, should_stop)
 
 
 def _in_threads(*calls) -> list:
@@ -160,7 +160,7 @@ def test_stop_and_closed_client_halt_within_one_step(pool):
 
     def watching(job):
         for item in job:
-            if isinstance(item, gpu.Progress):
+            if isinstance(item, jobs.Progress):
                 seen.append(item)
             yield item
 
@@ -171,7 +171,7 @@ def test_stop_and_closed_client_halt_within_one_step(pool):
     # A closed client: the handler's generator is dropped mid-job, without a Stop.
     job = pool.gpu_generate(_request(12, seconds=2))
     for item in job:
-        if isinstance(item, gpu.Progress) and item.phase == "base" and item.step >= 2:
+        if isinstance(item, jobs.Progress) and item.phase == "base" and item.step >= 2:
             break
     job.close()
 
