@@ -129,7 +129,7 @@ def replica_demo(build_demo, options: ReplicaOptions, model: str | None, weights
         raise SystemExit("--replicas / --ray need Ray: pip install -c constraints.txt -r requirements-ray.txt")
     pool = ReplicaPool(options, model, weights_dir)
     atexit.register(pool.close)
-    return build_demo(ReplicaSlot(pool), jobs=pool)
+    return build_demo(ReplicaSlot(pool), gpu_functions=pool)
 
 
 @dataclass(frozen=True)

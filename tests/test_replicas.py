@@ -114,7 +114,7 @@ def test_default_studio_never_imports_ray():
 def test_four_keyword_clients_on_two_replicas(pool, tmp_path):
     import app
 
-    demo = app.build_demo(pool.slot, jobs=pool)
+    demo = app.build_demo(pool.slot, gpu_functions=pool)
     demo.queue(max_size=app.MAX_QUEUE)
     since = time.time()
     with launched(demo) as url:
