@@ -124,11 +124,10 @@ def _read_config(path: str) -> dict:
 
 
 def replica_demo(build_demo, options: ReplicaOptions, model: str | None, weights_dir: str | None):
-    """The studio (`app.build_demo`) with its jobs on a replica pool; the pool is closed at exit."""
+    """The studio (`app.build_demo`) with its jobs on a replica pool (closed at exit, see `ReplicaPool.start`)."""
     if importlib.util.find_spec("ray") is None:
         raise SystemExit("--replicas / --ray need Ray: pip install -c constraints.txt -r requirements-ray.txt")
     pool = ReplicaPool(options, model, weights_dir)
-    atexit.register(pool.close)
     return build_demo(ReplicaSlot(pool), gpu_functions=pool)
 
 
@@ -188,6 +187,7 @@ class ReplicaPool:
                 )
             )
             self._started_ray = options.address is None
+            atexit.register(self.close)  # after ray.init: runs before Ray's own exit hook shuts it down
             serve.start(proxy_location="Disabled")  # jobs come through handles; no HTTP proxy
         gpus = options.gpus_per_replica
         if gpus is None:
@@ -235,9 +235,10 @@ class ReplicaPool:
 
             from magihuman import serve_ray
 
-            serve.delete(serve_ray.APP_NAME)
-            self._on_loop_thread(ray.shutdown)
             self._started_ray = False
+            if ray.is_initialized():  # a Serve call after Ray's own exit hook would start a new instance
+                serve.delete(serve_ray.APP_NAME)
+                self._on_loop_thread(ray.shutdown)
         if self._loop_thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(timeout=10)
