@@ -33,6 +33,7 @@ from studio.handlers import (
     prompt_to_dialogue,
 )
 from studio.player import ComparePlayer
+from studio.replicas import replica_options
 from studio.runtime import EngineSlot
 from studio.scorecard import (
     CARD_CSS,
@@ -73,10 +74,10 @@ class StudioBlocks(gr.Blocks):
         return super().launch(*args, css=CSS if css is None else css, **kwargs)
 
 
-def build_demo(slot: EngineSlot) -> StudioBlocks:
+def build_demo(slot: EngineSlot, gpu_functions=gpu) -> StudioBlocks:
     """The studio UI for an engine slot (loading or ready). No side effects: nothing loads until the first page
-    load asks the slot to start (main() starts it at once)."""
-    studio = Studio(slot)
+    load asks the slot to start (main() starts it at once). `gpu_functions`: who runs the GPU work (studio.Studio)."""
+    studio = Studio(slot, gpu_functions)
     scorer = Scorer(studio)
     gpu.bind_slot(slot)
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
@@ -190,7 +191,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     }
     remember = {"fn": studio.remember, "inputs": [p.take_id, p.history], "outputs": p.history}
     enable_upscale = {"fn": lambda: gr.update(interactive=True), "outputs": p.upscale}
-    gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
+    gpu_job = {"concurrency_limit": studio.jobs_at_once, "concurrency_id": GPU_JOBS}
     as_sent = {"js": empty_values_js(FIELDS)}  # the page sends None for an empty number box (not in the API)
 
     gen_event = p.generate.click(studio.generate, inputs, answer, api_name="generate", **as_sent, **gpu_job)
@@ -248,6 +249,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
 
 def main(argv: list[str] | None = None) -> None:
     args = startup.parse_args(argv)
+    replicas = replica_options(args)  # None without --replicas / --ray: Ray is never imported
     auth = startup.parse_auth(args.auth or os.environ.get(AUTH_ENV))
     if args.enhancer_model:  # the enhancer reads its configuration from the environment at each call
         os.environ[ENHANCER_MODEL_ENV] = args.enhancer_model
@@ -258,8 +260,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not startup.join(EngineOptions.from_args(args)):  # ranks other than 0 served rank 0's DiT forwards
         return
-    demo.studio.slot.start()
-    demo.launch(
+    app = demo
+    if replicas is not None:  # the jobs run on engine replicas; this process loads no engine
+        from studio.replicas import replica_demo
+
+        app = replica_demo(build_demo, replicas, args.model, args.weights_dir)
+        app.queue(max_size=MAX_QUEUE)  # events start at once (no concurrency limit): the replicas queue the jobs
+    app.studio.slot.start()
+    app.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,

@@ -36,6 +36,7 @@ PHASES = {
     "sr": "Super-resolution",
     "decode": "Decoding video",
     "mux": "Writing mp4",
+    "queued": "Waiting for a free GPU: jobs ahead / queue size",
 }
 # Python types of the field kinds, for the API's parameter types (files arrive as local paths).
 ANNOTATIONS = {
@@ -49,10 +50,14 @@ ANNOTATIONS = {
 
 
 class Studio:
-    """The state the handlers share: the engine slot, the takes, and the per-session Stop flags."""
+    """The state the handlers share: the engine slot, the takes, and the per-session Stop flags.
+    `gpu_functions` has the GPU functions (gpu_generate, gpu_upscale): studio.gpu (the in-process engine), or a
+    studio.replicas.ReplicaPool (engine replicas on Ray Serve)."""
 
-    def __init__(self, slot: EngineSlot) -> None:
+    def __init__(self, slot: EngineSlot, gpu_functions=gpu) -> None:
         self.slot = slot
+        self.gpu_functions = gpu_functions
+        self.jobs_at_once: int | None = getattr(gpu_functions, "jobs_at_once", 1)  # the events' concurrency limit
         self.takes = TakeStore()
         self.stops: dict[str, bool] = {}
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
@@ -74,7 +79,7 @@ class Studio:
     def _generate(self, values: dict[str, Any], request: gr.Request, progress: gr.Progress):
         self._require_engine()
         gen_request = request_from_values(values)
-        result = self._run(request, progress, gpu.gpu_generate(gen_request))
+        result = self._run(request, progress, self.gpu_functions.gpu_generate(gen_request))
         take_id = self.takes.add(result)
         return self._answer(take_id, self.takes.get(take_id), result.sr_resolution)
 
@@ -98,7 +103,7 @@ class Studio:
             raise gr.Error("No take to upscale: generate a clip first (the latest 32 takes are kept).")
         if resolution not in SR_RESOLUTIONS:
             raise gr.Error(f"Upscale to one of {', '.join(SR_RESOLUTIONS)}, not {str(resolution)[:20]!r}.")
-        result = self._run(request, progress, gpu.gpu_upscale(stored.take, resolution))
+        result = self._run(request, progress, self.gpu_functions.gpu_upscale(stored.take, resolution))
         stored = self.takes.add_upscale(take_id, result) or stored
         return self._answer(take_id, stored, resolution)
 
@@ -198,7 +203,8 @@ class Studio:
     def prompt_warning(self, prompt: str) -> str:
         """The prompt's length against the request limit and the text encoder's 640-token cap (when loaded)."""
         engine = self.slot.engine
-        warning = prompt_length_warning(prompt or "", engine.models.text.count_tokens if engine else None)
+        counter = engine.models.text.count_tokens if getattr(engine, "models", None) else None  # none: replicas
+        warning = prompt_length_warning(prompt or "", counter)
         return f"⚠️ {warning}" if warning else ""
 
 

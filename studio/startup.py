@@ -13,6 +13,7 @@ from magihuman.optimize import warm_up
 from magihuman.options import EngineOptions
 from magihuman.parallel import ParallelContext, init_parallel, start
 from studio import space
+from studio.replicas import add_replica_arguments
 
 AUTH_ENV = "MAGIHUMAN_AUTH"
 
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mcp", action="store_true", help="also serve /generate, /upscale and /enhance as MCP tools")
     parser.add_argument("--enhancer-model", help=f"chat model of the prompt enhancer (or ${ENHANCER_MODEL_ENV})")
     EngineOptions.add_arguments(parser)  # --cp N under torchrun: several GPUs on one clip
+    add_replica_arguments(parser)  # --replicas N / --ray ADDRESS: engine replicas on Ray Serve (studio.replicas)
     return parser.parse_args(argv)
 
 

@@ -1,0 +1,376 @@
+"""Engine replicas on Ray Serve: each replica loads one engine (one GPU on CUDA, a CPU process otherwise) and
+streams its jobs back to whichever front-end asked; a named store actor holds what several front-ends share.
+
+```
+front-end (studio.replicas) ──handle.options(stream=True)──► EngineReplica × N  (Ray Serve: routing, health,
+      │  admit / release                                     │  records, takes      restarts, autoscaling)
+      └──────────────────────────────► SharedStore (named, detached actor) ◄──┘
+```
+
+A job streams plain items: `(phase, step, total)` tuples while the engine runs, then one `Finished` (the
+Result with its take on the CPU and the mp4 files as bytes, so a front-end on another host can serve them) or
+one `Failed` (the engine's error as a category and a message: exceptions do not always survive pickling).
+Cancelling the streaming response (Stop, a closed tab) cancels the replica's asyncio task; the engine sees its
+cancel flag at the next step boundary.
+
+The store keeps the takes (so any replica can upscale any take, for an hour, across front-end restarts), the
+global job queue (admission tickets, so several front-ends share one bound), the replicas' own job records
+and the names of replicas whose engine failed to load.
+
+Only imported with `--replicas` / `--ray`: the one-process studio never imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import ray
+import torch
+from ray import serve
+
+from magihuman.engine import Engine, GenerationRequest, Result, Take
+from magihuman.errors import GenerationCancelled, MagiHumanError
+from magihuman.optimize import SpeedFlags, warm_up
+from magihuman.options import DEFAULT_DITS, EngineOptions
+from magihuman.parallel import start
+from magihuman.threads import worker_thread
+
+NAMESPACE = "magihuman"
+APP_NAME = "magihuman"
+DEPLOYMENT = "EngineReplica"
+STORE_NAME = "magihuman-store"
+TAKE_TTL_S = 3600  # takes stay upscalable this long after they were made
+TAKE_CAPACITY = 256  # and at most this many (a full-size take holds ≈ 20 MB of latents and embedding)
+TICKET_TTL_S = 1800  # a ticket whose front-end died without releasing it stops counting after this
+RECORD_CAPACITY = 1000
+STOP_WAIT_S = 120  # how long a cancelled job may take to reach its next step boundary (a 1080p SR step: ~7 s)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What each replica loads: the model size, weights folder, DiTs and speed steps (one engine per replica)."""
+
+    model: str = "tiny"
+    weights_dir: str | None = None
+    dits: tuple[str, ...] = DEFAULT_DITS
+    speed: SpeedFlags | None = None
+    gpus: float = 0.0  # per replica: 1 on a CUDA cluster, 0 for CPU preview replicas
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job's result: `result` with its take on the CPU and file paths reduced to names; `files` maps each
+    name to the mp4 (or poster) bytes. `take_key` names the take in the store (None for an upscale)."""
+
+    result: Result
+    files: dict[str, bytes]
+    take_key: str | None
+    replica: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A job that ended without a result. kind: "cancelled", "input" (the user's request), "out_of_memory",
+    "missing_take" (the store no longer has it) or "error" (a bug: the message has the class name)."""
+
+    kind: str
+    message: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. The shared store (one named actor per cluster)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SharedStore:
+    """Takes, the global queue, job records and load failures, shared by every replica and front-end."""
+
+    def __init__(self) -> None:
+        self._takes: OrderedDict[str, tuple[float, Take]] = OrderedDict()
+        self._tickets: OrderedDict[str, list] = OrderedDict()  # job id -> [admitted at, started]
+        self._records: OrderedDict[str, dict] = OrderedDict()
+        self._failures: dict[str, str] = {}
+
+    # --- takes ---
+    def put_take(self, key: str, take: Take) -> None:
+        self._expire_takes()
+        self._takes[key] = (time.time(), take)
+        while len(self._takes) > TAKE_CAPACITY:
+            self._takes.popitem(last=False)
+
+    def get_take(self, key: str) -> Take | None:
+        self._expire_takes()
+        entry = self._takes.get(key)
+        return entry[1] if entry is not None else None
+
+    def _expire_takes(self) -> None:
+        now = time.time()
+        while self._takes and now - next(iter(self._takes.values()))[0] > TAKE_TTL_S:
+            self._takes.popitem(last=False)
+
+    # --- the global queue ---
+    def admit(self, job: str, limit: int) -> int | None:
+        """Admit a job if fewer than `limit` are waiting; returns how many admitted jobs wait before it (None:
+        the queue is full). Running jobs do not count: they hold a replica, not a queue place."""
+        now = time.time()
+        for stale in [j for j, (at, _) in self._tickets.items() if now - at > TICKET_TTL_S]:
+            del self._tickets[stale]
+        waiting = sum(1 for _, started in self._tickets.values() if not started)
+        if waiting >= limit:
+            return None
+        self._tickets[job] = [now, False]
+        return waiting
+
+    def position(self, job: str) -> int | None:
+        """Jobs admitted before this one that have not started yet (None: unknown or started)."""
+        ahead = 0
+        for other, (_, started) in self._tickets.items():
+            if other == job:
+                return None if started else ahead
+            ahead += not started
+        return None
+
+    def release(self, job: str) -> None:
+        self._tickets.pop(job, None)
+
+    # --- records and failures ---
+    def record(self, job: str, fields: dict) -> None:
+        """Create or update the record of `job` (written by the replica that runs it). Job ids are
+        "<ticket>.<attempt>": a recorded job's ticket no longer waits."""
+        self._records.setdefault(job, {"job": job}).update(fields)
+        ticket = self._tickets.get(job.partition(".")[0])
+        if ticket is not None:
+            ticket[1] = True
+        while len(self._records) > RECORD_CAPACITY:
+            self._records.popitem(last=False)
+
+    def records(self) -> list[dict]:
+        return list(self._records.values())
+
+    def report_failure(self, replica: str, message: str) -> None:
+        self._failures[replica] = message
+
+    def failures(self) -> dict[str, str]:
+        return dict(self._failures)
+
+
+def shared_store():
+    """The cluster's store actor, created on first use; detached, so it outlives a restarting front-end."""
+    return (
+        ray.remote(SharedStore)
+        .options(name=STORE_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
+        .remote()
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. The replica
+# ---------------------------------------------------------------------------------------------------------
+
+
+class EngineReplica:
+    """One engine behind Ray Serve. `generate` and `upscale` are async generators (see the module docstring);
+    one job at a time (max_ongoing_requests=1): the engine holds the whole GPU."""
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.name = _replica_name()
+        self.store = shared_store()
+        self.root = Path(tempfile.mkdtemp(prefix=f"magihuman-replica-{os.getpid()}-"))
+        try:
+            self.engine = _load(spec, self.root)
+        except Exception as exc:  # reported by name; Ray Serve then stops this replica and tries a new one
+            traceback.print_exc()
+            shutil.rmtree(self.root, ignore_errors=True)
+            ray.get(self.store.report_failure.remote(self.name, f"{type(exc).__name__}: {exc}"), timeout=30)
+            raise
+
+    def check_health(self) -> None:
+        """Ray Serve's periodic health check: a replica whose engine went away is replaced."""
+        if self.engine is None:
+            raise RuntimeError(f"replica {self.name} has no engine")
+
+    async def generate(self, job: str, request: GenerationRequest) -> AsyncIterator:
+        def work(report, cancel) -> Result:
+            return self.engine.generate(request, on_progress=report, cancel=cancel)
+
+        async for item in self._run(job, "generate", work):
+            yield item
+
+    async def upscale(self, job: str, take_key: str | None, take: Take | None, resolution: str) -> AsyncIterator:
+        """Upscale the take stored under `take_key` (or `take` itself, sent when the store has lost it)."""
+        if take is None:
+            take = await self.store.get_take.remote(take_key)
+            if take is None:
+                yield Failed("missing_take", "this take is no longer in the shared store")
+                return
+        folder = Path(tempfile.mkdtemp(prefix="upscale-", dir=self.root))  # the take's own folder is elsewhere
+        local = _take_to(replace(take, folder=folder), self.engine.device)
+
+        def work(report, cancel) -> Result:
+            return self.engine.upscale(local, resolution, on_progress=report, cancel=cancel)
+
+        async for item in self._run(job, "upscale", work):
+            yield item
+
+    async def _run(self, job: str, kind: str, work: Callable) -> AsyncIterator:
+        """Run `work(report, cancel)` on the engine thread; yield its progress, then Finished or Failed. A
+        cancelled stream sets the cancel flag and waits for the engine to stop at its step boundary."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        last: list = [("start", 0, 1)]
+
+        def report(phase: str, step: int, total: int) -> None:
+            last[0] = (phase, step, total)
+            loop.call_soon_threadsafe(items.put_nowait, (phase, step, total))
+
+        def run() -> Result:
+            try:
+                return work(report, cancel)
+            finally:
+                loop.call_soon_threadsafe(items.put_nowait, None)
+
+        self._record(job, kind=kind, replica=self.name, pid=os.getpid(), started=time.time(), outcome="running")
+        future = loop.run_in_executor(worker_thread("replica-job"), run)
+        outcome: dict = {"outcome": "failed"}
+        try:
+            while (item := await items.get()) is not None:
+                yield item
+            try:
+                result = await future
+            except BaseException as exc:  # the engine's error, for the front-end to word
+                failed = _failed(exc)
+                outcome = {"outcome": failed.kind, "stopped_at": last[0][:2], "error": failed.message}
+                yield failed
+                return
+            finished = self._finished(result, kind)
+            outcome = {"outcome": "done"}
+            yield finished
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = {"outcome": "cancelled", "cancel_at": last[0][:2]}
+            raise
+        finally:
+            cancel.set()
+            if not future.done():
+                await asyncio.wait([future], timeout=STOP_WAIT_S)  # the engine stops at its next step
+            if future.done():
+                future.exception()  # a cancelled job's GenerationCancelled: expected, and retrieved
+            if outcome["outcome"] == "cancelled":
+                outcome["stopped_at"] = last[0][:2]
+            self._record(job, ended=time.time(), **outcome)
+
+    def _finished(self, result: Result, kind: str) -> Finished:
+        """The result with its take on the CPU and its files read into bytes (then removed here)."""
+        take = _take_to(result.take, "cpu")
+        paths = [p for p in (result.video_path, result.sr_video_path) if p is not None]
+        if kind == "upscale":
+            paths = [result.sr_video_path]
+        files = {p.name: p.read_bytes() for p in paths}
+        shutil.rmtree(take.folder, ignore_errors=True)
+        take_key = None
+        if kind == "generate":
+            take_key = uuid.uuid4().hex
+            self.store.put_take.remote(take_key, take)
+        named = replace(
+            result,
+            video_path=Path(result.video_path.name),
+            sr_video_path=Path(result.sr_video_path.name) if result.sr_video_path else None,
+            take=replace(take, base_video_path=Path(take.base_video_path.name), folder=Path(".")),
+        )
+        return Finished(named, files, take_key, self.name)
+
+    def _record(self, job: str, **fields) -> None:
+        self.store.record.remote(job, fields)  # fire and forget: records are for tests and the log
+
+
+def _replica_name() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001  (outside Serve, e.g. a direct construction)
+        return f"pid-{os.getpid()}"
+
+
+def _load(spec: ReplicaSpec, root: Path) -> Engine:
+    """The replica's engine through the one start-up path (`magihuman.parallel.start`), warmed up when compiled."""
+    device = "cuda" if spec.gpus and torch.cuda.is_available() else "cpu"
+    speed = spec.speed or SpeedFlags.default(torch.device(device))
+    weights = Path(spec.weights_dir) if spec.weights_dir else None
+    options = EngineOptions(size=spec.model, weights_dir=weights, device=device, dits=spec.dits, speed=speed, cp=1)
+    engine = start(options, output_root=root)
+    if speed.compile:
+        warm_up(engine)
+    return engine
+
+
+def _take_to(take: Take, device) -> Take:
+    return replace(take, text=take.text.to(device), video=take.video.to(device), audio=take.audio.to(device))
+
+
+def _failed(exc: BaseException) -> Failed:
+    if isinstance(exc, GenerationCancelled):
+        return Failed("cancelled", str(exc))
+    if isinstance(exc, MagiHumanError):
+        return Failed("input", str(exc))
+    if isinstance(exc, torch.OutOfMemoryError):
+        return Failed("out_of_memory", str(exc))
+    return Failed("error", f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. The application
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many replicas: a fixed `min_replicas == max_replicas`, or autoscaling between them on queue
+    length (Ray Serve adds a replica when more than `target_ongoing` jobs per replica are running or waiting)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing: float = 1.0
+    health_check_period_s: float = 10.0
+
+    def deployment_options(self) -> dict:
+        options: dict = {"max_ongoing_requests": 1, "health_check_period_s": self.health_check_period_s}
+        if self.min_replicas == self.max_replicas:
+            options["num_replicas"] = self.max_replicas
+        else:
+            options["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "target_ongoing_requests": self.target_ongoing,
+            }
+        return options
+
+
+def engine_app(spec: ReplicaSpec, scaling: Scaling):
+    """The Serve application: the replica deployment with its resources and scaling."""
+    actor = {"num_cpus": 1, "num_gpus": spec.gpus}
+    options = scaling.deployment_options()
+    deployment = serve.deployment(EngineReplica, name=DEPLOYMENT, ray_actor_options=actor, **options)
+    return deployment.bind(spec)
+
+
+def app_builder(args: dict):
+    """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a KubeRay RayService's
+    serveConfigV2): args model, weights_dir, gpus (per replica), min_replicas, max_replicas,
+    target_ongoing_requests. The studio then joins with `--ray` and uses this application as it is."""
+    spec = ReplicaSpec(
+        model=args.get("model", "full"), weights_dir=args.get("weights_dir"), gpus=float(args.get("gpus", 1))
+    )
+    low = int(args.get("min_replicas", 1))
+    scaling = Scaling(low, int(args.get("max_replicas", low)), float(args.get("target_ongoing_requests", 1.0)))
+    return engine_app(spec, scaling)
