@@ -101,3 +101,11 @@ def test_full_size_random_components_have_the_published_shapes() -> None:
     assert count(models.video_vae.model) == 704_688_668
     assert count(models.audio_vae.model) == 156_112_514
     assert count(models.decoder) == 107_122_892
+
+
+def test_preview_mode_starts_the_tiny_engine_and_times_both_goals(capsys) -> None:
+    main(["--model", "tiny", "--text-tokens", "20"])
+    out = capsys.readouterr().out
+    assert "mode: preview" in out and "start-up: tiny engine built in" in out
+    rows = [line for line in out.splitlines() if line.startswith(("default clip", "upscale a 2-s take"))]
+    assert len(rows) == 2 and all(row.split()[-1] in ("met", "MISSED") for row in rows)

@@ -107,23 +107,23 @@ def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[s
 
     output_root = Path(tempfile.mkdtemp(prefix="magihuman-bench-"))
     try:
-        start = time.perf_counter()
+        began = time.perf_counter()
         if args.weights_dir:
             engine = start(replace(options, dits=tuple(dits)), on_status=print, output_root=output_root)
             source = f"weights loaded from {args.weights_dir}"
-            built = steps = time.perf_counter() - start
+            built = steps = time.perf_counter() - began
         else:
             models = random_models(size, 0, device, dits, fp8=plan.quantised)
-            built = time.perf_counter() - start
+            built = time.perf_counter() - began
             for line in apply_speed_flags(models, flags, device, plan.quantised):
                 print(f"  {line}")
             engine = Engine(models, device, preview=size == "tiny", output_root=output_root)
-            steps = time.perf_counter() - start
+            steps = time.perf_counter() - began
             source = "random weights built on the device (no disk read; --weights-dir times a real start)"
         warm = warm_up(engine, [t for t in tiers if t in engine.available_resolutions])
         print(
             f"start-up: {source}: models {built:.1f} s, speed steps {steps - built:.1f} s, "
-            f"warm-up {warm:.1f} s; ready in {time.perf_counter() - start:.1f} s"
+            f"warm-up {warm:.1f} s; ready in {time.perf_counter() - began:.1f} s"
         )
         warmup = args.warmup if args.warmup is not None else (1 if on_gpu else 0)
         iters = args.iters if args.iters is not None else (2 if on_gpu else 1)

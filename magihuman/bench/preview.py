@@ -35,10 +35,10 @@ def run_preview(args: argparse.Namespace, options: EngineOptions) -> None:
     print(f"preview compute dtype: {str(compute_dtype(device)).removeprefix('torch.')} (the faster one, measured)")
     output_root = Path(tempfile.mkdtemp(prefix="magihuman-bench-"))
     try:
-        start = time.perf_counter()
+        began = time.perf_counter()
         engine = start(options, output_root=output_root)
         warm = warm_up(engine, ["256p", "540p"])
-        print(f"start-up: tiny engine built in {time.perf_counter() - start - warm:.1f} s, warm-up {warm:.1f} s")
+        print(f"start-up: tiny engine built in {time.perf_counter() - began - warm:.1f} s, warm-up {warm:.1f} s")
         times: dict[str, list[dict[str, float]]] = {"clip": [], "upscale": []}
         for i in range(args.iters or 1):
             clip = engine.generate(
