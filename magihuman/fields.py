@@ -115,8 +115,8 @@ FIELDS: tuple[Field, ...] = (
         "audio",
         "audio",
         "Your own speech (optional): the video is lip-synced to it",
-        "a recording to lip-sync to; the clip carries it (a shorter one shortens the clip); none: the model "
-        "makes the speech",
+        f"a recording to lip-sync to, up to {MAX_TAKE_SECONDS} s; the take carries it (a shorter one shortens "
+        "the take); none: the model makes the speech",
     ),
     Field(
         "resolution",

@@ -17,11 +17,13 @@ from typing import Any
 import gradio as gr
 
 from magihuman.__main__ import timing_table
-from magihuman.config import RESOLUTIONS, SR_RESOLUTIONS
+from magihuman.config import DEFAULT_SECONDS, RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
+from magihuman.long_take import LONG_TAKE_AUDIO
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
+from magihuman.take_plan import MAX_TAKE_SECONDS
 from studio import gpu
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
 from studio.player import ComparePlayer
@@ -112,7 +114,7 @@ class Studio:
         client_gone = _client_gone()
 
         def report(phase: str, step: int, total: int) -> None:
-            progress((step, total), desc=f"{PHASES.get(phase, phase)} {step}/{total}")
+            progress((step, total), desc=f"{phase_label(phase)} {step}/{total}")
 
         def stop_requested() -> bool:
             return self.stops.get(session, False) or client_gone()
@@ -339,7 +341,7 @@ def dialogue_to_prompt(description: str, speaker: str, language: str, line: str,
         prompt = build_prompt(description or "", lines, background or None)
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
-    warning = line_length_warning(lines, int(seconds))
+    warning = line_length_warning(lines, int(seconds or DEFAULT_SECONDS))
     return prompt, (f"⚠️ {warning}" if warning else "")
 
 
@@ -352,17 +354,29 @@ def prompt_to_dialogue(prompt: str):
     return description, first.speaker, first.language, first.text, background or ""
 
 
-def audio_hint(audio: str | None, seconds: float) -> str:
-    """How much of an uploaded recording a clip can follow (the clip is shortened to it when it is shorter)."""
+def audio_hint(audio: str | None, seconds: float | None) -> str:
+    """How much of an uploaded recording a take can follow (it is shortened to it when it is shorter)."""
     if not audio:
         return ""
     try:
-        usable = usable_audio_seconds(audio)
+        usable = usable_audio_seconds(audio, limits=LONG_TAKE_AUDIO)
     except Exception as exc:  # noqa: BLE001  (the generate call gives the full error; here a hint is enough)
         return f"⚠️ {exc}"
-    if usable < float(seconds or 0):
+    if not seconds:
+        if usable > MAX_TAKE_SECONDS:
+            return f"⚠️ The recording is longer than {MAX_TAKE_SECONDS} s: trim it, or set a duration to use its start."
+        return f"The recording gives {usable:.2f} s of speech; the take follows all of it."
+    if usable < float(seconds):
         return f"The recording gives {usable:.2f} s of speech: the clip will be {usable:.2f} s, not {seconds:g} s."
     return f"The recording gives {usable:.2f} s of speech; the clip uses the first {float(seconds):g} s."
+
+
+def phase_label(phase: str) -> str:
+    """The progress text of an engine phase; a long take's are per window ("window 3/12 base")."""
+    window, _, inner = phase.rpartition(" ")
+    if window.startswith("window "):
+        return f"Window {window.removeprefix('window ')} · {PHASES.get(inner, inner)}"
+    return PHASES.get(phase, phase)
 
 
 def code_for(*values) -> tuple[str, str]:

@@ -1,10 +1,11 @@
 """Long takes end to end (CPU): lengths, pinned prefixes, the recording's audio, scenes, determinism, refusals.
 
-Most tests run on a *stub* engine: the tiny engine's text encoder and VAEs, but a DiT stand-in (a cheap
-function of its inputs) and a decoder stand-in (latent channels 0-2 upsampled to pixels, 4 frames per
-latent after the first). The window logic under test (planning, prefixes, audio slices, trimming, writing)
-is the engine's own; the stand-ins only make a 37-s take cost seconds. The bit-for-bit equality with a
-single clip uses the real tiny engine.
+Most tests run on a *stub* engine: the tiny engine's text encoder and audio decoder, with stand-ins for the
+networks that cost seconds per window on a CPU: the DiT (a fixed mix of its inputs, recording what it saw),
+the decoder (latent channels 0-2 upsampled to pixels, 4 frames per latent after the first), the image encoder
+(pixels pooled to the latent grid) and the audio encoder (a projection of each frame's samples plus sampled
+noise). The window logic under test (planning, prefixes, audio slices, trimming, writing) is the engine's
+own. The bit-for-bit equality with a single clip runs the real tiny engine.
 """
 
 from __future__ import annotations
@@ -49,6 +50,34 @@ class PixelDecoder:
             yield i, len(pieces), piece
 
 
+class PooledImageEncoder:
+    def encode_image(self, pixels):
+        pooled = torch.nn.functional.avg_pool2d(pixels[:, :, 0].float(), 16)  # (1, 3, h, w)
+        return pooled.repeat(1, 16, 1, 1)[:, :, None]  # (1, 48, 1, h, w)
+
+
+class ProjectingAudioVAE:
+    """Encodes each 2048-sample frame by a fixed projection plus noise from the caller's generator, like the
+    real (sampled) encoder; decodes with the real tiny decoder."""
+
+    def __init__(self, real) -> None:
+        self.real, self.device = real, real.device
+        self.projection = torch.randn(
+            AUDIO.samples_per_latent, AUDIO.latent_channels, generator=torch.Generator().manual_seed(0)
+        )
+
+    def encode(self, wave, generator=None):
+        wave = torch.as_tensor(wave, dtype=torch.float32)
+        frames = wave[: len(wave) // AUDIO.samples_per_latent * AUDIO.samples_per_latent].view(
+            1, -1, AUDIO.samples_per_latent
+        )
+        latent = frames @ self.projection
+        return latent + 0.01 * torch.randn(latent.shape, generator=generator)
+
+    def decode(self, latent):
+        return self.real.decode(latent)
+
+
 @dataclass
 class Stub:
     engine: Engine
@@ -59,7 +88,7 @@ class Stub:
 def stub(tiny_engine, tmp_path) -> Stub:
     m = tiny_engine.models
     dit = SpyDiT()
-    models = Models(m.text, m.video_vae, m.audio_vae, PixelDecoder(), {"distill": dit})
+    models = Models(m.text, PooledImageEncoder(), ProjectingAudioVAE(m.audio_vae), PixelDecoder(), {"distill": dit})
     engine = Engine(models, torch.device("cpu"), preview=True, output_root=tmp_path / "out")
     return Stub(engine, dit)
 
