@@ -14,6 +14,10 @@ waits for. After a warm-up it times the studio's default clip (256p, 5 s, distil
 and the upscale of a 2-s take to 540p, against the goals of a 2-core CPU without bf16 instructions (10 s and
 20 s), and names the CPU, its bf16/AVX-512 instructions and the dtype the preview computes in.
 
+Long takes (`--long-take 60`, pipeline mode): after the tier tables, one take of that many seconds per
+resolution (256p and 540p among the chosen ones), made window by window, as seconds of work per second of
+output (real-time factor) against the goals of one H100.
+
 Forward mode (`--forward`). Times one DiT forward at the token counts of each tier (1080p with the
 frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
 
@@ -262,6 +266,31 @@ def run_tiers(
     return {tier: runs[tier] for tier in tiers}
 
 
+# One H100, 60-s take: seconds of work per output second (issue 20: 256p in <= 30 s, 540p in <= 100 s)
+LONG_TAKE_RTF_GOALS = {"256p": 0.5, "540p": 100 / 60}
+
+
+def time_long_take(engine: Engine, seconds: int, resolutions: list[str], text_tokens: int) -> list[str]:
+    """One long take per resolution (a fresh base stage each, SR on top where asked): the real-time factor."""
+    from magihuman.engine import GenerationRequest
+
+    lines = []
+    for resolution in resolutions:
+        request = GenerationRequest(bench_prompt(text_tokens, 0), resolution=resolution, seconds=seconds, seed=0)
+        start = time.perf_counter()
+        result = engine.generate(request)
+        synchronize(engine.device)
+        elapsed = time.perf_counter() - start
+        windows = len(result.take.plan.windows) if result.take.plan is not None else 1
+        goal = LONG_TAKE_RTF_GOALS.get(resolution)
+        lines.append(
+            f"long take {seconds} s at {resolution}: {elapsed:.1f} s in {windows} windows, real-time factor "
+            f"{elapsed / seconds:.2f}" + (f" (goal on one H100: <= {goal:.2f})" if goal else "")
+        )
+        shutil.rmtree(result.take.folder, ignore_errors=True)
+    return lines
+
+
 def _max_peak(*results: Result) -> float | None:
     peaks = [r.peak_memory_gb for r in results if r.peak_memory_gb is not None]
     return max(peaks) if peaks else None
@@ -316,9 +345,13 @@ def run_pipeline(
         for i in range(warmup):
             run_tiers(engine, tiers, seconds, args.text_tokens, repetition=-1 - i)
         timed = [run_tiers(engine, tiers, seconds, args.text_tokens, repetition=i) for i in range(iters)]
+        print_pipeline_table(tiers, timed, seconds, size)
+        if args.long_take:
+            long_tiers = [t for t in tiers if t in LONG_TAKE_RTF_GOALS]
+            for line in time_long_take(engine, args.long_take, long_tiers, args.text_tokens):
+                print(line)
     finally:
         shutil.rmtree(output_root, ignore_errors=True)
-    print_pipeline_table(tiers, timed, seconds, size)
 
 
 def _free(device: torch.device) -> None:
@@ -501,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated output resolutions (default: all; tiny: the preview goals)",
     )
     parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny tiers)")
+    parser.add_argument("--long-take", type=int, help="pipeline: also time a take of this many seconds (e.g. 60)")
     parser.add_argument("--latent-frames", type=int, help="--forward: override the latent frame count (CPU: 2)")
     parser.add_argument("--text-tokens", type=int, default=300)
     parser.add_argument("--weights-dir", help="pipeline: load the real weights from here instead of random ones")
@@ -518,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.weights_dir and (args.forward or size != "full"):
         parser.error("--weights-dir loads the full model in pipeline mode")
     preview = size == "tiny" and not args.forward and args.tiers is None and args.seconds is None
+    preview = preview and args.long_take is None
     tiers = [t.strip() for t in (args.tiers or ",".join(RESOLUTIONS)).split(",") if t.strip()]
     unknown = [t for t in tiers if t not in RESOLUTIONS]
     if unknown:

@@ -88,7 +88,8 @@ class Stub:
 def stub(tiny_engine, tmp_path) -> Stub:
     m = tiny_engine.models
     dit = SpyDiT()
-    models = Models(m.text, PooledImageEncoder(), ProjectingAudioVAE(m.audio_vae), PixelDecoder(), {"distill": dit})
+    dits = {"distill": dit, "sr-540p": dit}
+    models = Models(m.text, PooledImageEncoder(), ProjectingAudioVAE(m.audio_vae), PixelDecoder(), dits)
     engine = Engine(models, torch.device("cpu"), preview=True, output_root=tmp_path / "out")
     return Stub(engine, dit)
 
@@ -208,6 +209,18 @@ def test_same_seed_same_take_and_progress_per_window(stub) -> None:
     assert not np.array_equal(_frames(first.video_path), _frames(other.video_path))
     count = len(first.take.plan.windows)
     assert (f"window 2/{count} base", 5, 8) in phases and f"window {count}/{count} decode" in {p for p, _, _ in phases}
+
+
+def test_upscaling_a_long_take_later_equals_sr_while_generating(stub, files) -> None:
+    stub.engine.take_settings = TakeSettings(window_frames=13)
+    common = dict(prompt="A man talks.", portrait=files["portrait"], shots='[{"seconds": 1}]', seed=4)
+    fresh = stub.engine.generate(GenerationRequest(**common, resolution="540p"))
+    later = stub.engine.upscale(stub.engine.generate(GenerationRequest(**common)).take, "540p")
+    assert len(fresh.take.plan.windows) == 2
+    info = probe_media(later.sr_video_path)
+    assert (info.video.width, info.video.height, info.video.frames) == (896, 512, 25)
+    assert np.array_equal(_frames(fresh.sr_video_path), _frames(later.sr_video_path))
+    assert np.array_equal(_frames(fresh.video_path), _frames(later.video_path))
 
 
 def test_long_take_refusals(stub, files, tmp_path) -> None:
