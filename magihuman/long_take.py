@@ -26,10 +26,11 @@ import av
 import numpy as np
 import torch
 
+from magihuman.colour import LabStats, anchor_colour
 from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import QUALITY
-from magihuman.media import Mp4Writer, load_audio, load_portrait, virtual_to_44k
+from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.turbo_vae import to_uint8
 from magihuman.offload import resident
 from magihuman.sampling import denoise_sr, gaussian_noise
@@ -50,6 +51,7 @@ class TakeSettings:
 
     window_frames: int = WINDOW_FRAMES
     overlap_latents: int = 1
+    colour_strength: float = 0.5  # how far the carried frame's colour moves toward the portrait's (magihuman.colour)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class WindowLatents:
     prompt: str
     video: torch.Tensor  # (1, 48, L, h, w)
     audio: torch.Tensor  # (1, N, 64)
+    colour_distance: float | None = None  # ΔE of the carried frame from the portrait, before anchoring
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
             image = load_portrait(request.portrait)
             image_latent = engine._encode_image(image, base_res.pixel_size(portrait))
             progress("image", 1, 1)
+    reference = _portrait_colour(image, base_res.pixel_size(portrait))
+    strength = engine.take_settings.colour_strength
 
     # The recording: one encoding for the whole take (padded with silence over the last window's surplus);
     # every window holds its exact slice fixed, and the mp4 carries the recording itself, trimmed to the take.
@@ -177,7 +182,9 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
             prompt = window.prompt or request.prompt
             with timer("text"):
                 text = engine._encode_text(prompt)
-            prefix = image_latent if window.overlap == 0 else _prefix(engine, carry, window, (lat_h, lat_w))
+            prefix, drift = image_latent, None
+            if window.overlap:
+                prefix, drift = _prefix(engine, carry, window, (lat_h, lat_w), reference, strength)
             audio_latent = audio_shape = audio_prefix = None
             if audio_all is not None:
                 audio_latent = audio_all[:, window.start : window.start + window.frames]
@@ -210,12 +217,12 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
                 generated_audio.append(audio[:, window.overlap : window.overlap + window.keep].cpu())
             seam = _write_window(engine, video, window, _seam_index(plan, window), writer, timer, report, cancel)
             carry = _Carry(video, audio, seam)
-            kept.append(WindowLatents(prompt, video.cpu(), audio.cpu()))
+            kept.append(WindowLatents(prompt, video.cpu(), audio.cpu(), drift))
         if output_audio is None:
             with timer("decode"):
                 output_audio = engine._decode_audio(torch.cat(generated_audio, dim=1).to(device))
             writer.add_audio(output_audio)
-    (folder / "plan.json").write_text(plan.to_json())
+    (folder / "plan.json").write_text(plan.to_json(colour_distance=[k.colour_distance for k in kept]))
     first = kept[0]
     take = Take(
         request,
@@ -245,13 +252,16 @@ def super_resolve(engine, take, resolution: str, timer, progress: ProgressFn, ca
     if take.portrait is not None:
         with timer("image"):
             image_latent = engine._encode_image(take.portrait, res.pixel_size(portrait))
+    reference = _portrait_colour(take.portrait, res.pixel_size(portrait))
     sr_dit = engine.models.dits[res.sr_model]
     carry: _Carry | None = None
     path = take.folder / f"sr_{resolution}.mp4"
     with _writer(engine, path, take.output_audio, request.quality) as writer:
         for window, latents in zip(take.plan.windows, take.windows, strict=True):
             report = _window_progress(progress, window, len(take.plan.windows))
-            prefix = image_latent if window.overlap == 0 else _prefix(engine, carry, window, hw)
+            prefix = image_latent
+            if window.overlap:
+                prefix, _ = _prefix(engine, carry, window, hw, reference, engine.take_settings.colour_strength)
             generator = torch.Generator(device=device).manual_seed(window.seed + SR_SEED_OFFSET)
             audio = latents.audio.to(device)
             with timer("sr"), resident(sr_dit):
@@ -272,16 +282,27 @@ def super_resolve(engine, take, resolution: str, timer, progress: ProgressFn, ca
     return path
 
 
-def _prefix(engine, carry: _Carry, window: Window, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """K pinned latent frames: the seam frame re-encoded alone (a 1-frame latent, as frame 0 must be; never a
-    4-frame latent), then the previous window's last K−1 latents verbatim."""
+def _prefix(
+    engine, carry: _Carry, window: Window, latent_hw: tuple[int, int], reference: LabStats | None, strength: float
+) -> tuple[torch.Tensor, float | None]:
+    """K pinned latent frames: the seam frame (colour-anchored to the portrait) re-encoded alone (a 1-frame
+    latent, as frame 0 must be; never a 4-frame latent), then the previous window's last K−1 latents verbatim.
+    Also the seam's colour distance from the portrait before anchoring (None without a portrait)."""
     height, width = latent_hw[0] * 16, latent_hw[1] * 16
-    seam = carry.seam
+    seam, drift = carry.seam, None
     if tuple(seam.shape[-2:]) != (height, width):
         raise RuntimeError(f"seam frame of {tuple(seam.shape[-2:])}, expected {(height, width)}")
+    if reference is not None:
+        drift = LabStats.of(seam).distance(reference)
+        seam = anchor_colour(seam, reference, strength)
     first = engine.models.video_vae.encode_image(seam.to(engine.device)).to(engine.device, torch.float32)
     rest = window.pinned_latents - 1
-    return torch.cat([first, carry.video[:, :, carry.video.shape[2] - rest :]], dim=2) if rest else first
+    prefix = torch.cat([first, carry.video[:, :, carry.video.shape[2] - rest :]], dim=2) if rest else first
+    return prefix, drift
+
+
+def _portrait_colour(image, size_hw: tuple[int, int]) -> LabStats | None:
+    return None if image is None else LabStats.of(image_to_tensor(crop_resize(image, *size_hw)))
 
 
 def _seam_index(plan: TakePlan, window: Window) -> int | None:

@@ -82,8 +82,9 @@ class TakePlan:
         last = self.windows[-1]
         return last.start + last.frames
 
-    def to_json(self) -> str:
-        return json.dumps({"frames": self.frames, "seconds": self.seconds, **asdict(self)}, indent=1)
+    def to_json(self, **extra) -> str:
+        """The plan (and `extra` facts measured while it ran) as the JSON stored beside the take."""
+        return json.dumps({"frames": self.frames, "seconds": self.seconds, **asdict(self), **extra}, indent=1)
 
 
 def window_seed(seed: int, index: int) -> int:

@@ -131,9 +131,10 @@ def test_one_window_plan_equals_a_single_clip_bit_for_bit(tiny_engine, files) ->
 
 
 def test_pinned_prefix_is_the_carried_latents_at_every_step(stub, files) -> None:
-    """K = 2: slot 0 = the previous window's seam frame (decoded, float) re-encoded, slot 1 = its last latent;
+    """K = 2: slot 0 = the previous window's seam frame (decoded, float, colour left as is) re-encoded, slot 1 =
+    its last latent;
     the generated audio's first F rows = the previous window's last F rows; at every DiT call and at the end."""
-    stub.engine.take_settings = TakeSettings(window_frames=13, overlap_latents=2)
+    stub.engine.take_settings = TakeSettings(window_frames=13, overlap_latents=2, colour_strength=0.0)
     request = GenerationRequest(prompt="A man talks.", portrait=files["portrait"], shots='[{"seconds": 2}]', seed=1)
     take = stub.engine.generate(request).take
     plan = take.plan
@@ -194,6 +195,10 @@ def test_a_3_shot_scene_lasts_the_sum_of_its_shots_and_each_shot_starts_from_the
     starts = [w for w in plan.windows if w.overlap == 0]
     assert [w.shot for w in starts] == [0, 1, 2]
     assert all(torch.equal(calls[w.index][0][0][:, :, :1], image) for w in starts)
+    # the carried frames' colour distance from the portrait is logged per continuing window (none at a cut)
+    drift = json.loads((result.take.folder / "plan.json").read_text())["colour_distance"]
+    assert [d is None for d in drift] == [w.overlap == 0 for w in plan.windows]
+    assert all(d > 0 for d in drift if d is not None)
     assert [k.prompt for k in result.take.windows] == [(shots[w.shot].get("prompt") or "A man.") for w in plan.windows]
 
 
