@@ -301,6 +301,21 @@ def _prefix(
     return prefix, drift
 
 
+def plan_table(take) -> str:
+    """A long take's plan as a small text table (the studio's details): kept frames, shot, seed and the
+    carried frame's colour distance from the portrait per window."""
+    plan = take.plan
+    lines = [
+        f"long take: {plan.frames} frames ({plan.seconds:.2f} s) in {len(plan.windows)} windows",
+        f"{'window':>6} {'frames':>11} {'shot':>4} {'seed':>12} {'colour ΔE':>9}",
+    ]
+    for w, kept in zip(plan.windows, take.windows, strict=True):
+        drift = "-" if kept.colour_distance is None else f"{kept.colour_distance:.1f}"
+        frames = f"{w.first_new}-{w.first_new + w.keep - 1}"
+        lines.append(f"{w.index + 1:>6} {frames:>11} {w.shot + 1:>4} {w.seed:>12} {drift:>9}")
+    return "\n".join(lines)
+
+
 def _portrait_colour(image, size_hw: tuple[int, int]) -> LabStats | None:
     return None if image is None else LabStats.of(image_to_tensor(crop_resize(image, *size_hw)))
 

@@ -20,7 +20,7 @@ from magihuman.__main__ import timing_table
 from magihuman.config import DEFAULT_SECONDS, RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
-from magihuman.long_take import LONG_TAKE_AUDIO
+from magihuman.long_take import LONG_TAKE_AUDIO, plan_table
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
 from magihuman.take_plan import MAX_TAKE_SECONDS
@@ -134,6 +134,8 @@ class Studio:
     def _details(self, stored: StoredTake) -> str:
         engine = self.slot.engine
         table = timing_table(stored.timings, None, engine.layout if engine is not None else None)
+        if stored.take.plan is not None:
+            table += "\n\n" + plan_table(stored.take)
         return f"**{stored.label()}**, {stored.take.request.mode}\n```\n{table}\n```"
 
     # --- history ----------------------------------------------------------------------------------------

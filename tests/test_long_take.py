@@ -21,7 +21,7 @@ import torch
 from magihuman.config import AUDIO, TINY_DIT
 from magihuman.engine import Engine, GenerationRequest, Models
 from magihuman.errors import InputError
-from magihuman.long_take import TakeSettings
+from magihuman.long_take import TakeSettings, plan_table
 from tests.files import portrait, tone, wav, write_audio
 from tests.probe import probe_media
 
@@ -199,6 +199,7 @@ def test_a_3_shot_scene_lasts_the_sum_of_its_shots_and_each_shot_starts_from_the
     drift = json.loads((result.take.folder / "plan.json").read_text())["colour_distance"]
     assert [d is None for d in drift] == [w.overlap == 0 for w in plan.windows]
     assert all(d > 0 for d in drift if d is not None)
+    assert plan_table(result.take).splitlines()[0] == f"long take: 113 frames (4.52 s) in {len(plan.windows)} windows"
     assert [k.prompt for k in result.take.windows] == [(shots[w.shot].get("prompt") or "A man.") for w in plan.windows]
 
 
