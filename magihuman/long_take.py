@@ -100,8 +100,17 @@ def prepare(request, settings: TakeSettings) -> LongTake | None:
 
 
 def _long_take(request, shots: list[Shot], wave: np.ndarray | None, settings: TakeSettings) -> LongTake:
+    loudness = None
+    if wave is not None:  # joins fall in the recording's pauses: RMS per frame
+        per = AUDIO.samples_per_latent
+        frames = wave[: len(wave) // per * per].reshape(-1, per).astype(np.float64)
+        loudness = np.sqrt(np.mean(frames**2, axis=1)).tolist()
     plan = plan_take(
-        shots, seed=request.seed, window_frames=settings.window_frames, overlap_latents=settings.overlap_latents
+        shots,
+        seed=request.seed,
+        window_frames=settings.window_frames,
+        overlap_latents=settings.overlap_latents,
+        loudness=loudness,
     )
     return LongTake(plan, wave)
 

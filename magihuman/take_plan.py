@@ -93,10 +93,17 @@ def window_seed(seed: int, index: int) -> int:
 
 
 def plan_take(
-    shots: Sequence[Shot], *, seed: int, window_frames: int = WINDOW_FRAMES, overlap_latents: int = 1
+    shots: Sequence[Shot],
+    *,
+    seed: int,
+    window_frames: int = WINDOW_FRAMES,
+    overlap_latents: int = 1,
+    loudness: Sequence[float] | None = None,
 ) -> TakePlan:
     """Windows for `shots` played one after the other. Windows are at most `window_frames` (4m+1, ≤ 249) and
-    balanced within a shot (no short last window); each shot's first window starts fresh."""
+    balanced within a shot (no short last window); each shot's first window starts fresh. With `loudness`
+    (one value per frame of the take, e.g. the recording's RMS), every join moves by up to 12 frames (~0.5 s)
+    to where it is quietest, so that joins fall in pauses."""
     if not shots:
         raise ValueError("a take needs at least one shot")
     if not (window_frames - 1) % 4 == 0 or not 5 <= window_frames <= MAX_WINDOW_FRAMES:
@@ -110,7 +117,11 @@ def plan_take(
     for shot_index, shot in enumerate(shots):
         if shot.frames < 1:
             raise ValueError(f"shot {shot_index + 1} has {shot.frames} frames")
-        for j, units in enumerate(_balanced_units(shot.frames, units_max, overlap_latents)):
+        units_per_window = _balanced_units(shot.frames, units_max, overlap_latents)
+        if loudness is not None:
+            caps = [units_max] + [units_max - (overlap_latents - 1)] * (len(units_per_window) - 1)
+            units_per_window = _snap_joins(units_per_window, caps, shot_start, loudness)
+        for j, units in enumerate(units_per_window):
             if j == 0:
                 start, frames, pinned = shot_start, 4 * units + 1, 0
             else:
@@ -138,6 +149,31 @@ def _balanced_units(frames: int, units_max: int, overlap_latents: int) -> list[i
     rest = units - first
     base, extra = divmod(rest, count - 1)
     return [first] + [base + (1 if i < extra else 0) for i in range(count - 1)]
+
+
+SNAP_UNITS = 3  # a join moves by at most 3 × 4 frames = 0.48 s
+
+
+def _snap_joins(units: list[int], caps: list[int], shot_start: int, loudness: Sequence[float]) -> list[int]:
+    """Move each join (the first frame window j+1 makes: shot_start + 1 + 4·(u0 + … + uj)) by whole units to
+    the quietest nearby frames (at most half as loud as where it was), trading units between the two windows
+    it separates; the total is unchanged."""
+    units = list(units)
+    made = 0  # units of the windows before j
+    for j in range(len(units) - 1):
+        options = []
+        for shift in range(-SNAP_UNITS, SNAP_UNITS + 1):
+            here, there = units[j] + shift, units[j + 1] - shift
+            if 1 <= here <= caps[j] and 1 <= there <= caps[j + 1]:
+                join = shot_start + 1 + 4 * (made + here)
+                around = loudness[max(join - 2, 0) : join + 2]
+                options.append((sum(around) / max(len(around), 1), abs(shift), shift))
+        best = min(options)
+        unshifted = next(score for score, _, shift in options if shift == 0)
+        shift = best[2] if best[0] <= 0.5 * unshifted else 0  # only a clearly quieter spot is worth a move
+        units[j], units[j + 1] = units[j] + shift, units[j + 1] - shift
+        made += units[j]
+    return units
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from magihuman.config import AUDIO, TINY_DIT
 from magihuman.engine import Engine, GenerationRequest, Models
 from magihuman.errors import InputError
-from magihuman.long_take import TakeSettings, plan_table
+from magihuman.long_take import TakeSettings, plan_table, prepare
 from tests.files import portrait, tone, wav, write_audio
 from tests.probe import probe_media
 
@@ -179,6 +179,14 @@ def test_a_37_3_s_recording_gives_a_take_of_exactly_its_length(stub, files) -> N
     reference = 0.3 * np.sin(2 * np.pi * 220.0 * t)
     middle = slice(44_100, len(sound) - 44_100)
     assert np.sqrt(np.mean((sound[middle] - reference[middle]) ** 2)) < 0.01
+
+
+def test_joins_fall_in_the_recording_s_pauses(tiny_engine, tmp_path) -> None:
+    planar = tone(11, 44_100)  # balanced joins at frames 93 and 185
+    planar[:, int(3.92 * 44_100) : int(4.24 * 44_100)] = 0  # a pause over frames 98-106
+    speech = write_audio(tmp_path / "pause.wav", planar, 44_100, "pcm_s16le")
+    long_take = prepare(tiny_engine.validate(GenerationRequest(prompt="x", audio=speech, seed=0)), TakeSettings())
+    assert [w.first_new for w in long_take.plan.windows[1:]] == [101, 185]
 
 
 def test_a_3_shot_scene_lasts_the_sum_of_its_shots_and_each_shot_starts_from_the_portrait(stub, files) -> None:

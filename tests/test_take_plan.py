@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -28,11 +29,17 @@ window_sizes = st.integers(3, (MAX_WINDOW_FRAMES - 1) // 4).map(lambda m: 4 * m 
     window=window_sizes,
     overlap=st.integers(1, 3),
     seed=st.integers(0, 2**32 - 1),
+    loudness_seed=st.none() | st.integers(0, 1000),
 )
-def test_windows_tile_the_take_exactly(lengths, window, overlap, seed) -> None:
+def test_windows_tile_the_take_exactly(lengths, window, overlap, seed, loudness_seed) -> None:
     if overlap >= (window - 1) // 4:
         overlap = 1
-    plan = plan_take([Shot(n) for n in lengths], seed=seed, window_frames=window, overlap_latents=overlap)
+    loudness = None
+    if loudness_seed is not None:  # joins snapped to the quiet frames of a recording
+        loudness = random.Random(loudness_seed).choices([0.0, 0.01, 0.3], k=sum(lengths))
+    plan = plan_take(
+        [Shot(n) for n in lengths], seed=seed, window_frames=window, overlap_latents=overlap, loudness=loudness
+    )
     assert plan.frames == sum(lengths)
     covered = 0  # the next frame of the take no window has kept yet
     shot_starts = {sum(lengths[:i]) for i in range(len(lengths))}
@@ -63,6 +70,17 @@ def test_windows_are_balanced_and_as_few_as_fit(frames, window) -> None:
     assert not sizes or max(sizes) - min(sizes) <= 1 * 4  # no short last window
     capacity = 1 + (window - 1) + (len(plan.windows) - 2) * (window - 1)  # one window fewer would not do
     assert len(plan.windows) == 1 or capacity < frames
+
+
+def test_joins_move_into_pauses() -> None:
+    """A 0.3-s pause 8 frames after where the balanced join would be: the join moves into it."""
+    balanced = plan_take([Shot(150)], seed=0)
+    join = balanced.windows[1].first_new
+    loudness = [0.2] * 150
+    loudness[join + 6 : join + 14] = [0.0] * 8
+    snapped = plan_take([Shot(150)], seed=0, loudness=loudness)
+    assert snapped.windows[1].first_new == join + 8 and len(snapped.windows) == len(balanced.windows)
+    assert plan_take([Shot(150)], seed=0, loudness=[0.2] * 150) == balanced  # nothing quieter: no move
 
 
 def test_one_window_plan_is_one_clip() -> None:
