@@ -128,6 +128,36 @@ def _too_long(path) -> str:
     )
 
 
+ENCODE_CHUNK_FRAMES = 29 * FPS  # the reference encodes long audio in 29-s chunks
+
+
+def encode_recording(audio_vae, wave: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+    """The whole recording's latent (1, frames, 64) in one encoding: one pass up to 29 s; a longer one in 29-s
+    chunks overlapping by half, the overlapping latents cross-faded linearly (as the reference does), which
+    bounds the encoder's activations (~3 GB per layer for 2 minutes at 51.2 kHz in one pass)."""
+    per, chunk = AUDIO.samples_per_latent, ENCODE_CHUNK_FRAMES
+    frames = len(wave) // per
+    if frames <= chunk:
+        return audio_vae.encode(torch.from_numpy(wave[: frames * per]), generator=generator)
+    hop = chunk // 2
+    starts = list(range(0, frames - chunk, hop)) + [frames - chunk]
+    total = weights = None
+    for i, start in enumerate(starts):
+        latent = audio_vae.encode(torch.from_numpy(wave[start * per : (start + chunk) * per]), generator=generator)
+        if total is None:
+            total = latent.new_zeros(1, frames, latent.shape[2])
+            weights = latent.new_zeros(frames)
+        ramp = latent.new_ones(chunk)
+        fade = torch.linspace(0, 1, hop + 2, dtype=latent.dtype, device=latent.device)[1:-1]  # never exactly 0
+        if i > 0:
+            ramp[:hop] = fade
+        if i < len(starts) - 1:
+            ramp[chunk - hop :] = fade.flip(0)
+        total[:, start : start + chunk] += latent[0] * ramp[:, None]
+        weights[start : start + chunk] += ramp
+    return total / weights[None, :, None]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Running a plan
 # ---------------------------------------------------------------------------------------------------------
@@ -173,8 +203,7 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
             wave = np.zeros(needed, np.float32)
             wave[: min(needed, len(long_take.wave))] = long_take.wave[:needed]
             audio_generator = torch.Generator(device=device).manual_seed(request.seed)
-            audio_all = models.audio_vae.encode(torch.from_numpy(wave), generator=audio_generator)
-            audio_all = audio_all.to(device, torch.float32)
+            audio_all = encode_recording(models.audio_vae, wave, audio_generator).to(device, torch.float32)
             output_audio = virtual_to_44k(np.repeat(wave[: plan.frames * per, None], 2, axis=1))
             progress("audio", 1, 1)
 

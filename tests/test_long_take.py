@@ -21,7 +21,8 @@ import torch
 from magihuman.config import AUDIO, TINY_DIT
 from magihuman.engine import Engine, GenerationRequest, Models
 from magihuman.errors import InputError
-from magihuman.long_take import TakeSettings, plan_table, prepare
+from magihuman.long_take import LONG_TAKE_AUDIO, TakeSettings, encode_recording, plan_table, prepare
+from magihuman.media import load_audio
 from tests.files import portrait, tone, wav, write_audio
 from tests.probe import probe_media
 
@@ -61,7 +62,7 @@ class ProjectingAudioVAE:
     real (sampled) encoder; decodes with the real tiny decoder."""
 
     def __init__(self, real) -> None:
-        self.real, self.device = real, real.device
+        self.real, self.device = real, torch.device("cpu")
         self.projection = torch.randn(
             AUDIO.samples_per_latent, AUDIO.latent_channels, generator=torch.Generator().manual_seed(0)
         )
@@ -72,7 +73,7 @@ class ProjectingAudioVAE:
             1, -1, AUDIO.samples_per_latent
         )
         latent = frames @ self.projection
-        return latent + 0.01 * torch.randn(latent.shape, generator=generator)
+        return latent if generator is None else latent + 0.01 * torch.randn(latent.shape, generator=generator)
 
     def decode(self, latent):
         return self.real.decode(latent)
@@ -163,12 +164,12 @@ def test_a_37_3_s_recording_gives_a_take_of_exactly_its_length(stub, files) -> N
     info = probe_media(result.video_path)
     assert info.video.frames == 932 and info.audio.seconds == pytest.approx(932 / 25, abs=0.03)
     assert json.loads((result.take.folder / "plan.json").read_text())["frames"] == 932
-    # the audio rows every window heard are its slice of the single-pass encoding of the recording
-    whole = torch.cat(
-        [result.take.windows[0].audio]
-        + [k.audio[:, w.overlap :] for w, k in zip(plan.windows[1:], result.take.windows[1:], strict=True)],
-        dim=1,
-    )
+    # the audio rows every window heard are its slice of one encoding of the whole recording (silence-padded
+    # over the last window's surplus)
+    wave = load_audio(files["long"], limits=LONG_TAKE_AUDIO)
+    padded = np.zeros(plan.generated_frames * AUDIO.samples_per_latent, np.float32)
+    padded[: len(wave)] = wave[: len(padded)]
+    whole = encode_recording(stub.engine.models.audio_vae, padded, torch.Generator().manual_seed(2))
     calls = _windows_of_calls(stub, plan)
     for w, window_calls in zip(plan.windows, calls, strict=True):
         for _, audio in window_calls:
@@ -187,6 +188,16 @@ def test_joins_fall_in_the_recording_s_pauses(tiny_engine, tmp_path) -> None:
     speech = write_audio(tmp_path / "pause.wav", planar, 44_100, "pcm_s16le")
     long_take = prepare(tiny_engine.validate(GenerationRequest(prompt="x", audio=speech, seed=0)), TakeSettings())
     assert [w.first_new for w in long_take.plan.windows[1:]] == [101, 185]
+
+
+def test_a_recording_over_29_s_is_encoded_in_cross_faded_chunks_that_agree_with_one_pass() -> None:
+    """A frame-local encoder gives the same latent in chunks as in one pass: the cross-fade weights sum to 1."""
+    vae = ProjectingAudioVAE(None)
+    wave = np.random.default_rng(0).standard_normal(70 * 25 * AUDIO.samples_per_latent).astype(np.float32)
+    chunked = encode_recording(vae, wave, None)
+    one_pass = torch.from_numpy(wave).view(1, -1, AUDIO.samples_per_latent) @ vae.projection
+    assert chunked.shape == (1, 1750, AUDIO.latent_channels)
+    assert torch.allclose(chunked, one_pass, atol=1e-4)
 
 
 def test_a_3_shot_scene_lasts_the_sum_of_its_shots_and_each_shot_starts_from_the_portrait(stub, files) -> None:
