@@ -10,6 +10,7 @@ own. The bit-for-bit equality with a single clip runs the real tiny engine.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from magihuman.__main__ import _generate_arguments, request_from_args
 from magihuman.config import AUDIO, TINY_DIT
 from magihuman.engine import Engine, GenerationRequest, Models
 from magihuman.errors import InputError
@@ -261,3 +263,14 @@ def test_long_take_refusals(stub, files, tmp_path) -> None:
     with pytest.raises(InputError, match="non-empty JSON list"):
         stub.engine.generate(GenerationRequest(prompt="x", shots="[]"))
     assert stub.dit.calls == []
+
+
+def test_the_cli_reads_shots_from_a_file_or_inline(tmp_path) -> None:
+    scene = tmp_path / "scene.json"
+    scene.write_text('[{"prompt": "A man waves.", "seconds": 3}]')
+    parser = argparse.ArgumentParser()
+    _generate_arguments(parser)
+    for given in (str(scene), f"@{scene}", scene.read_text()):
+        args = parser.parse_args(["--prompt", "p", "--shots", given, "--out", "x.mp4"])
+        assert request_from_args(args).shots == scene.read_text()
+    assert request_from_args(parser.parse_args(["--prompt", "p", "--out", "x.mp4"])).seconds is None
