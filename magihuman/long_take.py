@@ -35,6 +35,7 @@ from magihuman.model.turbo_vae import to_uint8
 from magihuman.offload import resident
 from magihuman.sampling import denoise_sr, gaussian_noise
 from magihuman.take_plan import MAX_TAKE_SECONDS, WINDOW_FRAMES, Shot, TakePlan, Window, parse_shots, plan_take
+from magihuman.take_prompts import split_dialogue
 from magihuman.text import NEGATIVE_PROMPT
 from magihuman.threads import worker_thread
 
@@ -112,7 +113,20 @@ def _long_take(request, shots: list[Shot], wave: np.ndarray | None, settings: Ta
         overlap_latents=settings.overlap_latents,
         loudness=loudness,
     )
+    if wave is None:  # generated speech: each window says its own sentences (a recording carries its own words)
+        plan = _split_dialogue(plan, request.prompt)
     return LongTake(plan, wave)
+
+
+def _split_dialogue(plan: TakePlan, take_prompt: str) -> TakePlan:
+    windows = list(plan.windows)
+    for shot in sorted({w.shot for w in windows}):
+        own = [w for w in windows if w.shot == shot]
+        origin = own[0].start
+        spans = [(w.first_new - origin, w.first_new + w.keep - origin) for w in own]
+        for w, prompt in zip(own, split_dialogue(own[0].prompt or take_prompt, spans), strict=True):
+            windows[w.index] = replace(w, prompt=prompt)
+    return replace(plan, windows=tuple(windows))
 
 
 def _too_long(path) -> str:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magihuman.config import decoded_frames
+from magihuman.prompts import DialogueLine, build_prompt, parse_prompt
 from magihuman.take_plan import (
     MAX_SHOTS,
     MAX_TAKE_SECONDS,
@@ -19,6 +20,7 @@ from magihuman.take_plan import (
     plan_take,
     window_seed,
 )
+from magihuman.take_prompts import sentences, split_dialogue
 
 window_sizes = st.integers(3, (MAX_WINDOW_FRAMES - 1) // 4).map(lambda m: 4 * m + 1)
 
@@ -116,3 +118,21 @@ def test_shots_field() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             parse_shots(text)
+
+
+def test_generated_speech_is_split_at_sentence_ends_across_a_shot_s_windows() -> None:
+    said = "Good morning everyone. Today we talk about rivers. They carry water to the sea! That is all."
+    prompt = build_prompt("A man at a desk.", [DialogueLine("The man", "English", said)], "Soft rain")
+    prompts = split_dialogue(prompt, [(0, 50), (50, 100), (100, 400)])
+    parsed = [parse_prompt(p) for p in prompts]
+    assert all(d.startswith("A man at a desk.") and b == "Soft rain" for d, _, b in parsed)  # the scene stays
+    spoken = [" ".join(line.text for line in lines) for _, lines, _ in parsed]
+    assert spoken[0].startswith("Good morning everyone.") and "That is all." not in spoken[0]
+    assert spoken[-1].endswith("That is all.") and "Good morning" not in spoken[-1]
+    assert all(f'"{text}"' in p for text, p in zip(spoken, prompts, strict=True))  # quoted in the body too
+    assert " ".join(dict.fromkeys(s for text in spoken for s in sentences(text))) == said  # all said, in order
+    # nothing to split: one window, no dialogue block, or a language the model does not speak
+    assert split_dialogue(prompt, [(0, 100)]) == [prompt]
+    assert split_dialogue("A man waves.", [(0, 50), (50, 100)]) == ["A man waves."] * 2
+    klingon = prompt.replace("English", "Klingon")
+    assert split_dialogue(klingon, [(0, 50), (50, 100)]) == [klingon] * 2
