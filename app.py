@@ -8,23 +8,21 @@ with explicit security options.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
-from dataclasses import replace
 from types import SimpleNamespace
 
 import gradio as gr
-import torch
 
-from magihuman.build import DEFAULT_DITS, default_model_size, load_engine
 from magihuman.config import MEDIA_LIMITS, SR_RESOLUTIONS
+from magihuman.enhance import MODEL_ENV as ENHANCER_MODEL_ENV
 from magihuman.fields import FIELD, FIELDS
-from magihuman.optimize import SpeedFlags, add_speed_arguments, warm_up
-from magihuman.parallel import add_parallel_argument, attach, init_parallel, run_worker
+from magihuman.options import EngineOptions
 from magihuman.prompts import LANGUAGE_NAMES
-from studio import gpu
+from studio import cards as cards_ui
+from studio import enhance as enhance_ui
+from studio import gpu, space, startup
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
 from studio.handlers import (
@@ -36,18 +34,31 @@ from studio.handlers import (
 )
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
+from studio.scorecard import (
+    CARD_CSS,
+    Scorer,
+    best_of_controls,
+    card_controls,
+    gallery_listing,
+    order_control,
+    score_controls,
+    wire_scoring,
+)
 
-AUTH_ENV = "MAGIHUMAN_AUTH"
+AUTH_ENV = startup.AUTH_ENV
 MAX_QUEUE = 16
 MAX_UPLOAD = f"{MEDIA_LIMITS.max_image_bytes // 2**20}mb"
 GPU_JOBS = "gpu"  # one concurrency group: one job on the GPU at a time
 HISTORY_KEY = "magihuman-studio-takes"
-CSS = """
+CSS = (
+    """
 #status-line { font-size: 0.9em; opacity: 0.85; }
 #preview-banner { border: 1px solid #d97706; background: #fef3c7; color: #78350f; border-radius: 8px;
                   padding: 8px 12px; }
 #details pre { font-size: 0.85em; }
 """
+    + CARD_CSS
+)
 PREVIEW_BANNER = (
     "**Preview engine:** tiny random weights, no GPU. Clips have the right size, length and audio, but show "
     "noise. Run on a CUDA machine for real output."
@@ -66,11 +77,13 @@ def build_demo(slot: EngineSlot) -> StudioBlocks:
     """The studio UI for an engine slot (loading or ready). No side effects: nothing loads until the first page
     load asks the slot to start (main() starts it at once)."""
     studio = Studio(slot)
+    scorer = Scorer(studio)
     gpu.bind_slot(slot)
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
         page = _layout()
-        _wire(demo, page, studio)
+        _wire(demo, page, studio, scorer)
     demo.studio = studio  # for tests and main(): the takes to clean up at exit
+    demo.scorer = scorer
     return demo
 
 
@@ -93,6 +106,7 @@ def _layout() -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=5):
             place("portrait", "prompt")
+            p.enhancer = enhance_ui.layout()
             p.prompt_warning = gr.Markdown(elem_id="prompt-warning")
             with gr.Row():
                 place("resolution", "aspect")
@@ -102,6 +116,7 @@ def _layout() -> SimpleNamespace:
             with gr.Row():
                 p.generate = gr.Button("Generate", variant="primary", interactive=False, elem_id="generate")
                 p.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            best_of_controls(p)
             with gr.Accordion("Dialogue builder", open=True, elem_id="dialogue-builder"):
                 description = gr.Textbox(label="Character and scene", lines=3, elem_id="db-description")
                 with gr.Row():
@@ -116,6 +131,7 @@ def _layout() -> SimpleNamespace:
                     p.build = gr.Button("Write the prompt", elem_id="db-build")
                     p.read = gr.Button("Fill from the prompt", elem_id="db-read")
                 p.line_warning = gr.Markdown(elem_id="db-warning")
+            p.cards = cards_ui.layout()
             with gr.Accordion("Your own speech (optional)", open=False):
                 place("audio")
                 p.audio_note = gr.Markdown(elem_id="audio-hint")
@@ -129,6 +145,7 @@ def _layout() -> SimpleNamespace:
             p.seed_used = gr.Number(label="Seed used", interactive=False, precision=0, elem_id="seed-used")
             p.downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
             p.details = gr.Markdown(label="Details", elem_id="details")
+            card_controls(p)
             p.take_id = gr.Textbox(label="Take id", visible=False, elem_id="take-id")
             with gr.Accordion("Takes of this browser", open=True, elem_id="history"):
                 p.gallery = gr.Gallery(
@@ -138,6 +155,7 @@ def _layout() -> SimpleNamespace:
                     allow_preview=False,
                     elem_id="takes",
                 )
+                order_control(p)
                 with gr.Row():
                     p.compare_a = gr.Dropdown(label="Compare take", elem_id="compare-a")
                     p.compare_b = gr.Dropdown(label="with take", elem_id="compare-b")
@@ -148,6 +166,7 @@ def _layout() -> SimpleNamespace:
                 p.write_code = gr.Button("Write the code for these settings", elem_id="write-code")
                 p.python_code = gr.Code(language="python", label="gradio_client", elem_id="python-code")
                 p.cli_code = gr.Code(language="shell", label="Command line", elem_id="cli-code")
+            score_controls(p)
     gr.Examples(
         examples=example_values(),
         example_labels=example_labels(),
@@ -158,13 +177,17 @@ def _layout() -> SimpleNamespace:
     return p
 
 
-def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
-    """The events. Public API: /generate (one parameter per request field), /upscale and /stop; every other
-    event is private."""
+def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -> None:
+    """The events. Public API: /generate (one parameter per request field), /upscale, /stop and /score; every
+    other event is private."""
     inputs = [p.controls[f.name] for f in FIELDS]
     answer = [p.player, p.downloads, p.seed_used, p.details, p.take_id]
     private = {"api_visibility": "private"}
-    listing = {"fn": studio.gallery, "inputs": p.history, "outputs": [p.gallery, p.compare_a, p.compare_b, p.history]}
+    listing = {
+        "fn": gallery_listing(scorer),
+        "inputs": [p.history, p.order],
+        "outputs": [p.gallery, p.compare_a, p.compare_b, p.history],
+    }
     remember = {"fn": studio.remember, "inputs": [p.take_id, p.history], "outputs": p.history}
     enable_upscale = {"fn": lambda: gr.update(interactive=True), "outputs": p.upscale}
     gpu_job = {"concurrency_limit": 1, "concurrency_id": GPU_JOBS}
@@ -180,6 +203,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
 
     selected = p.gallery.select(studio.select, p.history, [*answer, *inputs, p.random_seed], **private)
     selected.success(**enable_upscale, **private)
+    wire_scoring(p, scorer, [gen_event, up_event], [selected], listing, gpu_job)
     p.controls["seed"].input(lambda: False, outputs=p.random_seed, queue=False, **private)
     p.compare.click(studio.compare, [p.compare_a, p.compare_b], p.player, **private)
     removed = p.remove.click(studio.remove, [p.take_id, p.history], [p.history, p.player, p.take_id], **private)
@@ -189,6 +213,16 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
     prompt, seconds = p.controls["prompt"], p.controls["seconds"]
     p.build.click(dialogue_to_prompt, [*p.dialogue, seconds], [prompt, p.line_warning], **private)
     p.read.click(prompt_to_dialogue, prompt, p.dialogue, **private)
+    enhance_ui.wire(p.enhancer, prompt, p.dialogue[2], seconds, p.dialogue[0])  # language, character and scene
+    cards_ui.wire(
+        demo,
+        p.cards,
+        portrait=p.controls["portrait"],
+        audio=p.controls["audio"],
+        dialogue=p.dialogue,
+        seed=p.controls["seed"],
+        random_seed=p.random_seed,
+    )
     prompt.blur(studio.prompt_warning, prompt, p.prompt_warning, **private)
     p.controls["audio"].change(audio_hint, [p.controls["audio"], seconds], p.audio_note, **private)
 
@@ -212,79 +246,18 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio) -> None:
     demo.load(**listing, queue=False, **private)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------------------
-
-ENGINE: dict = {}  # what main()'s flags ask of the engine; read when the engine starts loading
-
-
-def load_studio_engine(status: gpu.StatusFn):
-    """The engine the flags (or the environment) ask for: weights, the speed steps, then compilation and
-    warm-up on a GPU (on ZeroGPU studio.gpu compiles ahead of time instead)."""
-    size = ENGINE.get("model") or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
-    device = "cuda" if torch.cuda.is_available() or gpu.ON_ZEROGPU else "cpu"
-    speed = ENGINE.get("speed") or SpeedFlags.from_env(device)
-    if gpu.ON_ZEROGPU:  # no torch.compile in ZeroGPU workers (studio.gpu compiles AoT), no pinned memory at load
-        speed = replace(speed, compile=False, offload=False)
-    parallel = ENGINE.get("parallel")
-    if parallel is not None:
-        device = parallel.device
-    engine = load_engine(size, weights_dir=ENGINE.get("weights_dir"), device=device, speed=speed, on_status=status)
-    if parallel is not None:
-        attach(engine, parallel)  # handshake with the worker ranks; a no-op for one process
-        if engine.layout:
-            status(f"layout: {engine.layout}")
-    if speed.compile and not gpu.ON_ZEROGPU:
-        status("compiling and warming up the DiT for each resolution")
-        status(f"compiled and warmed up in {warm_up(engine):.0f} s")
-    return engine
-
-
-def _parse_auth(value: str | None) -> tuple[str, str] | None:
-    if not value:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise SystemExit("--auth (or $MAGIHUMAN_AUTH) must look like user:password")
-    return user, password
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="daVinci-MagiHuman Studio")
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on a CUDA machine, tiny elsewhere")
-    # Hugging Face Spaces run `python app.py` with GRADIO_SERVER_NAME=0.0.0.0; elsewhere this machine only.
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
-        help="interface to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only)",
-    )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT") or 7860))
-    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (anyone can use it)")
-    parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
-    parser.add_argument("--weights-dir", help="local weights folder (see `python -m magihuman download`)")
-    parser.add_argument("--mcp", action="store_true", help="also serve /generate and /upscale as MCP tools")
-    add_speed_arguments(parser)
-    add_parallel_argument(parser)  # --cp N under torchrun: several GPUs on one clip
-    args = parser.parse_args(argv)
-
-    auth = _parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    args = startup.parse_args(argv)
+    auth = startup.parse_auth(args.auth or os.environ.get(AUTH_ENV))
+    if args.enhancer_model:  # the enhancer reads its configuration from the environment at each call
+        os.environ[ENHANCER_MODEL_ENV] = args.enhancer_model
     if args.share:
         warnings.warn(
             "--share makes a PUBLIC link: anyone with it can use this GPU" + ("" if auth else " (no --auth set)"),
             stacklevel=1,
         )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    speed = SpeedFlags.from_args(args, device)
-    size = args.model or os.environ.get("MAGIHUMAN_MODEL") or default_model_size()
-    try:
-        parallel = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    if not parallel.is_driver:  # ranks other than 0 hold the DiTs and serve rank 0's forwards until it stops
-        run_worker(parallel, size, args.weights_dir, DEFAULT_DITS, speed)
+    if not startup.join(EngineOptions.from_args(args)):  # ranks other than 0 served rank 0's DiT forwards
         return
-    ENGINE.update(model=size, weights_dir=args.weights_dir, speed=speed, parallel=parallel)
     demo.studio.slot.start()
     demo.launch(
         server_name=args.host,
@@ -300,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
 # On ZeroGPU the engine must load now, in the main thread (studio.gpu.start_slot); elsewhere it loads in the
 # background once main() or the first page asks.
 demo = build_demo(
-    gpu.start_slot(load_studio_engine) if gpu.ON_ZEROGPU else EngineSlot(gpu.with_space_weights(load_studio_engine))
+    gpu.start_slot(startup.load_studio_engine)
+    if space.ON_ZEROGPU
+    else EngineSlot(space.with_space_weights(startup.load_studio_engine))
 )
 demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
 

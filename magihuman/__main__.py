@@ -1,4 +1,4 @@
-"""Command line: `python -m magihuman generate ...` and `python -m magihuman download ...`."""
+"""Command line: `python -m magihuman generate ...`, `... download ...`, `... score ...` and `... enhance "idea"`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from magihuman.config import RESOLUTIONS
 from magihuman.engine import GenerationRequest
+from magihuman.enhance import add_enhance_arguments, run_enhance
 from magihuman.errors import MagiHumanError
 from magihuman.fields import FIELDS
-from magihuman.optimize import SpeedFlags, add_speed_arguments
-from magihuman.parallel.launch import add_parallel_argument
+from magihuman.options import EngineOptions
+from magihuman.timing import timing_table
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +31,8 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
             kind = {"int": int, "float": float}.get(f.kind, str)
             shown = f" ({range_text})" if (range_text := f.range_text()) else ""
             parser.add_argument(f.flag, type=kind, default=f.default, help=help_text + shown)
-    parser.add_argument("--model", choices=["full", "tiny"], help="default: full on CUDA, tiny elsewhere")
-    parser.add_argument("--weights-dir", type=Path, help="local weights (default ./weights, $MAGIHUMAN_WEIGHTS)")
     parser.add_argument("--out", type=Path, required=True, help="output mp4 (at 540p or 1080p: the SR clip)")
-    add_parallel_argument(parser)
-    add_speed_arguments(parser)
+    EngineOptions.add_arguments(parser)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
@@ -50,28 +46,23 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from magihuman.build import default_model_size, load_engine
-    from magihuman.parallel import attach, init_parallel, run_worker, shutdown
+    from magihuman.parallel import shutdown, start
 
     request = request_from_args(args)
-    size = args.model or default_model_size()
     sr_model = RESOLUTIONS[request.resolution].sr_model
-    speed = SpeedFlags.from_args(args, "cuda" if torch.cuda.is_available() else "cpu")
-    dits = [request.base_model, *([sr_model] if sr_model else [])]
+    options = EngineOptions.from_args(args, dits=[request.base_model, *([sr_model] if sr_model else [])])
+    print(f"loading the {options.size} engine ...", file=sys.stderr)
     try:
-        ctx = init_parallel(args.cp, size, cfg_parallel=args.cfg_parallel, speed=speed)
-    except ValueError as exc:
+        engine = start(options)
+    except ValueError as exc:  # a layout init_parallel refuses, before anything loads
         raise MagiHumanError(str(exc)) from exc
-    if not ctx.is_driver:
-        run_worker(ctx, size, args.weights_dir, dits, speed)
+    if engine is None:  # a worker rank: rank 0 has finished
         return
-    print(f"loading the {size} engine ({ctx.describe()}) ...", file=sys.stderr)
-    engine = load_engine(size, weights_dir=args.weights_dir, device=ctx.device, dits=dits, speed=speed)
-    driver = attach(engine, ctx)
     try:
         _generate_one(engine, args, request)
     finally:
-        shutdown(driver)
+        if engine.parallel is not None:
+            shutdown(engine.parallel)
 
 
 def _generate_one(engine, args: argparse.Namespace, request: GenerationRequest) -> None:
@@ -93,30 +84,24 @@ def _generate_one(engine, args: argparse.Namespace, request: GenerationRequest) 
     print(timing_table(result.timings, result.peak_memory_gb, result.layout))
 
 
-def timing_table(timings: dict[str, float], peak_memory_gb: float | None, layout: str | None = None) -> str:
-    """Per-stage seconds as a small text table (shared by the CLI and the app); `layout` names the multi-GPU
-    layout that ran it (`Result.layout`)."""
-    lines = [f"{'stage':<8} {'seconds':>8}", f"{'-' * 8} {'-' * 8}"]
-    lines += [f"{stage:<8} {seconds:>8.2f}" for stage, seconds in timings.items()]
-    lines.append(f"{'total':<8} {sum(timings.values()):>8.2f}")
-    if peak_memory_gb is not None:
-        lines.append(f"peak GPU memory: {peak_memory_gb:.1f} GiB")
-    if layout is not None:
-        lines.append(f"layout: {layout}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from magihuman.score.cli import add_score_arguments, run_score
     from magihuman.weights import add_download_arguments, run_download
 
     parser = argparse.ArgumentParser(prog="python -m magihuman", description="daVinci-MagiHuman engine")
     commands = parser.add_subparsers(dest="command", required=True)
     _generate_arguments(commands.add_parser("generate", help="generate a clip and print per-stage timings"))
     add_download_arguments(commands.add_parser("download", help="download the weights for some tiers"))
+    add_score_arguments(commands.add_parser("score", help="print a take's scorecard (words, timing, sync, sound)"))
+    add_enhance_arguments(commands.add_parser("enhance", help="rewrite a rough idea into a prompt with your LLM"))
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             _run_generate(args)
+        elif args.command == "score":
+            run_score(args)
+        elif args.command == "enhance":
+            run_enhance(args)
         else:
             run_download(args)
     except MagiHumanError as exc:

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,14 +34,23 @@ from magihuman.errors import CheckpointError
 from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.loading import INDEX_NAME, SINGLE_NAME, load_dit, load_state_dict_strict, save_checkpoint
 from magihuman.model.dit import DiT, build_dit
-from magihuman.optimize import CACHE_DIR_ENV
 
+CACHE_DIR_ENV = "MAGIHUMAN_CACHE_DIR"
 FORMAT_VERSION = 1  # bump when the layout of a converted entry changes
 COMPLETE_NAME = "converted.json"  # written last: an entry without it is incomplete
 SHARD_BYTES = 4 * 2**30
 FREE_SPACE_MARGIN = 2 * 2**30  # leave this much free after writing an entry
 
 StatusFn = Callable[[str], None]
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$MAGIHUMAN_CACHE_DIR, else $XDG_CACHE_HOME/magihuman, else ~/.cache/magihuman."""
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_DIR_ENV):
+        return Path(env[CACHE_DIR_ENV]).expanduser()
+    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "magihuman"
 
 
 # ---------------------------------------------------------------------------------------------------------

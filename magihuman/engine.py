@@ -67,6 +67,7 @@ from magihuman.sampling import (
 from magihuman.take_plan import TakePlan, parse_shots
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.threads import worker_thread
+from magihuman.timing import seconds_since
 from magihuman.vae import AudioVAE, VideoVAE
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, step, total)
@@ -200,7 +201,7 @@ class Engine:
         """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
-            timer = _StageTimer()
+            timer = _StageTimer(self.device)
             folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
             try:
                 long_take = prepare_take(request, self.take_settings)
@@ -251,7 +252,7 @@ class Engine:
             raise InputError(f"cannot upscale to {resolution!r}; choose one of {', '.join(SR_RESOLUTIONS)}")
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
-            timer = _StageTimer()
+            timer = _StageTimer(self.device)
             if take.plan is not None:
                 sr_path = super_resolve_take(self, take, resolution, timer, on_progress or _ignore, cancel)
             else:
@@ -516,9 +517,10 @@ def _ignore(phase: str, step: int, total: int) -> None:
 
 
 class _StageTimer:
-    """Accumulates wall time per stage name (synchronising CUDA so GPU work is counted where it happens)."""
+    """Accumulates wall time per stage name (GPU work is counted in the stage that queued it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.totals: dict[str, float] = {}
 
     @contextmanager
@@ -527,9 +529,7 @@ class _StageTimer:
         try:
             yield
         finally:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.totals[stage] = self.totals.get(stage, 0.0) + time.perf_counter() - start
+            self.totals[stage] = self.totals.get(stage, 0.0) + seconds_since(start, self.device)
 
 
 @contextmanager

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
+
+class Cancel(Protocol):
+    """What the engine and the samplers ask of a cancel flag (a `threading.Event` is one): checked at every step
+    boundary, so a set flag stops a run within one denoising step."""
+
+    def is_set(self) -> bool: ...
+
 
 class MagiHumanError(Exception):
     """Base class of every deliberate engine error."""

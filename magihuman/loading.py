@@ -1,19 +1,22 @@
-"""Strict loading of DiT checkpoints in the official layout.
+"""Strict loading of the checkpoints in their official layouts, with one mismatch report (`check_keys`) that
+the VAE and text-encoder loaders share.
 
-A model folder holds either `model.safetensors.index.json` (whose `weight_map` names the shard of every
+A DiT folder holds either `model.safetensors.index.json` (whose `weight_map` names the shard of every
 key) with its shards, or one `model.safetensors`. Keys are bare module paths. The model is built on the
 meta device and every tensor is read memory-mapped straight onto the target device and converted there
 to the dtype the module declares (the distill and SR shards on the hub are fp32; the model wants bf16
 transformer linears), so the 15B model is never materialised twice.
 
 Unlike the reference loader, nothing is optional: a missing or unexpected key, a wrong shape, a missing,
-truncated or corrupt shard is a `CheckpointError` naming the key and the file.
+truncated or corrupt shard is a `CheckpointError` naming the key and the file. The Turbo VAE decoder comes from
+the official `.ckpt` (its EMA weights) and its JSON config, just as strictly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import pickle
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -21,9 +24,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from magihuman.config import DiTConfig
+from magihuman.config import DiTConfig, TurboVAEConfig
 from magihuman.errors import CheckpointError
 from magihuman.model.dit import DiT, build_dit
+from magihuman.model.turbo_vae import TurboVAE, check_supported
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -77,10 +81,8 @@ def load_state_dict_strict(
     """
     files = checkpoint_files(folder)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(files))
-    unexpected = sorted(set(files) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(_key_mismatch_message(Path(folder), missing, unexpected, files))
+    unexpected = [f"{key} (in {files[key].name})" for key in set(files) - set(expected)]
+    check_keys(f"checkpoint in {folder}", type(model).__name__, set(expected) - set(files), unexpected)
 
     by_file: dict[Path, list[str]] = {}
     for key, path in files.items():
@@ -111,18 +113,37 @@ def load_state_dict_strict(
     model.load_state_dict(loaded, strict=True, assign=True)
 
 
-def _key_mismatch_message(folder: Path, missing: list[str], unexpected: list[str], files) -> str:
-    def listing(keys: list[str], with_file: bool) -> str:
-        shown = [f"{k} (in {files[k].name})" if with_file else k for k in keys[:5]]
-        more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
-        return ", ".join(shown) + more
+class ModelWrapper:
+    """A loaded model behind a small interface (`self.model`): its device and dtype are the model's."""
 
-    parts = [f"checkpoint in {folder} does not match the model"]
-    if missing:
-        parts.append(f"missing {len(missing)} key(s): {listing(missing, False)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s): {listing(unexpected, True)}")
-    return "; ".join(parts)
+    model: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+
+def check_keys(
+    source: str,
+    model: str,
+    missing: Iterable[str] = (),
+    unexpected: Iterable[str] = (),
+    wrongly_shaped: Iterable[str] = (),
+) -> None:
+    """The one report of a strict load: raise `CheckpointError` when any key is missing, unexpected or wrongly
+    shaped, naming `source` (the file or folder read), `model` and up to five keys of each kind."""
+    problems = []
+    for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", wrongly_shaped)):
+        keys = sorted(keys)
+        if keys:
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            problems.append(f"{kind} {len(keys)} key(s): {', '.join(keys[:5])}{more}")
+    if problems:
+        raise CheckpointError(f"{source} does not match the {model}; " + "; ".join(problems))
 
 
 def load_dit(
@@ -173,3 +194,71 @@ def save_checkpoint(
 
 def _on_cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Turbo VAE decoder: the official .ckpt
+# ---------------------------------------------------------------------------------------------------------
+
+EMA_KEY = "ema_state_dict"
+
+
+def turbo_vae_from_state_dict(
+    config: TurboVAEConfig,
+    state: dict[str, torch.Tensor],
+    source: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+) -> TurboVAE:
+    """Build on the meta device and load `decoder.*` weights strictly (converted to `dtype` on `device`).
+
+    A missing key, an unexpected key or a wrong shape raises CheckpointError naming the keys and `source`.
+    """
+    with torch.device("meta"):
+        model = TurboVAE(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    wrong = [
+        f"{name} {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__} (expected {expected[name]})"
+        for name, t in sorted(state.items())
+        if name in expected and (not isinstance(t, torch.Tensor) or tuple(t.shape) != expected[name])
+    ]
+    check_keys(source, "Turbo VAE decoder", missing, unexpected, wrong)
+    weights = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def read_decoder_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
+    """The `decoder.*` entries of an official `.ckpt`: `ema_state_dict`, a leading `module.` stripped.
+
+    Training-only entries (latents_mean/std placeholders, aligned_feature_projection_heads.*) are dropped.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: Turbo VAE checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: cannot read the Turbo VAE checkpoint (truncated or corrupt?): {err}") from err
+    if not isinstance(data, dict) or EMA_KEY not in data:
+        raise CheckpointError(f"{path}: no {EMA_KEY!r} entry; not an official Turbo VAE checkpoint")
+    state = {name.removeprefix("module."): t for name, t in data[EMA_KEY].items()}
+    return {name: t for name, t in state.items() if name.startswith("decoder.")}
+
+
+def load_turbo_vae(
+    config_path: str | Path,
+    ckpt_path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+) -> TurboVAE:
+    """Load the official layout: the JSON config (e.g. TurboV3-Wan22-TinyShallow_7_7.json) and the `.ckpt`."""
+    config_path = Path(config_path)
+    try:
+        config = TurboVAEConfig.from_dict(json.loads(config_path.read_text()))
+        check_supported(config)
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{config_path}: unusable Turbo VAE config: {err}") from err
+    return turbo_vae_from_state_dict(config, read_decoder_state(ckpt_path), str(ckpt_path), device, dtype)

@@ -20,11 +20,13 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import signal
 
 from magihuman.config import AUDIO, FPS, MEDIA_LIMITS, MediaLimits
 from magihuman.errors import InputError
+from magihuman.forksafe import MediaJob
 
 AUDIO_SAMPLES_PER_FRAME = AUDIO.samples_per_latent  # one audio latent per video frame
 VIRTUAL_SAMPLE_RATE = AUDIO.virtual_sample_rate  # 51 200 Hz, the rate the model hears
@@ -194,7 +196,7 @@ def _decode_mono_s16(path: Path, sample_rate: int, wanted: int) -> np.ndarray:
         raise InputError(
             f"{path.name} is not an audio file we can read; upload a WAV, MP3, M4A, OGG or FLAC recording"
         ) from exc
-    with container:
+    with MediaJob(f"decoding {path.name}"), container:
         if not container.streams.audio:
             raise InputError(
                 f"{path.name} has no audio track; upload a recording of the speech (WAV, MP3, M4A...) "
@@ -318,6 +320,8 @@ class Mp4Writer:
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
         self._sound: av.AudioStream | None = None
+        self._to_yuv: VideoReformatter | None = None
+        self._job = MediaJob(f"encoding {self.path.name}")
 
     def __enter__(self) -> Mp4Writer:
         return self
@@ -338,7 +342,10 @@ class Mp4Writer:
                 f"frames of {frames.shape[2]}×{frames.shape[1]} in a {self._video.width}×{self._video.height} video"
             )
         for pixels in frames:
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            # Converted here on one thread: left to the encoder, the scaler would get a slice-thread pool
+            # that lives as long as PyAV's stream/container cycle (magihuman.forksafe).
+            rgb = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame = self._to_yuv.reformat(rgb, format="yuv420p", threads=1)
             frame.pts = self.frames_written
             self._container.mux(self._video.encode(frame))
             self.frames_written += 1
@@ -367,6 +374,7 @@ class Mp4Writer:
         except BaseException:
             self.abort()
             raise
+        self._release()
         return self.path
 
     def abort(self) -> None:
@@ -377,10 +385,23 @@ class Mp4Writer:
             except Exception:  # the file is removed anyway; the original error is what matters
                 pass
         self.path.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the FFmpeg objects (the encoders' threads end when the collector frees the container) and
+        end the media job, so that a fork no longer waits for this writer."""
+        self._container = self._video = self._sound = self._to_yuv = None
+        self._job.end()
 
     def _open(self, height: int, width: int) -> None:
-        container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "faststart"})
+        self._job.start()
+        try:
+            container = av.open(str(self.path), mode="w", format="mp4", options={"movflags": "faststart"})
+        except BaseException:
+            self._job.end()
+            raise
         self._container = container
+        self._to_yuv = VideoReformatter()
         self._video = container.add_stream("libx264", rate=self.fps, options=self.options)
         self._video.height, self._video.width = height, width
         self._video.pix_fmt = "yuv420p"
@@ -419,3 +440,30 @@ def _mux_audio(
     frame.pts = start
     frame.time_base = Fraction(1, stream.rate)
     container.mux(stream.encode(frame))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Reading clips back
+# ---------------------------------------------------------------------------------------------------------
+
+
+def read_video_frames(path: str | Path, max_frames: int | None = None, pixel_format: str = "rgb24") -> np.ndarray:
+    """(F, H, W, 3) uint8 RGB frames of a clip's video track (the first `max_frames` of them, if given);
+    (F, H, W) for `pixel_format="gray"`.
+
+    Decoded and converted on this thread only, with a scaler freed before returning: `frame.to_ndarray(format=...)`
+    would keep a threaded scaler in a per-thread cache for the thread's lifetime (magihuman.forksafe).
+    """
+    path = Path(path)
+    scaler = VideoReformatter()
+    frames = []
+    with MediaJob(f"decoding {path.name}"), av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1  # no decoder thread pool
+        for frame in container.decode(stream):
+            frames.append(scaler.reformat(frame, format=pixel_format, threads=1).to_ndarray())
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise InputError(f"{path.name} has no video frames")
+    return np.stack(frames)

@@ -42,6 +42,7 @@ import torch._functorch.config
 import torch._inductor.config
 from torch import nn
 
+from magihuman.cache import CACHE_DIR_ENV, default_cache_dir
 from magihuman.fp8 import fp8_kernel, quantize_fp8_
 from magihuman.model.attention import BACKENDS, select_backend
 from magihuman.model.dit import DiT
@@ -50,8 +51,6 @@ from magihuman.offload import offload_
 
 if TYPE_CHECKING:  # engine imports the samplers and media stack; only its types are needed here
     from magihuman.engine import Engine, Models
-
-CACHE_DIR_ENV = "MAGIHUMAN_CACHE_DIR"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,15 +144,6 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep converted weights and compiled kernels on disk for fast restarts (default: on)",
     )
     group.add_argument("--cache-dir", help=f"where (default: ${CACHE_DIR_ENV} or ~/.cache/magihuman)")
-
-
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """$MAGIHUMAN_CACHE_DIR, else $XDG_CACHE_HOME/magihuman, else ~/.cache/magihuman."""
-    env = os.environ if environ is None else environ
-    if env.get(CACHE_DIR_ENV):
-        return Path(env[CACHE_DIR_ENV]).expanduser()
-    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "magihuman"
 
 
 def _env_bool(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:

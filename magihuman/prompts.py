@@ -209,6 +209,11 @@ def _clean_line(text: str) -> str:
     return text.replace('"', "'")
 
 
+def speaker_subject(speaker: str) -> str:
+    """A speaker tag as the subject of a sentence: "The young woman", "Marie Curie" (names keep no article)."""
+    return _subject(speaker)
+
+
 def _subject(speaker: str) -> str:
     words = speaker.split()
     first = words[0].lower()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from magihuman.config import SAMPLING
 from magihuman.errors import GenerationCancelled
+from magihuman.timing import seconds_since
 
 Tensor = torch.Tensor
 VelocityFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -348,7 +349,7 @@ def _step_clock(
 ) -> Iterator[int]:
     """Yields step indices 0..total-1: checks `cancel` before each step, reports to `on_step` after it.
 
-    The step time is taken after a device synchronisation, so it is honest on GPUs as well.
+    The step time waits for the device (`seconds_since`), so it is honest on GPUs as well.
     """
     for i in range(total):
         if cancel is not None and cancel.is_set():
@@ -356,9 +357,7 @@ def _step_clock(
         start = time.perf_counter()
         yield i
         if on_step is not None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            on_step(StepEvent(stage, i + 1, total, time.perf_counter() - start))
+            on_step(StepEvent(stage, i + 1, total, seconds_since(start, device)))
 
 
 def _initial_latents(

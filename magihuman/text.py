@@ -10,8 +10,7 @@ here to reproduce its embeddings.
 
 1. The embedding and the encoder wrapper (cache, device handling)
 2. Loading the official checkpoint (encoder weights only)
-3. Random encoders: the tiny one for tests and the preview engine, the full-size one for the benchmark
-4. The negative prompt
+3. The negative prompt
 """
 
 from __future__ import annotations
@@ -25,17 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import (
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-    T5GemmaConfig,
-    T5GemmaEncoderModel,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5GemmaConfig, T5GemmaEncoderModel
 
-from magihuman.config import TEXT_ENCODER, TINY_DIT
+from magihuman.config import TEXT_ENCODER
 from magihuman.errors import CheckpointError
+from magihuman.loading import ModelWrapper, check_keys
 from magihuman.weights import COMPONENTS, T5GEMMA_REPO
 
 # ---------------------------------------------------------------------------------------------------------
@@ -65,7 +58,7 @@ class TextEmbedding:
         return self.num_tokens_before_cap > self.num_tokens
 
 
-class TextEncoder:
+class TextEncoder(ModelWrapper):
     """A tokenizer and a `T5GemmaEncoderModel`, with a small LRU cache keyed by the prompt string.
 
     The negative prompt and repeated prompts are encoded once. The cache is guarded by a lock because UI
@@ -83,14 +76,6 @@ class TextEncoder:
         self.max_tokens, self.cache_size = max_tokens, cache_size
         self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
         self._lock = threading.Lock()
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
 
     @property
     def hidden_size(self) -> int:
@@ -130,7 +115,7 @@ def _valid_text(prompt: str) -> str:
     return prompt.encode("utf-8", errors="replace").decode("utf-8")
 
 
-def _encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
+def encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
     """Make a T5Gemma config load as `T5GemmaEncoderModel` and compute what the reference computed."""
     config.is_encoder_decoder = False  # the encoder-only class refuses an encoder-decoder config
     config.encoder.attn_logit_softcapping = None  # the reference's SDPA path never applied it
@@ -164,7 +149,7 @@ def load_text_encoder(
         if not any((folder / name).exists() for name in alternatives):
             raise CheckpointError(f"{folder / alternatives[0]} is missing: {get_it}")
     try:
-        config = _encoder_only(T5GemmaConfig.from_pretrained(folder))
+        config = encoder_only(T5GemmaConfig.from_pretrained(folder))
     except Exception as exc:  # transformers raises several types for an unreadable or foreign config
         raise CheckpointError(f"{folder / 'config.json'} is not a T5Gemma config: {exc}") from exc
     if hidden_size is not None and config.encoder.hidden_size != hidden_size:
@@ -184,15 +169,8 @@ def load_text_encoder(
             )
     except Exception as exc:  # tokenizers, safetensors and transformers each raise their own types
         raise CheckpointError(f"cannot load the text encoder from {folder}: {exc}") from exc
-    problems = {
-        "missing": info["missing_keys"],
-        "wrongly shaped": [key for key, *_ in info["mismatched_keys"]],  # (key, file shape, model shape)
-    }
-    for kind, keys in problems.items():
-        if keys:
-            keys = sorted(keys)
-            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-            raise CheckpointError(f"{folder}: {len(keys)} encoder weights {kind}: {shown}")
+    wrong = [key for key, *_ in info["mismatched_keys"]]  # (key, file shape, model shape)
+    check_keys(str(folder), "text encoder", info["missing_keys"], wrongly_shaped=wrong)
     return TextEncoder(tokenizer, model.to(device))
 
 
@@ -209,97 +187,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 3. Random encoders: the tiny one (tests, preview engine) and the full-size one (benchmark)
-# ---------------------------------------------------------------------------------------------------------
-
-# Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), then the 256 byte symbols: any text tokenises.
-_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
-
-
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with Gemma's conventions: `<bos>` prepended, no `<eos>`, 260 ids.
-
-    Every string is split into its UTF-8 bytes (no merges), so CJK, emoji, RTL and control characters all
-    tokenise without unknown tokens. Built in memory in about a millisecond; `save_pretrained` writes a
-    `tokenizer.json` that `AutoTokenizer` reads back.
-    """
-    vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[symbol] = len(vocab)
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
-    )
-
-
-def t5gemma_config(
-    hidden_size: int,
-    intermediate_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    sliding_window: int,
-    vocab_size: int = len(_SPECIAL_TOKENS) + 256,
-) -> T5GemmaConfig:
-    """Encoder-only T5Gemma config with Gemma's special-token ids; layers alternate sliding-window and full
-    attention, as in T5Gemma."""
-    module = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim,
-        query_pre_attn_scalar=head_dim,
-        sliding_window=sliding_window,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    config = T5GemmaConfig(encoder=module, decoder=module, vocab_size=vocab_size)
-    return _encoder_only(config)
-
-
-def tiny_t5gemma_config(hidden_size: int = TINY_DIT.text_in_channels) -> T5GemmaConfig:
-    """2 layers (one sliding-window, one full attention), GQA 4:2 heads; a short window, so that long test
-    prompts exercise the sliding-window mask."""
-    return t5gemma_config(hidden_size, 2 * hidden_size, 2, 4, 2, hidden_size // 4, sliding_window=32)
-
-
-def t5gemma_9b_config() -> T5GemmaConfig:
-    """The encoder shape of google/t5gemma-9b-9b-ul2: 9,241,705,984 parameters. For
-    the benchmark's random full-size encoder; real loading reads the repository's own config."""
-    return t5gemma_config(3584, 14336, 42, 16, 8, 256, sliding_window=4096, vocab_size=256_000)
-
-
-def build_random_text_encoder(
-    config: T5GemmaConfig, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> TextEncoder:
-    """A T5Gemma encoder with transformers' own seeded random initialisation, built directly on `device` in
-    `dtype`, and the byte-level tokenizer (so a prompt of n bytes is n + 1 tokens). The global RNGs are
-    forked, so building one does not disturb the caller's streams; the same seed gives the same weights on
-    the same kind of device.
-    """
-    with torch.random.fork_rng(), torch.device(device):
-        torch.manual_seed(seed)
-        model = T5GemmaEncoderModel._from_config(config, dtype=dtype)
-    return TextEncoder(build_tiny_tokenizer(), model.eval().requires_grad_(False))
-
-
-def build_tiny_text_encoder(
-    seed: int = 0, hidden_size: int = TINY_DIT.text_in_channels, device: torch.device | str = "cpu"
-) -> TextEncoder:
-    """The tiny random encoder (fp32) of the preview engine."""
-    return build_random_text_encoder(tiny_t5gemma_config(hidden_size), seed, device)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 4. The negative prompt (the unconditional text of the 32-step base model's CFG)
+# 3. The negative prompt (the unconditional text of the 32-step base model's CFG)
 # ---------------------------------------------------------------------------------------------------------
 
 _VISUAL_DEFECTS = (

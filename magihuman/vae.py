@@ -15,7 +15,6 @@ Both were checked against the reference modules: architecturally identical (Wan)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,6 +24,7 @@ from diffusers import AutoencoderKLWan, AutoencoderOobleck, ModelMixin
 
 from magihuman.config import AUDIO, VAE_STRIDE_THW
 from magihuman.errors import CheckpointError
+from magihuman.loading import ModelWrapper, check_keys
 from magihuman.model.turbo_vae import LATENT_MEAN, LATENT_STD
 from magihuman.weights import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, STABLE_AUDIO_REPO, WAN_VAE_REPO
 
@@ -60,7 +60,7 @@ WAN22_VAE_CONFIG = MappingProxyType(
 TINY_WAN_VAE_CONFIG = MappingProxyType({**WAN22_VAE_CONFIG, "base_dim": 8, "decoder_base_dim": 16})
 
 
-class VideoVAE:
+class VideoVAE(ModelWrapper):
     """Wan2.2 VAE with the latent normalisation of the pipeline.
 
     Normalised latent = (μ − mean) · (1/std) per channel, μ the posterior mean (encoding is deterministic),
@@ -75,14 +75,6 @@ class VideoVAE:
         config = model.config
         self._mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._inv_std = 1.0 / torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -119,23 +111,6 @@ def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.
     return VideoVAE(model.to(device))
 
 
-def build_random_video_vae(
-    config: Mapping = TINY_WAN_VAE_CONFIG,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    build_on_device: bool = False,
-) -> VideoVAE:
-    """A Wan2.2 VAE of `config` (tiny widths by default, `WAN22_VAE_CONFIG` for the benchmark) with diffusers'
-    seeded random initialisation. Built on the CPU and moved (the same seed gives the same weights on any
-    device), or directly on `device` with `build_on_device` (fast for the full size)."""
-    return VideoVAE(_random(AutoencoderKLWan, config, seed, device, dtype, build_on_device))
-
-
-def build_tiny_video_vae(seed: int = 0, device: torch.device | str = "cpu") -> VideoVAE:
-    return build_random_video_vae(TINY_WAN_VAE_CONFIG, seed, device)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # 2. Audio VAE
 # ---------------------------------------------------------------------------------------------------------
@@ -158,7 +133,7 @@ SAO_VAE_CONFIG = MappingProxyType(
 TINY_SAO_VAE_CONFIG = MappingProxyType({**SAO_VAE_CONFIG, "channel_multiples": [1, 1, 1, 1, 1], "decoder_channels": 8})
 
 
-class AudioVAE:
+class AudioVAE(ModelWrapper):
     """Stable Audio Open VAE on mono speech at the virtual 51.2 kHz; always fp32 (the reference never casts it).
 
     Encoding is sampled (mean + std·ε), as in the reference; ε comes from the caller's generator so that a
@@ -168,10 +143,6 @@ class AudioVAE:
     def __init__(self, model: AutoencoderOobleck) -> None:
         self.model = model.eval().requires_grad_(False)
         self.model.disable_tiling()
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
 
     @torch.no_grad()
     def encode(self, wave: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -210,31 +181,9 @@ def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
     return AudioVAE(model.to(device))
 
 
-def build_random_audio_vae(
-    config: Mapping = TINY_SAO_VAE_CONFIG, seed: int = 0, device: torch.device | str = "cpu", build_on_device=False
-) -> AudioVAE:
-    """An Oobleck VAE of `config` (by default the real strides and latent width with tiny decoder widths; the
-    benchmark uses `SAO_VAE_CONFIG`) with seeded random weights, fp32; see `build_random_video_vae`."""
-    return AudioVAE(_random(AutoencoderOobleck, config, seed, device, torch.float32, build_on_device))
-
-
-def build_tiny_audio_vae(seed: int = 0, device: torch.device | str = "cpu") -> AudioVAE:
-    return build_random_audio_vae(TINY_SAO_VAE_CONFIG, seed, device)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # 3. Loading helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _random(
-    cls: type[ModelMixin], config: Mapping, seed: int, device, dtype: torch.dtype, build_on_device: bool
-) -> ModelMixin:
-    with torch.random.fork_rng(), torch.device(device if build_on_device else "cpu"):
-        torch.manual_seed(seed)
-        model = cls(**config)
-    model = model.to(device)
-    return model if dtype == torch.float32 else model.to(dtype)  # diffusers warns at any dtype argument
 
 
 def _model_folder(folder: str | Path, get_it: str) -> Path:
@@ -259,14 +208,6 @@ def _load_strict(cls: type[ModelMixin], folder: Path, dtype: torch.dtype) -> Mod
         )
     except Exception as exc:  # diffusers and safetensors raise many types for a damaged file or config
         raise CheckpointError(f"cannot load {cls.__name__} from {weights}: {exc}") from exc
-    problems = {
-        "missing": info["missing_keys"],
-        "unexpected": info["unexpected_keys"],
-        "wrongly shaped": [key for key, *_ in info["mismatched_keys"]],
-    }
-    for kind, keys in problems.items():
-        if keys:
-            keys = sorted(keys)
-            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-            raise CheckpointError(f"{weights}: {len(keys)} {kind} weights for {cls.__name__}: {shown}")
+    wrong = [key for key, *_ in info["mismatched_keys"]]  # (key, file shape, model shape)
+    check_keys(str(weights), cls.__name__, info["missing_keys"], info["unexpected_keys"], wrong)
     return model

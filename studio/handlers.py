@@ -16,7 +16,6 @@ from typing import Any
 
 import gradio as gr
 
-from magihuman.__main__ import timing_table
 from magihuman.config import DEFAULT_SECONDS, RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
@@ -24,7 +23,8 @@ from magihuman.long_take import LONG_TAKE_AUDIO, plan_table
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
 from magihuman.take_plan import MAX_TAKE_SECONDS
-from studio import gpu
+from magihuman.timing import timing_table
+from studio import gpu, jobs
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
@@ -121,7 +121,7 @@ class Studio:
 
         gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
         try:
-            return gpu.run_job(job, report, stop_requested)
+            return jobs.run_job(job, report, stop_requested)
         finally:
             self.stops.pop(session, None)
 

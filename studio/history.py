@@ -24,6 +24,8 @@ import av
 from PIL import Image
 
 from magihuman.engine import Result, Take
+from magihuman.errors import InputError
+from magihuman.media import read_video_frames
 
 CAPACITY = 32
 EXCERPT_CHARS = 60
@@ -117,12 +119,9 @@ def poster_frame(video: Path) -> Path | None:
     """The clip's first frame as a JPEG next to it (the gallery's thumbnail); None if it cannot be read."""
     poster = video.with_suffix(".jpg")
     try:
-        with av.open(str(video)) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = 1  # one frame: no decoder thread pool (its buffers would outlive the call)
-            frame = next(container.decode(stream))
-        Image.fromarray(frame.to_ndarray(format="rgb24")).save(poster, quality=85)
-    except (OSError, StopIteration, av.error.FFmpegError):
+        (first,) = read_video_frames(video, max_frames=1)
+        Image.fromarray(first).save(poster, quality=85)
+    except (OSError, InputError, av.error.FFmpegError):
         return None
     return poster
 
@@ -150,9 +149,11 @@ def record(take_id: str, stored: StoredTake) -> dict:
 
 
 def caption(rec: dict) -> str:
+    score = rec.get("score")
+    scored = f" · score {score:.0f}" if isinstance(score, int | float) and not isinstance(score, bool) else ""
     return (
         f"#{rec.get('number')} · seed {rec.get('seed')} · {rec.get('base_model')} {rec.get('steps')} steps · "
-        f"{rec.get('resolution')} · {rec.get('seconds')} s — {rec.get('prompt')}"
+        f"{rec.get('resolution')} · {rec.get('seconds')} s{scored} — {rec.get('prompt')}"
     )
 
 

@@ -16,6 +16,7 @@ const divider = q(".cp-divider");
 const DRIFT = 0.02;
 const JUMP = 0.3; // beyond this the right video seeks instead of catching up
 let hasRight = false;
+let resumeAfterSeek = false; // a seek barrier is holding both videos (see holdForSeek)
 let split = 0.5;
 let dragging = false;
 let frame = 0;
@@ -86,6 +87,7 @@ function play() {
 }
 
 function pause() {
+  resumeAfterSeek = false;
   left.pause();
   syncRight();
 }
@@ -101,6 +103,30 @@ function seekTo(seconds) {
 // or paused, takes the right video to the same time.
 function followSeek() {
   if (hasRight && Math.abs(right.currentTime - left.currentTime) > 0.001) right.currentTime = left.currentTime;
+}
+
+// A seek barrier: a seek while playing pauses both videos until both have landed, then starts them together.
+// Left running, whichever video lands first plays on alone (2-3 frames apart after a scrub, more than drift
+// correction should have to absorb).
+function holdForSeek() {
+  if (!hasRight) return;
+  if (!left.paused) {
+    resumeAfterSeek = true;
+    left.pause();
+  }
+  right.pause();
+  right.playbackRate = 1;
+  followSeek();
+}
+
+function releaseSeek() {
+  if (!resumeAfterSeek || left.seeking || right.seeking) return;
+  if (Math.abs(right.currentTime - left.currentTime) > 0.001) {
+    right.currentTime = left.currentTime; // its "seeked" comes back here
+    return;
+  }
+  resumeAfterSeek = false;
+  Promise.all([left.play(), right.play()]).catch(() => {});
 }
 
 function setWipe(on) {
@@ -126,6 +152,7 @@ function load() {
   const value = props.value && typeof props.value === "object" ? props.value : {};
   const urlLeft = servedUrl(value.left);
   const urlRight = urlLeft ? servedUrl(value.right) : null;
+  resumeAfterSeek = false;
   left.pause();
   hasRight = Boolean(urlRight);
   setSource(left, urlLeft);
@@ -154,6 +181,7 @@ left.addEventListener("playing", () => {
   if (hasRight) right.play().catch(() => {});
 });
 left.addEventListener("pause", () => {
+  if (resumeAfterSeek) return; // held by a seek: still "playing" for the user
   root.classList.remove("cp-playing");
   playButton.setAttribute("aria-label", "Play");
   syncRight();
@@ -169,8 +197,12 @@ left.addEventListener("loadedmetadata", () => {
   }
 });
 left.addEventListener("timeupdate", follow); // animation frames stop in background tabs; timeupdate does not
-left.addEventListener("seeking", followSeek);
-left.addEventListener("seeked", followSeek);
+left.addEventListener("seeking", holdForSeek);
+left.addEventListener("seeked", () => {
+  followSeek();
+  releaseSeek();
+});
+right.addEventListener("seeked", releaseSeek);
 seek.addEventListener("input", () => seekTo(Number(seek.value)));
 muteButton.addEventListener("click", () => {
   left.muted = !left.muted;

@@ -12,13 +12,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
 from magihuman.config import FPS, RESOLUTIONS
 from magihuman.fields import QUALITY
-from magihuman.media import write_mp4
+from magihuman.media import read_video_frames, write_mp4
 
 PORTRAIT = Path(__file__).resolve().parent.parent / "assets" / "portraits" / "eileen_collins.jpg"
 SETTINGS = [(18, "veryfast"), (14, "veryfast"), (12, "faster"), (10, "veryfast"), (10, "fast"), (10, "medium")]
@@ -40,8 +39,7 @@ def frames(height: int, width: int, count: int) -> np.ndarray:
 
 
 def luma(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="gray") for f in container.decode(video=0)]).astype(np.float64)
+    return read_video_frames(path, pixel_format="gray").astype(np.float64)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

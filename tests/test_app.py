@@ -284,7 +284,7 @@ def test_mcp_serves_generate_and_upscale_as_tools(tiny_engine) -> None:
     upscale_tool = next(tool for name, tool in tools.items() if name.endswith("upscale"))
     properties = generate_tool["inputSchema"]["properties"]
     assert [name for name in properties] == [f.name for f in FIELDS]
-    assert generate_tool["inputSchema"].get("required", ["prompt"]) == ["prompt"]
+    assert generate_tool["inputSchema"]["required"] == ["prompt"]  # the key must be there, naming only the prompt
     assert "lip-synced" in generate_tool["description"] and "seed" in properties["seed"]["description"].lower()
     assert "take_id" in upscale_tool["inputSchema"]["properties"]
     assert properties["seed"]["type"] == "integer" and properties["steps"]["maximum"] == 64  # types and ranges

@@ -7,12 +7,16 @@ import math
 import pytest
 import torch
 
-from magihuman.bench import attended_pairs, bench_prompt, cases, forward_flops, fp8_quality, main, run_tiers
-from magihuman.build import load_engine, random_models
+from magihuman.bench.cli import main
+from magihuman.bench.flops import attended_pairs, forward_flops
+from magihuman.bench.pipeline import run_tiers
+from magihuman.bench.workload import bench_prompt, cases, fp8_quality
+from magihuman.build import load_engine
 from magihuman.config import RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
 from magihuman.fp8 import Fp8ExpertLinear
 from magihuman.model.attention import select_backend
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import build_dit
+from magihuman.random_models import init_random_, random_models
 
 
 def test_flops_match_the_published_arithmetic_floor() -> None:

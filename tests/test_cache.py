@@ -11,14 +11,15 @@ import torch
 from safetensors import safe_open
 
 import magihuman.cache as cache
-from magihuman.bench import sample_inputs
+from magihuman.bench.workload import sample_inputs
 from magihuman.cache import COMPLETE_NAME, converted_entry, load_dit_cached
 from magihuman.config import TINY_DIT
 from magihuman.fp8 import Fp8ExpertLinear, quantize_fp8_
 from magihuman.loading import INDEX_NAME, load_dit, save_checkpoint
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import build_dit
 from magihuman.optimize import use_compile_cache
 from magihuman.packing import TokenLayout
+from magihuman.random_models import init_random_
 
 LAYOUT = TokenLayout((2, 4, 4), audio_len=5, text_len=3)
 

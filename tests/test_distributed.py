@@ -16,7 +16,6 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -26,7 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from magihuman.config import TINY_DIT, TINY_FRAME_RECEPTIVE_FIELD, TINY_LOCAL_ATTN_LAYERS, DiTConfig
-from magihuman.model.dit import DiT, build_dit, init_random_
+from magihuman.media import read_video_frames
+from magihuman.model.dit import DiT, build_dit
 from magihuman.parallel import runtime
 from magihuman.parallel.runtime import Layout, ParallelContext, init_from_env, plan_layout
 from magihuman.parallel.ulysses import (
@@ -39,6 +39,7 @@ from magihuman.parallel.ulysses import (
     split_sizes,
 )
 from magihuman.precision import compute_dtype
+from magihuman.random_models import init_random_
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "assets" / "portraits" / "eileen_collins.jpg"
 
@@ -203,8 +204,7 @@ def case_guided_pair(ctx: ParallelContext, folder: Path) -> dict:
 
 
 def _frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return read_video_frames(path)
 
 
 def _assert_same_clip(split, alone, fp32: bool) -> None:
@@ -223,25 +223,26 @@ def _assert_same_clip(split, alone, fp32: bool) -> None:
 
 
 def case_engine(ctx: ParallelContext, folder: Path) -> dict:
-    """The tiny engine driven on all ranks vs the same engine on rank 0 alone: distilled 256p, an SR upscale,
-    the CFG base model, a cancel, then a worker that dies."""
-    from magihuman.build import load_dits, load_engine
+    """The tiny engine started on all ranks (`start`, as every entry point does) vs the same engine on rank 0
+    alone: distilled 256p, an SR upscale, the CFG base model, a cancel, then a worker that dies."""
     from magihuman.engine import GenerationRequest
     from magihuman.errors import GenerationCancelled
     from magihuman.optimize import SpeedFlags
-    from magihuman.parallel import WorkerLost, attach, serve_forever
+    from magihuman.options import EngineOptions
+    from magihuman.parallel import WorkerLost, start
     from magihuman.parallel.serve import _send_header
 
-    speed = SpeedFlags(attention="sdpa")
+    options = EngineOptions("tiny", device="cpu", speed=SpeedFlags(attention="sdpa"))
     if not ctx.is_driver:
         try:
-            serve_forever(ctx, load_dits("tiny", device="cpu", speed=speed))
+            start(options, ctx=ctx)
         except RuntimeError as exc:  # the unknown command the driver sends: this worker ends
             return {"ended": str(exc)}
         raise AssertionError("the worker was told to stop instead of failing")
     torch.set_num_threads(2)  # rank 0 decodes alone while the worker idles, as under torchrun (runtime.py)
-    engine = load_engine("tiny", device="cpu", speed=speed, output_root=folder / "out")
-    driver = attach(engine, ctx)
+    engine = start(options, output_root=folder / "out", ctx=ctx)
+    driver = engine.parallel
+    assert driver is not None, "start did not attach the engine to the worker"
     request = GenerationRequest(
         "A woman says hello.", portrait=PORTRAIT, resolution="256p", seconds=1, seed=21, sr_steps=2
     )

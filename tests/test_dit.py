@@ -9,7 +9,8 @@ import torch
 
 from magihuman.config import FULL_DIT, TINY_DIT, dit_presets
 from magihuman.model.attention import LocalWindow, attention, flex_local_attention
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import build_dit
+from magihuman.random_models import init_random_
 from tests.golden_checks import REPO_ROOT
 
 FULL_KEYS = REPO_ROOT.parent / "shared" / "spec" / "full_keys.json"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import threading
 
-import av
 import numpy as np
 import pytest
 
 from magihuman.config import RESOLUTIONS, decoded_frames, latent_frames, video_frames
 from magihuman.engine import GenerationRequest
 from magihuman.errors import GenerationCancelled, InputError
+from magihuman.media import read_video_frames
 from magihuman.threads import worker_thread
 from tests.files import portrait, wav
 from tests.probe import probe_media
@@ -86,8 +86,7 @@ def test_upscale_every_mode(engine, takes, mode, resolution) -> None:
 
 
 def _decoded_frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return read_video_frames(path)
 
 
 def test_upscaling_a_take_equals_a_fresh_run_with_the_same_seed(engine, takes, inputs) -> None:

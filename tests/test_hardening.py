@@ -43,6 +43,7 @@ from PIL import Image
 import app as studio_app
 import magihuman.engine as engine_module
 import studio.gpu as gpu
+import studio.jobs as jobs
 from magihuman.build import load_engine
 from magihuman.config import (
     DEFAULT_SECONDS,
@@ -90,11 +91,17 @@ class EngineCalls:
         engine.generate = self
 
     def __call__(self, request, on_progress=None, cancel=None):
-        call = {"request": request, "start": time.monotonic(), "done": threading.Event()}
+        call = {"request": request, "start": time.monotonic(), "done": threading.Event(), "base_steps": 0}
         with self._lock:
             self.calls.append(call)
+
+        def counting(phase: str, step: int, total: int) -> None:
+            call["base_steps"] += phase == "base"
+            if on_progress is not None:
+                on_progress(phase, step, total)
+
         try:
-            result = self._real(request, on_progress=on_progress, cancel=cancel)
+            result = self._real(request, on_progress=counting, cancel=_SeenCancel(cancel, call))
             call.update(
                 seed=result.seed,
                 folder=result.take.folder,
@@ -109,6 +116,20 @@ class EngineCalls:
         finally:
             call["end"] = time.monotonic()
             call["done"].set()
+
+
+class _SeenCancel:
+    """The engine's cancel flag, noting in `call["cancel_seen_after"]` how many base steps had finished when the
+    engine first saw it set."""
+
+    def __init__(self, cancel, call: dict) -> None:
+        self._cancel, self._call = cancel, call
+
+    def is_set(self) -> bool:
+        value = self._cancel is not None and self._cancel.is_set()
+        if value:
+            self._call.setdefault("cancel_seen_after", self._call["base_steps"])
+        return value
 
 
 @pytest.fixture(scope="module")
@@ -391,8 +412,9 @@ def test_twenty_users_at_once_get_their_own_clips_or_a_queue_full_answer(server)
     rss_after = _live_rss_mb()
     ours = [o for o in gc.get_objects() if isinstance(o, Take) and o.folder.parent == engine.output_root]
     assert len(ours) <= capacity
-    if rss_before is not None and rss_after is not None:
-        assert rss_after < rss_before + 80, (rss_before, rss_after)
+    if rss_before is None or rss_after is None:  # everything else above was checked
+        pytest.skip("resident memory cannot be measured here (no /proc or glibc): the memory bound went unchecked")
+    assert rss_after < rss_before + 80, (rss_before, rss_after)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,8 +424,8 @@ def test_twenty_users_at_once_get_their_own_clips_or_a_queue_full_answer(server)
 
 def test_out_of_memory_in_a_step_advises_frees_memory_and_the_next_job_runs(server, client, monkeypatch) -> None:
     freed: list[int] = []
-    real_collect = gpu.gc.collect
-    monkeypatch.setattr(gpu.gc, "collect", lambda *args: (freed.append(1), real_collect(*args))[1])
+    real_collect = jobs.gc.collect
+    monkeypatch.setattr(jobs.gc, "collect", lambda *args: (freed.append(1), real_collect(*args))[1])
 
     def out_of_memory(stage: str, step: int) -> None:
         if (stage, step) == ("base", 2):
@@ -447,7 +469,10 @@ def test_a_client_that_leaves_mid_job_gets_it_cancelled(server, client, how) -> 
     call = server.calls.calls[first_call]
     assert call["done"].wait(60), "the engine kept running for a client that had gone"
     assert call.get("error") is GenerationCancelled, call.get("error")
-    assert len(steps) <= at_leaving + 3 and steps[-1] < 16, (at_leaving, steps)
+    # The server notices a departed client at its next check (every studio.jobs.HEARTBEAT_S, or a progress item);
+    # from then on at most the running step finishes (the README's promise).
+    assert call["base_steps"] <= call["cancel_seen_after"] + 1, call
+    assert len(steps) <= at_leaving + 3 and steps[-1] < 16, (at_leaving, steps)  # noticed within ~3 tiny steps
 
     server.engine.fault_hook = None
     _, downloads, seed, _, _ = _generate(client, seed=6)
@@ -476,15 +501,16 @@ def test_an_engine_that_fails_to_load_names_the_file_and_the_app_keeps_serving(t
                 _generate(client)
         client.predict(api_name="/stop")
         assert httpx.get(url + "config", timeout=10).status_code == 200
-        if CHROMIUM.exists():  # what a visitor sees: the error and the file in the status line, Generate off
-            with browser_page(url, timeout_ms=30_000) as page:
-                page.wait_for_function(
-                    "() => document.querySelector('#status-line')?.innerText.includes('model.safetensors')"
-                )
-                status = page.inner_text("#status-line")
-                assert "failed" in status and "CheckpointError" in status
-                assert page.locator("#generate").is_disabled()
         client.close()
+        if not CHROMIUM.exists():  # everything else above was checked
+            pytest.skip(f"{CHROMIUM} is not installed: what a visitor sees of the failed load went unchecked")
+        with browser_page(url, timeout_ms=30_000) as page:  # the error and the file in the status line, Generate off
+            page.wait_for_function(
+                "() => document.querySelector('#status-line')?.innerText.includes('model.safetensors')"
+            )
+            status = page.inner_text("#status-line")
+            assert "failed" in status and "CheckpointError" in status
+            assert page.locator("#generate").is_disabled()
 
 
 # ---------------------------------------------------------------------------------------------------------

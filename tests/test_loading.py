@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from magihuman.config import TINY_DIT
 from magihuman.errors import CheckpointError
 from magihuman.loading import INDEX_NAME, SINGLE_NAME, load_dit, save_checkpoint
-from magihuman.model.dit import build_dit, init_random_
+from magihuman.model.dit import build_dit
+from magihuman.random_models import init_random_
 
 
 @pytest.fixture(scope="module")

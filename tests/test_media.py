@@ -24,6 +24,7 @@ from magihuman.media import (
     image_to_tensor,
     load_audio,
     load_portrait,
+    read_video_frames,
     usable_audio_seconds,
     virtual_to_44k,
     write_mp4,
@@ -422,8 +423,7 @@ def test_write_mp4_is_a_web_playable_h264_aac_file(tmp_path: Path) -> None:
 def test_write_mp4_frames_decode_back_to_the_input(tmp_path: Path) -> None:
     frames = _frames(6, 32, 48)
     path = write_mp4(tmp_path / "clip.mp4", frames)
-    with av.open(str(path)) as container:
-        decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    decoded = read_video_frames(path)
     assert decoded.shape == frames.shape
     assert np.abs(decoded.astype(int) - frames).mean() < 3  # CRF 10: near-lossless
 
@@ -438,8 +438,7 @@ def test_write_mp4_video_only_and_no_stray_files(tmp_path: Path, monkeypatch: py
 
 
 def _decoded(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    return read_video_frames(path)
 
 
 def test_mp4_written_in_pieces_equals_the_one_written_at_once(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from magihuman.cache import default_cache_dir
 from magihuman.config import FULL_DIT, TINY_DIT, TINY_TURBO_VAE
 from magihuman.fp8 import (
     FP8_DTYPE,
@@ -39,8 +40,8 @@ from magihuman.fp8 import (
     relative_rms,
     scaled_matmul,
 )
-from magihuman.model.dit import DiT, ExpertLinear, TransformerLayer, build_dit, init_random_
-from magihuman.model.turbo_vae import ResnetBlock3d, build_random_turbo_vae
+from magihuman.model.dit import DiT, ExpertLinear, TransformerLayer, build_dit
+from magihuman.model.turbo_vae import ResnetBlock3d
 from magihuman.offload import offload_, resident
 from magihuman.optimize import (
     SpeedFlags,
@@ -48,10 +49,10 @@ from magihuman.optimize import (
     apply_speed_flags,
     compile_decoder,
     compile_dit,
-    default_cache_dir,
     is_onednn_conv3d,
     warm_up,
 )
+from magihuman.random_models import build_random_turbo_vae, init_random_
 from magihuman.sampling import denoise_distill, gaussian_noise
 
 
@@ -302,7 +303,7 @@ def test_offload_round_trip_gives_identical_results() -> None:
 
 
 def test_offloaded_text_encoder_takes_keyword_inputs() -> None:
-    from magihuman.text import build_tiny_text_encoder
+    from magihuman.random_models import build_tiny_text_encoder
 
     reference = build_tiny_text_encoder(0).encode("A woman says hello.").tokens
     encoder = build_tiny_text_encoder(0)
@@ -333,7 +334,7 @@ def test_apply_speed_flags_and_warm_up_on_the_tiny_engine(tmp_path) -> None:
 
 
 def test_bench_reports_the_fp8_quality_check(capsys) -> None:
-    from magihuman.bench import main
+    from magihuman.bench.cli import main
 
     main(["--forward", "--tiers", "256p", "--text-tokens", "8", "--fp8", "--no-compile"])
     out = capsys.readouterr().out

@@ -19,6 +19,7 @@ from tests.files import tone
 
 WAIT_MS = 5_000
 CLIP_SECONDS = 2.0  # 50 frames at 25 fps
+ONE_FRAME = 0.04  # seconds at 25 fps: how far apart the two videos may be
 # Markup and a template-literal expression: both must reach the page as plain text.
 HOSTILE_LABEL = "<img src=x onerror=__xss=1>${7*6}"
 
@@ -172,13 +173,13 @@ def test_synced_playback_seek_and_wipe(page, app_url):
     page.wait_for_timeout(1000)
     playing = video_states(page)
     assert not playing["right"]["paused"]
-    assert abs(playing["left"]["time"] - playing["right"]["time"]) < 0.1
+    assert abs(playing["left"]["time"] - playing["right"]["time"]) < ONE_FRAME, playing
     player.locator(".cp-play").click()
     page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').paused")
     paused = video_states(page)
     assert paused["right"]["paused"]
     assert paused["left"]["time"] > 0.5
-    assert abs(paused["left"]["time"] - paused["right"]["time"]) < 0.1
+    assert abs(paused["left"]["time"] - paused["right"]["time"]) < ONE_FRAME, paused
     assert player.locator(".cp-time").text_content().endswith(" / 0:02.0")
 
     # The scrub bar seeks both to mid-clip.
@@ -188,7 +189,20 @@ def test_synced_playback_seek_and_wipe(page, app_url):
     wait_videos_ready(page)
     mid = video_states(page)
     assert mid["left"]["time"] == pytest.approx(CLIP_SECONDS / 2, abs=0.2)
-    assert abs(mid["left"]["time"] - mid["right"]["time"]) < 0.1
+    assert abs(mid["left"]["time"] - mid["right"]["time"]) < ONE_FRAME, mid
+
+    # Scrubbing while playing: 300 ms later both play within a frame of each other (the seek barrier).
+    seek.click(position={"x": box["width"] * 0.1, "y": box["height"] / 2})  # back to about 0.2 s
+    player.locator(".cp-play").click()
+    page.wait_for_function("() => !document.querySelector('#compare-player .cp-video-left').paused")
+    page.wait_for_timeout(300)
+    seek.click(position={"x": box["width"] * 0.3, "y": box["height"] / 2})
+    page.wait_for_timeout(300)
+    scrubbed = video_states(page)
+    assert not scrubbed["left"]["paused"] and not scrubbed["right"]["paused"], scrubbed
+    assert abs(scrubbed["left"]["time"] - scrubbed["right"]["time"]) < ONE_FRAME, scrubbed
+    player.locator(".cp-play").click()
+    page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').paused")
 
     # A seek that does not come from the scrub bar (keyboard, media keys, a script) moves both, paused ...
     _seek_left_by_script(page, 1.5)
@@ -202,7 +216,7 @@ def test_synced_playback_seek_and_wipe(page, app_url):
     page.wait_for_function("() => document.querySelector('#compare-player .cp-video-left').paused")
     wait_videos_ready(page)
     state = video_states(page)
-    assert state["left"]["time"] < 1.2 and abs(state["left"]["time"] - state["right"]["time"]) < 0.1, state
+    assert state["left"]["time"] < 1.2 and abs(state["left"]["time"] - state["right"]["time"]) < ONE_FRAME, state
 
     # Mute silences the only audible video.
     player.locator(".cp-mute").click()
@@ -247,7 +261,7 @@ def _assert_in_sync(page, seconds: float) -> None:
     wait_videos_ready(page)
     state = video_states(page)
     assert state["left"]["time"] == pytest.approx(seconds, abs=0.05)
-    assert abs(state["left"]["time"] - state["right"]["time"]) < 0.1, state
+    assert abs(state["left"]["time"] - state["right"]["time"]) < ONE_FRAME, state
 
 
 def test_base_only_value_from_an_event(page):

@@ -11,13 +11,9 @@ import torch
 
 from magihuman.config import FULL_TURBO_VAE, TINY_TURBO_VAE
 from magihuman.errors import CheckpointError
-from magihuman.model.turbo_vae import (
-    TurboVAE,
-    build_random_turbo_vae,
-    load_turbo_vae,
-    to_uint8,
-    window_schedule,
-)
+from magihuman.loading import load_turbo_vae
+from magihuman.model.turbo_vae import TurboVAE, to_uint8, window_schedule
+from magihuman.random_models import build_random_turbo_vae
 
 # Entries of the official Turbo VAE JSON that the decoder does not read.
 JSON_EXTRAS = {

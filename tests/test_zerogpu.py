@@ -14,12 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magihuman.config import TINY_DIT
-from magihuman.memory import GB
-from magihuman.model.dit import build_dit, init_random_
-from magihuman.precision import compute_dtype
-from studio import gpu
-from studio.zerogpu import (
+from magihuman.aot import (
     PF_X,
     PT_GNU_STACK,
     apply_package,
@@ -30,6 +25,12 @@ from studio.zerogpu import (
     package_path,
     shared_layers,
 )
+from magihuman.config import TINY_DIT
+from magihuman.memory import GB
+from magihuman.model.dit import build_dit
+from magihuman.precision import compute_dtype
+from magihuman.random_models import init_random_
+from studio import gpu, space
 from tests.zerogpu_stub import fork_context
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,8 +109,8 @@ def test_compiled_forward_loads_lazily_in_the_process_that_runs_it(package) -> N
 
 
 def test_compile_ahead_of_time_reuses_the_cache_without_a_gpu_call(package, monkeypatch) -> None:
-    from magihuman.build import tiny_models
     from magihuman.engine import Engine
+    from magihuman.random_models import tiny_models
 
     models = tiny_models()
     for dit in models.dits.values():
@@ -148,7 +149,7 @@ def test_clear_execstack(tmp_path) -> None:
 
 EMULATED_STARTUP = r"""
 import json, os, threading
-from magihuman.build import tiny_models
+from magihuman.random_models import tiny_models
 from magihuman.engine import Engine
 
 # Built on the CPU before spaces patches torch: the tiny builders seed CUDA RNG state, which emulation refuses.
@@ -158,7 +159,7 @@ from tests.zerogpu_stub import cpu_torch_shims
 cpu_torch_shims()
 import spaces  # SPACES_ZERO_GPU=true: CUDA is emulated in this (the main) thread from here on
 from spaces.zero.torch import patching
-from studio import gpu
+from studio import gpu, space
 from studio.runtime import EngineSlot
 
 def loader(models):
@@ -174,7 +175,7 @@ def loader(models):
 seen = {"main thread": []}
 slot = gpu.start_slot(loader(models))
 seen.update(
-    on_zerogpu=gpu.ON_ZEROGPU, size=gpu.GPU_SIZE, state=slot.status.state, status=slot.status.message,
+    on_zerogpu=space.ON_ZEROGPU, size=space.GPU_SIZE, state=slot.status.state, status=slot.status.message,
     ready_at_once=slot.engine is not None, bound=gpu._engine() is slot.engine,
     dit_device=str(next(models.dits["distill"].parameters()).device),
     emulated_tensors=len(patching.cuda_aliases), memory_env=os.environ.get("MAGIHUMAN_GPU_MEMORY_GB"),
@@ -220,32 +221,32 @@ def test_zerogpu_startup_places_the_engine_on_cuda_in_the_main_thread_before_lau
 
 
 def test_zerogpu_model_plan_fits_the_size_it_asks_for() -> None:
-    plan = gpu.zerogpu_plan()
+    plan = space.zerogpu_plan()
     assert plan.size == "xlarge" and plan.fp8 == frozenset()  # distill + sr-540p in bf16: ≈ 91 GB of 96
-    assert plan.needed_bytes <= plan.vram_bytes == gpu.ZEROGPU_VRAM["xlarge"]
+    assert plan.needed_bytes <= plan.vram_bytes == space.ZEROGPU_VRAM["xlarge"]
     assert 75 * GB < plan.weight_bytes < plan.needed_bytes
-    small = gpu.zerogpu_plan(("distill",))  # the base model alone fits the default size with fp8 linears
+    small = space.zerogpu_plan(("distill",))  # the base model alone fits the default size with fp8 linears
     assert small.size == "large" and small.fp8 == {"distill"} and small.needed_bytes <= small.vram_bytes
 
 
 def test_durations_cover_the_transfer_and_refuse_what_no_free_quota_fits(monkeypatch) -> None:
-    assert gpu.PLAN is None and gpu.GPU_SIZE is None  # off ZeroGPU: the budget is the job alone
-    assert gpu.gpu_duration("256p", 5, 8, "distill", 5) == gpu.gpu_seconds("256p", 5, 8, "distill", 5)
-    plan = gpu.zerogpu_plan()
-    monkeypatch.setattr(gpu, "PLAN", plan)
-    transfer = int(plan.weight_bytes / gpu.TRANSFER_BYTES_PER_S)
-    quota = gpu.DEFAULT_QUOTA_S
+    assert space.PLAN is None and space.GPU_SIZE is None  # off ZeroGPU: the budget is the job alone
+    assert space.gpu_duration("256p", 5, 8, "distill", 5) == space.gpu_seconds("256p", 5, 8, "distill", 5)
+    plan = space.zerogpu_plan()
+    monkeypatch.setattr(space, "PLAN", plan)
+    transfer = int(plan.weight_bytes / space.TRANSFER_BYTES_PER_S)
+    quota = space.DEFAULT_QUOTA_S
     for resolution, seconds in (("256p", 5), ("256p", 10), ("540p", 10), ("1080p", 2)):
-        asked = gpu.gpu_duration(resolution, seconds, None, "distill", 5)
-        assert asked == gpu.gpu_seconds(resolution, seconds, 8, "distill", 5) + transfer
-        assert asked * gpu.QUOTA_FACTOR["xlarge"] <= quota
+        asked = space.gpu_duration(resolution, seconds, None, "distill", 5)
+        assert asked == space.gpu_seconds(resolution, seconds, 8, "distill", 5) + transfer
+        assert asked * space.QUOTA_FACTOR["xlarge"] <= quota
     for seconds in (5, 10):  # 1080p beyond a couple of seconds: more than a free account's day on xlarge
-        with pytest.raises(gpu.QuotaError, match=rf"{seconds}-second 1080p clip needs about \d+ s"):
-            gpu.gpu_duration("1080p", seconds, None, "distill", 5)
+        with pytest.raises(space.QuotaError, match=rf"{seconds}-second 1080p clip needs about \d+ s"):
+            space.gpu_duration("1080p", seconds, None, "distill", 5)
     # Nonsense gets a budget; the engine's validation in the worker says what is wrong.
-    assert gpu.gpu_duration("720p", "x", None, "nope", -3) > transfer
-    monkeypatch.setenv(gpu.QUOTA_ENV, "2400")  # a Space for PRO users can allow more
-    assert gpu.gpu_duration("1080p", 10, None, "distill", 5) > quota / 2
+    assert space.gpu_duration("720p", "x", None, "nope", -3) > transfer
+    monkeypatch.setenv(space.QUOTA_ENV, "2400")  # a Space for PRO users can allow more
+    assert space.gpu_duration("1080p", 10, None, "distill", 5) > quota / 2
 
 
 def test_a_gpu_space_fetches_missing_weights_before_loading(monkeypatch, tmp_path) -> None:
@@ -261,10 +262,10 @@ def test_a_gpu_space_fetches_missing_weights_before_loading(monkeypatch, tmp_pat
     monkeypatch.setattr(weights, "download", lambda tiers, root, progress: calls.append(("download", tiers)))
     load = lambda status: calls.append("load") or "engine"  # noqa: E731
     monkeypatch.setenv("MAGIHUMAN_WEIGHTS", str(tmp_path))
-    assert gpu.with_space_weights(load) is load  # not a Space: nothing added
+    assert space.with_space_weights(load) is load  # not a Space: nothing added
     monkeypatch.setenv("SPACE_ID", "someone/studio")
-    assert gpu.with_space_weights(load) is load  # a Space without a GPU (the CPU preview)
+    assert space.with_space_weights(load) is load  # a Space without a GPU (the CPU preview)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     lines = []
-    assert gpu.with_space_weights(load)(lines.append) == "engine"
-    assert calls == [("download", gpu.SPACE_TIERS), "load"] and str(tmp_path) in lines[0]
+    assert space.with_space_weights(load)(lines.append) == "engine"
+    assert calls == [("download", space.SPACE_TIERS), "load"] and str(tmp_path) in lines[0]

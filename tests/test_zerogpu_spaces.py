@@ -180,10 +180,10 @@ def test_engine_errors_arrive_with_their_message(zerogpu) -> None:
 
 
 def test_a_request_beyond_the_quota_is_refused_before_a_gpu_is_asked_for(zerogpu, monkeypatch) -> None:
-    import studio.gpu
+    import studio.space
 
     stub, client, _, _ = zerogpu
-    monkeypatch.setattr(studio.gpu, "PLAN", studio.gpu.zerogpu_plan())  # as on a Space: xlarge, weights to copy
+    monkeypatch.setattr(studio.space, "PLAN", studio.space.zerogpu_plan())  # as on a Space: xlarge, weights to copy
     asked = len(stub.schedules)
     with pytest.raises(AppError, match=r"10-second 1080p clip needs about \d+ s of ZeroGPU time"):
         client.predict(**api_arguments(resolution="1080p", seconds=10), api_name="/generate")
@@ -194,10 +194,10 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     """The start-up compile call takes no engine (the worker has it from the fork) and returns only paths; the
     main process then gives every shared layer a lazy forward for its package without loading anything. (The
     compile itself is tested in test_zerogpu.py; here the worker's build is replaced by a stand-in.)"""
+    import magihuman.aot
     import studio.gpu
-    import studio.zerogpu
-    from magihuman.build import tiny_models
     from magihuman.engine import Engine
+    from magihuman.random_models import tiny_models
 
     stub, _, handlers, _ = zerogpu
     engine = Engine(tiny_models(), "cpu", preview=True)
@@ -206,7 +206,7 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     def stand_in(dit, x, rope, folder):  # runs in the worker
         return Path(folder) / f"shared_layer-{dit.config.coords_style}.pt2"
 
-    monkeypatch.setattr(studio.zerogpu, "build_package", stand_in)
+    monkeypatch.setattr(magihuman.aot, "build_package", stand_in)
     monkeypatch.setattr(studio.gpu, "package_dir", lambda: tmp_path)
     studio.gpu.bind_slot(EngineSlot.ready(engine))
     try:
@@ -216,7 +216,66 @@ def test_ahead_of_time_compile_returns_package_paths_and_the_main_process_applie
     finally:
         studio.gpu.bind_slot(handlers.slot)
     for name, dit in engine.models.dits.items():
-        built[name] = {layer.forward.package for layer in studio.zerogpu.shared_layers(dit)}
-        assert all(layer.forward._pid is None for layer in studio.zerogpu.shared_layers(dit))  # nothing loaded
+        built[name] = {layer.forward.package for layer in magihuman.aot.shared_layers(dit)}
+        assert all(layer.forward._pid is None for layer in magihuman.aot.shared_layers(dit))  # nothing loaded
     assert built["distill"] == {str(tmp_path / "shared_layer-v2.pt2")}
     assert built["sr-540p"] == {str(tmp_path / "shared_layer-v1.pt2")}
+
+
+ENDINGS = ["done", "stop", "client-cancel", "engine-error", "out-of-memory", "upscale", "removed-take"]
+
+
+def _end_a_job(how: str, client, studio, log) -> str:
+    """End one GPU job the way `how` says; returns what happened (for failure messages)."""
+    if how in ("stop", "client-cancel"):
+        log.arm(PAUSE_STEP)
+        job = client.submit(**api_arguments(seed=21), api_name="/generate")
+        assert log.reached.wait(WAIT_S), f"{how}: the worker never reached base step {PAUSE_STEP}"
+        client.predict(api_name="/stop") if how == "stop" else job.cancel()
+        log.gate.set()
+        with pytest.raises(Exception):  # noqa: B017 (AppError "Stopped", or the cancellation itself)
+            job.result(timeout=WAIT_S)
+        log.arm(0)
+        return f"stopped at base step {PAUSE_STEP}"
+    if how in ("engine-error", "out-of-memory"):
+        log.fail.value = 1 if how == "engine-error" else 3
+        try:
+            with pytest.raises(AppError):
+                client.predict(**api_arguments(seed=22), api_name="/generate")
+        finally:
+            log.fail.value = 0
+        return "failed in the worker"
+    (_, _, _, _, take_id), _ = _submit_and_watch(client, seed=23)
+    if how == "upscale":
+        _submit_and_watch(client, take_id, "540p", api_name="/upscale")
+    if how == "removed-take":
+        studio.remove(take_id, [])
+        assert studio.takes.get(take_id) is None
+    return f"take {take_id} made"
+
+
+@pytest.mark.parametrize("how", ENDINGS)
+def test_after_every_ending_the_next_call_forks_a_fresh_worker_and_its_clip_arrives(zerogpu, how) -> None:
+    """The hang this guards against: a worker forked after a job froze inside fork() (a PyAV scaler cached by
+    a thread of this process, freed in the child), so every later call waited out its GPU duration."""
+    stub, client, studio, log = zerogpu
+    if stub.reuse:
+        pytest.skip("needs a fresh fork per call")
+    state = _end_a_job(how, client, studio, log)
+    forked = len(stub.workers)
+    job = client.submit(**api_arguments(seed=24), api_name="/generate")
+    deadline = time.monotonic() + WAIT_S
+    while not job.done():
+        if time.monotonic() > deadline:
+            job.cancel()
+            fresh = [w.process for w in stub.workers[forked:]]
+            raise AssertionError(
+                f"after a job ended by {how} ({state}), the next clip did not arrive in {WAIT_S} s: "
+                f"fresh workers {[(p.pid, p.is_alive()) for p in fresh] or 'none forked'}, "
+                f"base steps logged {log.job_steps(max(log.count.value - 8, 0))}"
+            )
+        time.sleep(0.05)
+    _, downloads, seed, _, _ = job.result(timeout=WAIT_S)
+    assert seed == 24 and [Path(p).name for p in paths(downloads)] == ["base_256p.mp4"]
+    assert len(stub.workers) == forked + 1, f"after {how}: {len(stub.workers) - forked} workers forked, not 1"
+    assert stub.workers[-1].process.pid not in {w.process.pid for w in stub.workers[:forked]}

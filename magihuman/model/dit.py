@@ -18,7 +18,6 @@ experts are applied to three contiguous segments whose lengths are `segments` = 
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from magihuman.config import DiTConfig
 from magihuman.model.attention import LocalWindow, attention
-from magihuman.model.rope import RotaryEmbedding, apply_rope, rope_bands
+from magihuman.model.rope import RotaryEmbedding, apply_rope
 from magihuman.packing import TokenLayout, patchify_video, token_coords, unpatchify_video
 
 if TYPE_CHECKING:  # the parallel package imports nothing from here at run time
@@ -312,24 +311,3 @@ def build_dit(config: DiTConfig, device: torch.device | str = "meta") -> DiT:
     """Construct the DiT with uninitialised storage on `device` (meta by default: no memory at all)."""
     with torch.device(device):
         return DiT(config)
-
-
-@torch.no_grad()
-def init_random_(model: DiT, seed: int) -> DiT:
-    """Seeded random weights with the spread of the golden fixtures (for the preview engine and benchmarks).
-
-    Matrices: normal(0, 1/sqrt(fan_in)) (3/sqrt(fan_in) for `up_gate_proj`, so that a few activations reach
-    the ±7 clamps); norm weights and biases: normal(0, 0.1); the RoPE bands get their exact values.
-    """
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for name, param in model.named_parameters():
-        if param.ndim == 2:
-            std = (3.0 if "up_gate_proj" in name else 1.0) / math.sqrt(param.shape[1])
-        else:
-            std = 0.1
-        values = torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * std
-        param.copy_(values.to(param.dtype))
-    bands = model.adapter.rope.bands
-    bands.copy_(rope_bands(model.config.rope_bands_per_axis, model.config.rope_temperature))
-    return model

@@ -9,24 +9,19 @@ strictly. Sections:
 3. The decoder, one call on one window
 4. The sliding-window decode
 5. uint8 post-processing
-6. Loading: official checkpoint, strict state dict, seeded random weights
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from magihuman.config import TINY_TURBO_VAE, TurboVAEConfig
-from magihuman.errors import CheckpointError
+from magihuman.config import TurboVAEConfig
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Latent statistics and de-normalisation
@@ -364,103 +359,3 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
         video = video[0]
     pixels = (video.float() * 0.5 + 0.5).clamp(0.0, 1.0).permute(1, 2, 3, 0)  # (F, H, W, 3)
     return (pixels * 255).to(torch.uint8).cpu()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 6. Loading
-# ---------------------------------------------------------------------------------------------------------
-
-EMA_KEY = "ema_state_dict"
-
-
-def _listing(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def turbo_vae_from_state_dict(
-    config: TurboVAEConfig,
-    state: dict[str, torch.Tensor],
-    source: str,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.bfloat16,
-) -> TurboVAE:
-    """Build on the meta device and load `decoder.*` weights strictly (converted to `dtype` on `device`).
-
-    A missing key, an unexpected key or a wrong shape raises CheckpointError naming the keys and `source`.
-    """
-    with torch.device("meta"):
-        model = TurboVAE(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{name} {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__} (expected {expected[name]})"
-        for name, t in sorted(state.items())
-        if name in expected and (not isinstance(t, torch.Tensor) or tuple(t.shape) != expected[name])
-    ]
-    problems = [
-        f"{label}: {_listing(keys)}"
-        for label, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("wrong shapes", wrong),
-        )
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(f"{source}: does not match the Turbo VAE decoder; " + "; ".join(problems))
-    weights = {name: t.to(device=device, dtype=dtype) for name, t in state.items()}
-    model.load_state_dict(weights, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
-
-
-def read_decoder_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
-    """The `decoder.*` entries of an official `.ckpt`: `ema_state_dict`, a leading `module.` stripped.
-
-    Training-only entries (latents_mean/std placeholders, aligned_feature_projection_heads.*) are dropped.
-    """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: Turbo VAE checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path}: cannot read the Turbo VAE checkpoint (truncated or corrupt?): {err}") from err
-    if not isinstance(data, dict) or EMA_KEY not in data:
-        raise CheckpointError(f"{path}: no {EMA_KEY!r} entry; not an official Turbo VAE checkpoint")
-    state = {name.removeprefix("module."): t for name, t in data[EMA_KEY].items()}
-    return {name: t for name, t in state.items() if name.startswith("decoder.")}
-
-
-def load_turbo_vae(
-    config_path: str | Path,
-    ckpt_path: str | Path,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.bfloat16,
-) -> TurboVAE:
-    """Load the official layout: the JSON config (e.g. TurboV3-Wan22-TinyShallow_7_7.json) and the `.ckpt`."""
-    config_path = Path(config_path)
-    try:
-        config = TurboVAEConfig.from_dict(json.loads(config_path.read_text()))
-        check_supported(config)
-    except (OSError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{config_path}: unusable Turbo VAE config: {err}") from err
-    return turbo_vae_from_state_dict(config, read_decoder_state(ckpt_path), str(ckpt_path), device, dtype)
-
-
-def build_random_turbo_vae(
-    config: TurboVAEConfig = TINY_TURBO_VAE,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> TurboVAE:
-    """Seeded random weights (for the tiny preview engine): conv weights normal(0, 1/sqrt(fan_in)), biases
-    normal(0, 0.1), fan_in = input channels × kernel volume."""
-    model = TurboVAE(config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            std = 0.1 if name.endswith(".bias") else param[0].numel() ** -0.5
-            param.normal_(0.0, std, generator=generator)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -1,49 +1,58 @@
-"""The few calls an entry point (CLI, benchmark, studio) makes to run one clip on several GPUs.
+"""The engine's one start-up, for every entry point (CLI, benchmark, studio), on one GPU or several:
 
-    ctx = init_parallel(args.cp, "full")            # reads torchrun's environment; refuses bad layouts
-    if not ctx.is_driver:
-        run_worker(ctx, "full", weights_dir, dits, speed)   # serves DiT forwards until rank 0 stops
+    engine = start(EngineOptions.from_args(args))   # None on the worker ranks, once rank 0 has stopped
+    if engine is None:
         return
-    engine = load_engine("full", device=ctx.device, ...)
-    attach(engine, ctx)                              # rank 0: the engine's DiTs now run on all ranks
 
-Launched as `torchrun --standalone --nproc-per-node N <entry point> --cp N`; without torchrun (or with
-`--cp 1`) `init_parallel` returns a single-process context and `attach` changes nothing.
+Inside: `init_parallel` joins the job torchrun started (refusing bad layouts before anything loads); ranks
+other than 0 load the DiTs and serve rank 0's forwards (`run_worker`); rank 0 loads the engine and `attach`es
+it, so that its DiTs run on all ranks. Launched as `torchrun --standalone --nproc-per-node N <entry point>
+--cp N`; without torchrun nothing is joined and the engine runs in this process.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
 from magihuman.config import ModelSize, dit_presets
-from magihuman.parallel.runtime import ParallelContext, init_from_env
+from magihuman.parallel.runtime import ParallelContext, init_from_env, requested_world
 from magihuman.parallel.serve import Driver, serve_forever
 
 if TYPE_CHECKING:  # the engine pulls in the media stack, which worker ranks do not need
     from magihuman.engine import Engine
     from magihuman.optimize import SpeedFlags
+    from magihuman.options import EngineOptions
 
 
-def add_parallel_argument(parser: argparse.ArgumentParser) -> None:
-    """`--cp N`: spread each clip over the N processes torchrun started (shared by the CLI, bench and app)."""
-    parser.add_argument(
-        "--cp",
-        type=int,
-        help="GPUs per clip (context parallel; 1, 2, 4 or 8), under `torchrun --nproc-per-node N`; "
-        "default: the number of processes",
+def start(
+    options: EngineOptions,
+    on_status: Callable[[str], None] | None = None,
+    output_root: str | Path | None = None,
+    ctx: ParallelContext | None = None,
+) -> Engine | None:
+    """Load what `options` ask for and return the engine (rank 0, or the only process); on the other ranks of
+    a torchrun job, serve rank 0's DiT forwards until it stops, then return None. `ctx`: the job, when the
+    caller joined it already (the studio does, before it serves the page); None joins it now. Raises
+    ValueError, before anything loads, for a layout `init_parallel` refuses."""
+    from magihuman.build import load_engine  # the loaders pull in the weight stack; keep this module light
+
+    if ctx is None and (requested_world() > 1 or (options.cp or 1) > 1):
+        ctx = init_parallel(options.cp, options.size, cfg_parallel=options.cfg_parallel, speed=options.speed)
+    if ctx is not None and not ctx.is_driver:
+        run_worker(ctx, options.size, options.weights_dir, options.dits, options.speed)
+        return None
+    device = ctx.device if ctx is not None and ctx.world > 1 else options.device
+    engine = load_engine(
+        options.size, options.weights_dir, device, options.dits, options.speed, output_root, on_status=on_status
     )
-    parser.add_argument(
-        "--cfg-parallel",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="with --cp ≥ 2, run the base model's two CFG forwards on two halves of the GPUs (default: on)",
-    )
+    if ctx is not None:
+        attach(engine, ctx)
+    return engine
 
 
 def init_parallel(

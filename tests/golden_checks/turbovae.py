@@ -5,14 +5,8 @@ from __future__ import annotations
 import torch
 
 from magihuman.config import TurboVAEConfig
-from magihuman.model.turbo_vae import (
-    LATENT_MEAN,
-    LATENT_STD,
-    denormalize,
-    to_uint8,
-    turbo_vae_from_state_dict,
-    window_schedule,
-)
+from magihuman.loading import turbo_vae_from_state_dict
+from magihuman.model.turbo_vae import LATENT_MEAN, LATENT_STD, denormalize, to_uint8, window_schedule
 from tests.golden_checks import Fixture, Report
 
 STAGE_PREFIX = "call.inter_first."

@@ -1,0 +1,3 @@
+from acceptance.cli import main
+
+raise SystemExit(main())

@@ -1,3 +1,0 @@
-from magihuman.acceptance.cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,3 @@
+from magihuman.bench.cli import main
+
+main()

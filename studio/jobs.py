@@ -1,0 +1,193 @@
+"""Running one engine job for the UI: progress, streaming, cancellation and the errors a user sees.
+
+A job is a generator (`stream`): the engine runs on a long-lived job thread and the generator yields
+`Progress` items, then the `Result` with every tensor on the CPU (picklable, so a ZeroGPU worker can hand it
+back). `run_job` consumes one in the handler's process: it reports progress, asks `should_stop()` after every
+item and closes the job when it turns true; closing it cancels the engine within one denoising step. The engine's
+own errors become `gr.Error` with its message inside the job, so they cross a process boundary intact (spaces
+turns any other exception into "ZeroGPU worker error: <ClassName>").
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from contextvars import ContextVar, copy_context
+from dataclasses import dataclass, fields, replace
+
+import gradio as gr
+import torch
+
+from magihuman.engine import Result, Take
+from magihuman.errors import GenerationCancelled, MagiHumanError
+from magihuman.threads import worker_thread
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress item of a GPU job (picklable): `step` of `total` done in `phase` (the engine's phase names:
+    text, image, audio, base, sr, decode, mux)."""
+
+    phase: str
+    step: int
+    total: int
+
+
+HEARTBEAT_S = 0.2  # while a step runs, how often the job repeats its last progress item
+CONSUMER_WAIT_S = 300.0  # a consumer that neither resumes nor closes the job this long has gone: cancel
+ENGINE_STOP_WAIT_S = 600.0  # after a cancel, the longest step (1080p SR on a slow GPU) plus the mp4 flush
+STOPPED = "Stopped ({}). Nothing was lost: change the settings and generate again."
+OUT_OF_MEMORY = (
+    "The GPU ran out of memory for this clip. Choose a smaller resolution (256p, or 540p instead of 1080p), a shorter "
+    "clip or the distilled model, then generate again."
+)
+
+# Same-process runs only (off ZeroGPU): run_job's should_stop, read by the engine at every step boundary so that
+# Stop acts as fast as it did before the GPU functions became generators. A ZeroGPU worker never sees it.
+# A fork inherits the forking thread's context, so the probe is tagged with the process that set it.
+_STOP_PROBE: ContextVar[tuple[int, Callable[[], bool]] | None] = ContextVar("stop_probe", default=None)
+
+
+def run_job(
+    job: Iterator[Progress | Result],
+    on_progress: Callable[[str, int, int], None],
+    should_stop: Callable[[], bool],
+) -> Result:
+    """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per new item. When
+    `should_stop()` (asked at every item, so at least every HEARTBEAT_S) turns true (Stop pressed, client gone)
+    the job is closed, which stops the engine within one denoising step, and the "Stopped" gr.Error is raised.
+    Returns the Result."""
+    token = _STOP_PROBE.set((os.getpid(), should_stop))
+    last = None
+    try:
+        with closing(job):
+            for item in job:
+                if isinstance(item, Result):
+                    return item
+                if item != last:  # heartbeats repeat the last item
+                    on_progress(item.phase, item.step, item.total)
+                    last = item
+                if should_stop():
+                    raise gr.Error(STOPPED.format(GenerationCancelled(item.phase, item.step, item.total)))
+    finally:
+        _STOP_PROBE.reset(token)
+    raise gr.Error("The GPU job ended without a result; generate again.")
+
+
+class StopFlag:
+    """The engine's cancel flag (a `magihuman.errors.Cancel`): set when the job is closed, or when the
+    same-process handler's should_stop() says so."""
+
+    def __init__(self, probe: Callable[[], bool] | None) -> None:
+        self._event, self._probe = threading.Event(), probe
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        if not self._event.is_set() and self._probe is not None and self._probe():
+            self._event.set()
+        return self._event.is_set()
+
+
+def stream(work: Callable[[Callable[[str, int, int], None], StopFlag], Result]) -> Iterator[Progress | Result]:
+    """Run `work(report, cancel)` on the job thread and yield its progress, then its result moved to the CPU.
+
+    Lockstep: after each progress report the engine waits until this generator is resumed past that item, and
+    spaces checks its stop flag between the two, so once a close is asked for no further step
+    starts. While a step runs, the last item is repeated every `HEARTBEAT_S`, so that the handler's Stop check
+    and spaces' stop flag are looked at during long steps too. Closing this generator sets the cancel flag and
+    waits for the engine to stop at its step boundary. Errors are re-raised as gr.Error with the user's message.
+    """
+    items: queue.SimpleQueue = queue.SimpleQueue()
+    resumed: queue.SimpleQueue = queue.SimpleQueue()  # one token per item the consumer moved past
+    probe = _STOP_PROBE.get()
+    cancel = StopFlag(probe[1] if probe is not None and probe[0] == os.getpid() else None)
+    outcome: list = []
+
+    def report(phase: str, step: int, total: int) -> None:
+        items.put(Progress(phase, step, total))
+        if not cancel.is_set():
+            try:
+                resumed.get(timeout=CONSUMER_WAIT_S)
+            except queue.Empty:
+                cancel.set()  # nobody is reading this job any more
+
+    def run() -> None:
+        try:
+            outcome.append(on_cpu(work(report, cancel)))
+        except BaseException as exc:  # handed to the consuming thread below
+            outcome.append(exc)
+        finally:
+            items.put(None)
+
+    job = worker_thread("gpu-job").submit(copy_context().run, run)  # one long-lived thread (magihuman.threads)
+    last = Progress("start", 0, 1)
+    try:
+        while True:
+            try:
+                item = items.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield last  # heartbeat
+                continue
+            if item is None:
+                break
+            last = item
+            yield item
+            resumed.put(True)
+    finally:
+        cancel.set()  # no-op after a normal end; after a close (Stop, client gone) the engine stops at its next step
+        resumed.put(True)  # a report waiting for this generator goes on to the cancel check
+        try:
+            job.result(timeout=ENGINE_STOP_WAIT_S)
+        except TimeoutError:
+            raise gr.Error(
+                f"The engine did not stop within {ENGINE_STOP_WAIT_S:.0f} s of being asked to (last progress: "
+                f"{last.phase} {last.step}/{last.total}); restart the studio if the next job does not start."
+            ) from None
+    (value,) = outcome
+    outcome.clear()
+    if isinstance(value, Result):
+        yield value
+        return
+    raise user_error(value)
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """The gr.Error the user sees for an engine exception (made in the worker, so the message crosses)."""
+    if isinstance(exc, gr.Error | GeneratorExit | KeyboardInterrupt | SystemExit):
+        return exc
+    if isinstance(exc, GenerationCancelled):
+        return gr.Error(STOPPED.format(exc), print_exception=False)
+    if isinstance(exc, MagiHumanError):
+        return gr.Error(str(exc), print_exception=False)
+    if isinstance(exc, torch.OutOfMemoryError):
+        exc.__traceback__ = None  # its frames hold the failed job's tensors
+        del exc
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return gr.Error(OUT_OF_MEMORY, print_exception=False)
+    # A bug, not a user error: keep its class and message (spaces would show only the class name).
+    error = gr.Error(f"Generation failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def take_to(take: Take, device: torch.device | str) -> Take:
+    """The take with its tensors (text, video, audio) on `device`."""
+    moved = {
+        f.name: getattr(take, f.name).to(device)
+        for f in fields(take)
+        if isinstance(getattr(take, f.name), torch.Tensor)
+    }
+    return replace(take, **moved)
+
+
+def on_cpu(result: Result) -> Result:
+    """The result with its take's tensors on the CPU: a ZeroGPU worker may not hand CUDA tensors back."""
+    return replace(result, take=take_to(result.take, "cpu"))

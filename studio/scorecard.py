@@ -1,0 +1,286 @@
+"""The take scorecard in the studio: scored after each take on a CPU thread, shown under the timing table,
+its score in the takes gallery (which can be ordered by it), and `/score` for an earlier or uploaded take.
+
+Scoring never holds the GPU: it is its own event, chained after the take, in its own concurrency group
+(`SCORE_JOBS`), so the next GPU job starts while a take is scored. The work runs on one long-lived thread
+(`magihuman.threads.worker_thread`), not on Gradio's worker threads: the ASR, VAD and DNSMOS models and their
+CPU thread teams then exist once per process, one take is scored at a time, and a forked process (a ZeroGPU
+worker) starts its own thread instead of submitting to one that does not exist there.
+
+The cards live on the server, keyed by take id (dropped with their take); a browser's history records only
+carry the score number, added when the gallery is listed.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import gradio as gr
+
+from magihuman.errors import MagiHumanError
+from magihuman.score import Scorecard, score_take
+from magihuman.threads import worker_thread
+from studio.handlers import Studio, request_to_values
+from studio.history import clean_history
+
+SCORE_JOBS = "score"  # the concurrency group of scoring events, apart from the GPU's
+SCORE_TIMEOUT_S = 300  # a card takes seconds; this bounds a stuck model load
+ORDERS = ("Newest first", "Best score first")
+SCORING_OFF = "Scoring is off."
+BEST_OF = (2, 8)  # seeds per "best of N" request
+CARD_CSS = """
+#scorecard table { font-size: 0.9em; }
+#scorecard del { background: #fee2e2; color: #991b1b; }
+#scorecard ins { background: #dcfce7; color: #166534; text-decoration: none; }
+#scorecard .flag { color: #b45309; }
+"""
+
+
+class Scorer:
+    """The cards of a studio's takes, and the events that make and show them."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+        self.takes = studio.takes
+        self.cards: dict[str, Scorecard] = {}
+        self._lock = threading.Lock()
+
+    # --- scoring ----------------------------------------------------------------------------------------
+
+    def card_for_take(self, take_id: str, enabled: bool = True):
+        """The card of a take just made (the event chained after /generate and /upscale): (HTML, JSON)."""
+        if not enabled:
+            return SCORING_OFF, None
+        card = self._card_of(take_id)
+        return card_html(card), _json(card)
+
+    def score(self, take_id: str | None = None, video: str | None = None, prompt: str | None = None):
+        """Score a take: an earlier one of /generate by its take_id, or an uploaded video with its prompt (the
+        Dialogue lines are the words it should say). Returns the card as HTML and as JSON: WER or CER against
+        the prompt, the transcript and language heard, the speech span, the mouth-voice offset in frames with
+        its confidence, DNSMOS, flags, and the parts that were not available and why.
+
+        Args:
+            take_id: the take_id that /generate returned (the latest 32 takes are kept); or leave it empty
+            video: a video with sound to score instead of a take
+            prompt: the prompt of the uploaded video (ignored for a take: its own prompt is used)
+        """
+        if video:
+            card = self._compute(video, prompt or "")
+        elif take_id:
+            card = self._card_of(take_id)
+        else:
+            raise gr.Error("Give a take_id from /generate or upload a video to score.")
+        return card_html(card), _json(card)
+
+    def _card_of(self, take_id: str) -> Scorecard:
+        stored = self.takes.get(take_id)
+        if stored is None:
+            raise gr.Error("No such take to score: generate one first (the latest 32 takes are kept).")
+        with self._lock:
+            known = self.cards.get(take_id)
+        if known is not None:  # an upscale keeps the take's audio, words and timing: its card stands
+            return known
+        card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt)
+        with self._lock:
+            self.cards[take_id] = card
+            for gone in [key for key in self.cards if self.takes.get(key) is None]:
+                del self.cards[gone]
+        return card
+
+    def _compute(self, video: str, prompt: str) -> Scorecard:
+        future = worker_thread("scorecard").submit(score_take, video, prompt)
+        try:
+            return future.result(timeout=SCORE_TIMEOUT_S)
+        except FutureTimeout:
+            raise gr.Error(f"Scoring the take took more than {SCORE_TIMEOUT_S} s; try again later.") from None
+        except MagiHumanError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    # --- best of N ---------------------------------------------------------------------------------------
+
+    def best_of(self, take_id: str, n: int = 4, request: gr.Request = None, progress: gr.Progress = gr.Progress()):
+        """Generate more seeds of an earlier take's request (its seed + 1, + 2, ...) until there are `n` takes
+        of it (2-8), all kept. Returns their take ids; the page then scores them and lists them best first.
+
+        Args:
+            take_id: the take_id that /generate returned
+            n: how many takes of the request in all, the earlier one included (2-8)
+        """
+        stored = self.takes.get(take_id or "")
+        if stored is None:
+            raise gr.Error("Generate a take first: best of N makes more seeds of the take shown.")
+        if not isinstance(n, int | float) or not BEST_OF[0] <= n <= BEST_OF[1] or int(n) != n:
+            raise gr.Error(f"Best of N takes a whole N from {BEST_OF[0]} to {BEST_OF[1]}.")
+        values = request_to_values(stored.take.request)
+        ids = [take_id]
+        for offset in range(1, int(n)):
+            answer = self.studio.generate(
+                **{**values, "seed": values["seed"] + offset}, request=request, progress=progress
+            )
+            ids.append(answer[4])
+        return ids
+
+    def rank(self, take_ids, history, enabled: bool = True):
+        """Score the takes of a best-of-N request and put them first in the history, best first: (card HTML,
+        card JSON, history, best take id, the gallery order)."""
+        ids = [i for i in take_ids if isinstance(i, str) and self.takes.get(i) is not None] if take_ids else []
+        if not ids:
+            raise gr.Error("Those takes are no longer on the server.")
+        if not enabled:
+            return SCORING_OFF, None, self._first(ids, history), ids[0], gr.update()
+        cards = {take_id: self._card_of(take_id) for take_id in ids}
+        ids.sort(key=lambda take_id: -_number(cards[take_id].score, float("-inf")))
+        best = cards[ids[0]]
+        return card_html(best), _json(best), self._first(ids, history), ids[0], ORDERS[1]
+
+    def _first(self, ids: list[str], history) -> list[dict]:
+        for take_id in reversed(ids):
+            history = self.studio.remember(take_id, history)
+        return history
+
+    # --- the gallery ------------------------------------------------------------------------------------
+
+    def ordered(self, history, order: str = ORDERS[0]) -> list[dict]:
+        """The browser's history with each record's score (where its take has a card), in `order`."""
+        records = []
+        for rec in clean_history(history):
+            with self._lock:
+                card = self.cards.get(rec["id"])
+            records.append({**rec, "score": card.score} if card is not None else rec)
+        if order == ORDERS[1]:
+            return sorted(records, key=lambda rec: -_number(rec.get("score"), float("-inf")))
+        return sorted(records, key=lambda rec: -_number(rec.get("number"), 0))
+
+
+def _number(value, missing: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else missing
+
+
+def _json(card: Scorecard) -> dict:
+    return asdict(card)
+
+
+def gallery_listing(scorer: Scorer):
+    """The studio's gallery listing (`Studio.gallery`) of the history with scores, in the chosen order."""
+
+    def gallery(history, order: str = ORDERS[0]):
+        return scorer.studio.gallery(scorer.ordered(history, order))
+
+    return gallery
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The card as HTML (every text escaped: transcripts and prompts are user or model text)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def card_html(card: Scorecard) -> str:
+    e = html.escape
+    rows = []
+    if card.error_rate is not None:
+        name = "WER" if card.wer is not None else "CER"
+        rows.append((name, f"{card.error_rate:.1%} against the Dialogue lines"))
+    if card.transcript is not None:
+        heard = e(card.language or "-")
+        rows.append(("Heard", f"{_marked(card)} <small>({heard})</small>"))
+    if card.speech_start_s is not None:
+        rows.append(("Speech", f"{card.speech_start_s:.2f} – {card.speech_end_s:.2f} s of {card.audio_seconds:.2f} s"))
+    if card.face_found is False:
+        rows.append(("Sync", "no face found"))
+    elif card.face_found:
+        rows.append(("Sync", f"offset {card.offset_frames:+d} frames, confidence {card.offset_confidence:.2f}"))
+    if card.dnsmos is not None:
+        mos = card.dnsmos
+        rows.append(
+            (
+                "DNSMOS",
+                f"overall {mos['overall']:.2f} · signal {mos['signal']:.2f} · background {mos['background']:.2f}",
+            )
+        )
+    rows += [("Flag", f"<span class='flag'>{e(flag)}</span>") for flag in card.flags]
+    rows += [(e(part.capitalize()), e(reason)) for part, reason in card.unavailable.items()]
+    score = "–" if card.score is None else f"{card.score:.0f} / 100"
+    body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
+    return f"<div class='scorecard'><b>Scorecard: {score}</b><table>{body}</table></div>"
+
+
+def _marked(card: Scorecard) -> str:
+    """The transcript with its differences from the expected line: missing words struck, extra ones marked."""
+    if not card.diff:
+        return html.escape(repr(card.transcript))
+    out = []
+    for run in card.diff:
+        expected, heard = html.escape(run["expected"]), html.escape(run["heard"])
+        if run["op"] == "equal":
+            out.append(heard)
+        else:
+            out.append((f"<del>{expected}</del>" if expected else "") + (f"<ins>{heard}</ins>" if heard else ""))
+    return " ".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layout and events (app.py calls these; its own code stays as it was)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def card_controls(p: SimpleNamespace) -> None:
+    """Under the timing table: the switch and the card."""
+    p.score_on = gr.Checkbox(True, label="Score each take (words, sync, sound; on the CPU)", elem_id="score-on")
+    p.card = gr.HTML(elem_id="scorecard")
+    with gr.Accordion("Scorecard as JSON", open=False):
+        p.card_json = gr.JSON(label="Scorecard", elem_id="scorecard-json")
+
+
+def order_control(p: SimpleNamespace) -> None:
+    """In the takes gallery: newest first or best score first."""
+    p.order = gr.Radio(list(ORDERS), value=ORDERS[0], label="Order takes", elem_id="takes-order")
+
+
+def best_of_controls(p: SimpleNamespace) -> None:
+    """Under the Generate button: more seeds of the take shown, ranked by their cards."""
+    with gr.Row():
+        p.best_n = gr.Slider(*BEST_OF, value=4, step=1, label="Takes in all", elem_id="best-n")
+        p.best_of = gr.Button("Best of N seeds of this take", elem_id="best-of")
+    p.best_ids = gr.JSON(visible=False)
+
+
+def score_controls(p: SimpleNamespace) -> None:
+    """Score an uploaded video (what /score does in the page)."""
+    with gr.Accordion("Score a video", open=False, elem_id="score-upload"):
+        p.score_video = gr.Video(label="A video with sound", sources=["upload"], elem_id="score-video")
+        p.score_prompt = gr.Textbox(label="Its prompt (or the line it should say)", lines=2, elem_id="score-prompt")
+        p.score_button = gr.Button("Score this video", elem_id="score-button")
+
+
+def wire_scoring(
+    p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_shown: list, listing: dict, gpu_job: dict
+) -> None:
+    """Score each finished take (`takes_done`: the /generate and /upscale events) off the GPU queue, then list
+    the gallery again with its score; show the card of a take picked in the gallery (`takes_shown`); reorder
+    on request; `/score` for a take id or an upload; best of N (its seeds on the GPU queue, `gpu_job`, then
+    ranked on the scoring one)."""
+    private = {"api_visibility": "private"}
+    scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
+    card = {"fn": scorer.card_for_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
+    for done in takes_done:
+        done.success(**card, **scoring, **private).success(**listing, **private)
+    for shown in takes_shown:
+        shown.success(**card, **scoring, **private)
+    p.order.change(**listing, **private)
+    ranked = p.best_of.click(scorer.best_of, [p.take_id, p.best_n], p.best_ids, api_name="best_of", **gpu_job)
+    ranked = ranked.success(
+        scorer.rank,
+        [p.best_ids, p.history, p.score_on],
+        [p.card, p.card_json, p.history, p.take_id, p.order],
+        **scoring,
+        **private,
+    )
+    ranked.success(**listing, **private)
+    p.score_button.click(
+        scorer.score, [p.take_id, p.score_video, p.score_prompt], [p.card, p.card_json], api_name="score", **scoring
+    )
