@@ -39,6 +39,9 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     values = {f.name: getattr(args, f.name) for f in FIELDS}
     if values["prompt"].startswith("@"):
         values["prompt"] = Path(values["prompt"][1:]).read_text()
+    shots = values["shots"]
+    if shots and not shots.lstrip().startswith("["):  # a file (scene.json or @scene.json), else the JSON itself
+        values["shots"] = Path(shots.removeprefix("@")).read_text()
     return GenerationRequest(**values)
 
 

@@ -35,6 +35,8 @@ import torch
 
 from magihuman.config import (
     AUDIO,
+    DEFAULT_SECONDS,
+    MAX_SECONDS,
     REQUEST_LIMITS,
     RESOLUTIONS,
     SR_RESOLUTIONS,
@@ -46,6 +48,10 @@ from magihuman.config import (
 )
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import FIELD, FIELDS, QUALITY
+from magihuman.long_take import TakeSettings, WindowLatents
+from magihuman.long_take import prepare as prepare_take
+from magihuman.long_take import run as run_take
+from magihuman.long_take import super_resolve as super_resolve_take
 from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
@@ -58,6 +64,7 @@ from magihuman.sampling import (
     denoise_sr,
     gaussian_noise,
 )
+from magihuman.take_plan import TakePlan, parse_shots
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.threads import worker_thread
 from magihuman.timing import seconds_since
@@ -102,6 +109,7 @@ class GenerationRequest:
     guidance: float | None = None
     negative_prompt: str | None = None
     quality: str = FIELD["quality"].default
+    shots: str | None = None  # JSON list of {"prompt", "seconds"} (magihuman.take_plan.parse_shots)
 
     @property
     def mode(self) -> str:
@@ -121,6 +129,10 @@ class Take:
     portrait: object | None  # the validated PIL image, re-encoded at SR size for TI2V
     base_video_path: Path
     folder: Path
+    # A long take (magihuman.long_take): its plan and every window's latents; text/video/audio above are then
+    # its first window's, output_audio the whole take's.
+    plan: TakePlan | None = None
+    windows: tuple[WindowLatents, ...] = ()
 
     @property
     def seed(self) -> int:
@@ -166,6 +178,7 @@ class Engine:
         # Several GPUs on one clip (magihuman.parallel.Driver, set by `attach`): the DiTs run on all ranks;
         # the engine only asks it for the CFG pair forward and the layout's name.
         self.parallel: ParallelDriver | None = None
+        self.take_settings = TakeSettings()  # how takes longer than one call are cut (magihuman.long_take)
 
     @property
     def layout(self) -> str | None:
@@ -191,6 +204,22 @@ class Engine:
             timer = _StageTimer(self.device)
             folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
             try:
+                long_take = prepare_take(request, self.take_settings)
+                if long_take is not None:
+                    take, sr_path, sr_resolution = run_take(
+                        self, request, long_take, folder, timer, on_progress or _ignore, cancel
+                    )
+                    return Result(
+                        take.base_video_path,
+                        sr_path,
+                        sr_resolution,
+                        take.seed,
+                        take,
+                        timer.totals,
+                        peak(),
+                        self.preview,
+                        self.layout,
+                    )
                 take = self._base(request, folder, timer, on_progress or _ignore, cancel)
                 sr_path = sr_resolution = None
                 if RESOLUTIONS[request.resolution].sr_model is not None:
@@ -224,7 +253,10 @@ class Engine:
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
-            sr_path = self._super_resolve(take, resolution, timer, on_progress or _ignore, cancel)
+            if take.plan is not None:
+                sr_path = super_resolve_take(self, take, resolution, timer, on_progress or _ignore, cancel)
+            else:
+                sr_path = self._super_resolve(take, resolution, timer, on_progress or _ignore, cancel)
         return Result(
             take.base_video_path, sr_path, resolution, take.seed, take, timer.totals, peak(), self.preview, self.layout
         )
@@ -264,10 +296,21 @@ class Engine:
         max_steps = limits.max_steps[request.base_model]
         if not 1 <= steps <= max_steps:
             raise InputError(f"steps for the {request.base_model} model must be 1 to {max_steps}")
+        try:
+            shots = parse_shots(request.shots)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        seconds = request.seconds
+        if shots is not None and seconds is not None:
+            raise InputError("give either a duration or shots (each shot has its own seconds), not both")
+        if seconds is None and shots is None and not request.audio:
+            seconds = DEFAULT_SECONDS  # empty: 5 s, or with a recording its length (magihuman.long_take)
         seed = request.seed
         if seed is None:
             seed = random.SystemRandom().randint(0, limits.max_seed)
-        return replace(request, prompt=prompt, negative_prompt=negative or None, seed=int(seed), steps=int(steps))
+        return replace(
+            request, prompt=prompt, negative_prompt=negative or None, seed=int(seed), steps=int(steps), seconds=seconds
+        )
 
     # --- stages ---------------------------------------------------------------------------------------
 
@@ -299,11 +342,12 @@ class Engine:
         # 3. Own audio: its latent is held fixed; it also sets the clip length (fewer frames if shorter).
         audio_latent = None
         output_audio = None
-        num_audio = video_frames(request.seconds)
+        seconds = request.seconds if request.seconds is not None else MAX_SECONDS  # None: all of a short recording
+        num_audio = video_frames(seconds)
         if request.audio:
             with timer("audio"):
                 progress("audio", 0, 1)
-                wave = load_audio(request.audio, sample_rate=AUDIO.virtual_sample_rate, seconds=request.seconds)
+                wave = load_audio(request.audio, sample_rate=AUDIO.virtual_sample_rate, seconds=seconds)
                 audio_latent = self.models.audio_vae.encode(torch.from_numpy(wave), generator=generator)
                 audio_latent = audio_latent.to(self.device, torch.float32)
                 num_audio = audio_latent.shape[1]
@@ -314,40 +358,10 @@ class Engine:
         audio_shape = None if audio_latent is not None else (1, num_audio, AUDIO.latent_channels)
 
         # 4. Base denoising loop.
-        steps = request.steps
-        step_report = self._step_reporter("base", progress)
-        with timer("denoise"), resident(dit):
-            if request.base_model == "distill":
-                video, audio = denoise_distill(
-                    dit,
-                    noise,
-                    text,
-                    video_shape,
-                    audio_shape,
-                    audio_latent=audio_latent,
-                    image_latent=image_latent,
-                    steps=steps,
-                    on_step=step_report,
-                    cancel=cancel,
-                    stage="base",
-                )
-            else:
-                video, audio = denoise_base(
-                    dit,
-                    noise,
-                    text,
-                    negative,
-                    video_shape,
-                    audio_shape,
-                    audio_latent=audio_latent,
-                    image_latent=image_latent,
-                    steps=steps,
-                    guidance=request.guidance,
-                    on_step=step_report,
-                    cancel=cancel,
-                    stage="base",
-                    velocity_pair=self.parallel.guided_pair(dit) if self.parallel is not None else None,
-                )
+        with timer("denoise"):
+            video, audio = self._denoise(
+                request, noise, text, negative, video_shape, audio_shape, audio_latent, image_latent, progress, cancel
+            )
         if audio_latent is not None:
             audio = audio_latent  # the user's speech is the clip's audio, whatever the model did with it
 
@@ -357,6 +371,58 @@ class Engine:
                 output_audio = self._decode_audio(audio)
         path = self._write(video, output_audio, folder / "base_256p.mp4", request.quality, timer, progress, cancel)
         return Take(request, text, video, audio, output_audio, image, path, folder)
+
+    def _denoise(
+        self,
+        request: GenerationRequest,
+        noise,
+        text: torch.Tensor,
+        negative: torch.Tensor | None,
+        video_shape: tuple[int, ...],
+        audio_shape: tuple[int, ...] | None,
+        audio_latent: torch.Tensor | None,
+        prefix: torch.Tensor | None,
+        progress: ProgressFn,
+        cancel,
+        audio_prefix: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base stage's loop for one clip (or one window of a long take): `prefix` holds the clean latent
+        frames pinned at the start (the portrait's, or those carried from the previous window)."""
+        dit = self.models.dits[request.base_model]
+        step_report = self._step_reporter("base", progress)
+        with resident(dit):
+            if request.base_model == "distill":
+                return denoise_distill(
+                    dit,
+                    noise,
+                    text,
+                    video_shape,
+                    audio_shape,
+                    audio_latent=audio_latent,
+                    image_latent=prefix,
+                    audio_prefix=audio_prefix,
+                    steps=request.steps,
+                    on_step=step_report,
+                    cancel=cancel,
+                    stage="base",
+                )
+            return denoise_base(
+                dit,
+                noise,
+                text,
+                negative,
+                video_shape,
+                audio_shape,
+                audio_latent=audio_latent,
+                image_latent=prefix,
+                audio_prefix=audio_prefix,
+                steps=request.steps,
+                guidance=request.guidance,
+                on_step=step_report,
+                cancel=cancel,
+                stage="base",
+                velocity_pair=self.parallel.guided_pair(dit) if self.parallel is not None else None,
+            )
 
     def _super_resolve(self, take: Take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
         res = RESOLUTIONS[resolution]

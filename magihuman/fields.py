@@ -19,6 +19,7 @@ from magihuman.config import (
     RESOLUTIONS,
     SAMPLING,
 )
+from magihuman.take_plan import MAX_TAKE_SECONDS
 
 Kind = Literal["text", "image", "audio", "choice", "int", "float"]
 
@@ -114,8 +115,8 @@ FIELDS: tuple[Field, ...] = (
         "audio",
         "audio",
         "Your own speech (optional): the video is lip-synced to it",
-        "a recording to lip-sync to; the clip carries it (a shorter one shortens the clip); none: the model "
-        "makes the speech",
+        f"a recording to lip-sync to, up to {MAX_TAKE_SECONDS} s; the take carries it (a shorter one shortens "
+        "the take); none: the model makes the speech",
     ),
     Field(
         "resolution",
@@ -137,10 +138,10 @@ FIELDS: tuple[Field, ...] = (
         "seconds",
         "int",
         "Duration (s)",
-        "clip length in seconds",
-        default=DEFAULT_SECONDS,
+        f"length in seconds: up to {MAX_SECONDS} s is one clip, longer takes (up to {MAX_TAKE_SECONDS} s) are made "
+        f"window by window; empty: {DEFAULT_SECONDS} s, or with your recording its whole length",
         minimum=MIN_SECONDS,
-        maximum=MAX_SECONDS,
+        maximum=MAX_TAKE_SECONDS,
         noun="duration",
     ),
     Field(
@@ -216,6 +217,16 @@ FIELDS: tuple[Field, ...] = (
             ("high", "High (keeps SR detail)"),
             ("reference", "Reference (CRF 10 medium, slowest)"),
         ),
+        advanced=True,
+    ),
+    Field(
+        "shots",
+        "text",
+        "Shots (a scene)",
+        'a scene of several shots as JSON, e.g. [{"prompt": "...", "seconds": 6}, {"seconds": 4}] (a shot '
+        "without a prompt takes the main one; each starts fresh from the portrait); the take lasts their sum, "
+        f"at most {MAX_TAKE_SECONDS} s; empty: one shot",
+        maximum=REQUEST_LIMITS.max_prompt_chars * 4,
         advanced=True,
     ),
 )

@@ -296,7 +296,8 @@ class Mp4Writer:
     finishes the file, leaving it by an exception removes the partial file.
 
     The audio is known from the start and is interleaved as the frames arrive; the size of the first piece
-    fixes the video's size.
+    fixes the video's size. With `audio_later` it is given by `add_audio` once the frames are written (a long
+    take's generated speech is decoded in one pass at the end); the muxer then writes it after the video.
     """
 
     def __init__(
@@ -308,9 +309,11 @@ class Mp4Writer:
         sample_rate: int = OUTPUT_SAMPLE_RATE,
         crf: int = DEFAULT_CRF,
         preset: str = "medium",
+        audio_later: bool = False,
     ) -> None:
         self.path = Path(path)
         self.audio = None if audio is None else _checked_audio(audio)
+        self.audio_later = audio_later and audio is None
         self.fps, self.sample_rate, self.options = fps, sample_rate, {"crf": str(crf), "preset": preset}
         self.frames_written = 0
         self._audio_sent = 0  # samples handed to the AAC encoder so far
@@ -349,10 +352,19 @@ class Mp4Writer:
             # Keep the audio level with the video so that the muxer can interleave the two closely.
             self._send_audio(round(self.frames_written * self.sample_rate / self.fps))
 
+    def add_audio(self, audio: np.ndarray) -> None:
+        """The audio of a writer made with `audio_later`, once, before `close`."""
+        if not self.audio_later or self.audio is not None:
+            raise ValueError("add_audio is for a writer made with audio_later, once")
+        self.audio = _checked_audio(audio)
+
     def close(self) -> Path:
         """Flush the encoders (and the audio that outlasts the video) and finish the file."""
         if self._container is None:
             raise ValueError("an MP4 needs at least one frame")
+        if self._sound is not None and self.audio is None:
+            self.abort()
+            raise ValueError("the writer was made with audio_later and no audio was added")
         try:
             self._container.mux(self._video.encode(None))
             if self._sound is not None:
@@ -393,11 +405,11 @@ class Mp4Writer:
         self._video = container.add_stream("libx264", rate=self.fps, options=self.options)
         self._video.height, self._video.width = height, width
         self._video.pix_fmt = "yuv420p"
-        if self.audio is not None:
+        if self.audio is not None or self.audio_later:
             self._sound = container.add_stream("aac", rate=self.sample_rate, layout="stereo")
 
     def _send_audio(self, until: int) -> None:
-        if self._sound is not None:
+        if self._sound is not None and self.audio is not None:
             until = min(len(self.audio), until)
             _mux_audio(self._container, self._sound, self.audio, self._audio_sent, until)
             self._audio_sent = max(self._audio_sent, until)

@@ -317,15 +317,27 @@ def gaussian_noise(generator: torch.Generator, device: torch.device | str | None
 
 
 def overwrite_first_frame(video: Tensor, image_latent: Tensor | None) -> Tensor:
-    """TI2V: latent frame 0 := the clean image latent (1, C, 1, H, W). Returns a new tensor; no-op if None."""
+    """Latent frames 0..K−1 := a clean prefix (1, C, K, H, W): the image latent (K = 1, TI2V) or, in a long
+    take, the frames carried from the previous window. Returns a new tensor; no-op if None."""
     if image_latent is None:
         return video
-    expected = (*video.shape[:2], 1, *video.shape[3:])
-    if tuple(image_latent.shape) != expected:
+    expected = (*video.shape[:2], image_latent.shape[2], *video.shape[3:])
+    if tuple(image_latent.shape) != expected or not 1 <= image_latent.shape[2] <= video.shape[2]:
         raise ValueError(f"image latent has shape {tuple(image_latent.shape)}, expected {expected}")
     video = video.clone()
-    video[:, :, :1] = image_latent
+    video[:, :, : image_latent.shape[2]] = image_latent
     return video
+
+
+def overwrite_audio_prefix(audio: Tensor, prefix: Tensor | None) -> Tensor:
+    """Audio rows 0..F−1 := a clean prefix (1, F, 64) carried from the previous window of a long take."""
+    if prefix is None:
+        return audio
+    if prefix.shape[0] != audio.shape[0] or prefix.shape[2] != audio.shape[2] or prefix.shape[1] > audio.shape[1]:
+        raise ValueError(f"audio prefix has shape {tuple(prefix.shape)}, audio {tuple(audio.shape)}")
+    audio = audio.clone()
+    audio[:, : prefix.shape[1]] = prefix
+    return audio
 
 
 def _step_clock(
@@ -374,6 +386,7 @@ def denoise_distill(
     *,
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
+    audio_prefix: Tensor | None = None,
     steps: int = SAMPLING.distill_steps,
     shift: float = SAMPLING.shift,
     on_step: Callable[[StepEvent], None] | None = None,
@@ -390,6 +403,9 @@ def denoise_distill(
     step. (The reference re-noises a given audio in this stage, which looks like an oversight: its audio
     input then drifts away from the speech the video is meant to follow.) The per-step audio noise is still
     drawn, in the reference order.
+
+    `image_latent` may be a prefix of K latent frames and `audio_prefix` (1, F, 64) the first audio rows of a
+    generated audio: both are held clean like the portrait (a long take's continuation).
     """
     # 1. Initial latents and the sigma grid.
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
@@ -397,13 +413,14 @@ def denoise_distill(
     # 2. Steps: frame-0 overwrite, DiT, re-noise video then audio with fresh noise.
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
+        audio = overwrite_audio_prefix(audio, audio_prefix)
         v_video, v_audio = velocity(video, audio, text)
         video = renoise_step(video, v_video, noise(tuple(video.shape)), sigmas[i], sigmas[i + 1])
         audio_noise = noise(tuple(audio.shape))
         if audio_latent is None:
             audio = renoise_step(audio, v_audio, audio_noise, sigmas[i], sigmas[i + 1])
     # 3. The solver's frame 0 is replaced one last time.
-    return overwrite_first_frame(video, image_latent), audio
+    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
 
 
 @torch.no_grad()
@@ -417,6 +434,7 @@ def denoise_base(
     *,
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
+    audio_prefix: Tensor | None = None,
     steps: int = SAMPLING.base_steps,
     shift: float = SAMPLING.shift,
     guidance: float | None = None,
@@ -433,7 +451,8 @@ def denoise_base(
     `audio_latent` (A2V) the audio is fed unchanged at every step and returned as given; otherwise audio
     noise of `audio_shape` is drawn before the video noise and stepped by its own solver. Returns the final
     (video, audio). `velocity_pair`, when given, computes both DiT calls of a step at once (CFG-parallel on
-    two GPU groups) and must return what the two `velocity` calls would.
+    two GPU groups) and must return what the two `velocity` calls would. `image_latent` and `audio_prefix`
+    are clean prefixes, as in `denoise_distill`.
     """
     # 1. Initial latents, the grid, one solver per stepped latent.
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
@@ -445,6 +464,7 @@ def denoise_base(
     # 2. Steps: frame-0 overwrite, two DiT calls, guidance, solver updates.
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
+        audio = overwrite_audio_prefix(audio, audio_prefix)
         if velocity_pair is None:
             vc_video, vc_audio = velocity(video, audio, text)
             vu_video, vu_audio = velocity(video, audio, text_negative)
@@ -454,7 +474,7 @@ def denoise_base(
         if audio_solver is not None:
             audio = audio_solver.step(guided(vu_audio, vc_audio, audio_scale), audio)
     # 3. Final overwrite.
-    return overwrite_first_frame(video, image_latent), audio
+    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
 
 
 @dataclass(frozen=True)
@@ -496,7 +516,8 @@ def denoise_sr(
     """Super-resolution stage: conditional-only UniPC on the video; the audio input stays fixed.
 
     base_video (1, C, T, h, w) and base_audio (1, A, 64) are the base stage's final latents; latent_hw is
-    the SR latent size (H, W); image_latent, for TI2V, is the image encoded at SR size (1, C, 1, H, W). The
+    the SR latent size (H, W); image_latent, for TI2V, is the image encoded at SR size (1, C, 1, H, W) (in a
+    long take, the K latent frames carried from the previous window at SR size). The
     SR DiT's audio output is discarded. Returns (SR video latent, the clean base audio).
     """
     # 1. Upsample, re-noise, fixed audio mix.

@@ -13,6 +13,7 @@ PROMPT_PLACEHOLDER = (
 )
 ELEM_IDS = {"audio": "own-audio"}  # the browser tests' stable hooks; the others are the field names
 RANDOM_SEED_ID = "random-seed"
+READ_BY_HELPERS = {"seconds"}  # number fields other events read as well (0 there means empty)
 
 
 def elem_id(f: Field) -> str:
@@ -39,7 +40,10 @@ def control(f: Field) -> gr.components.Component:
     if f.default is None:  # the page shows 0 for "empty" (see empty_values_js)
         if f.advanced and (f.minimum or 0) > 0:
             info = {"info": f.help.replace("empty: ", "0 or empty: ")}
-        number = gr.Number(value=None, minimum=f.minimum, maximum=f.maximum, step=f.step, **common, **info)
+        # The duration also feeds the dialogue builder, the audio hint and the enhancer, which get the box's 0 for
+        # "empty" without empty_values_js: its box takes 0 (the engine checks the range of what /generate gets).
+        minimum = 0 if f.name in READ_BY_HELPERS else f.minimum
+        number = gr.Number(value=None, minimum=minimum, maximum=f.maximum, step=f.step, **common, **info)
     else:
         number = gr.Slider(f.minimum, f.maximum, value=f.default, step=f.step, **common, **info)
     return _typed(number, f)

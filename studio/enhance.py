@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from magihuman.config import DEFAULT_SECONDS
 from magihuman.enhance import Enhanced, EnhancerError, enhance, parse_scene
 
 DIFF_COLOURS = {"added": "#16a34a", "removed": "#dc2626"}
@@ -68,7 +67,7 @@ def wire(ui: SimpleNamespace, prompt, language, seconds, description) -> None:
 def enhance_prompt(
     idea: str,
     language: str | None = None,
-    seconds: float = DEFAULT_SECONDS,
+    seconds: float | None = None,
     portrait_description: str | None = None,
 ) -> tuple[str, dict, str]:
     """Rewrite a rough idea into a prompt in the model's official format with the LLM the studio is configured
@@ -79,7 +78,7 @@ def enhance_prompt(
     Args:
         idea: who is on camera and what they say, in a sentence or two
         language: the spoken language: Mandarin, Cantonese, English, Japanese, Korean, German or French
-        seconds: the clip duration the spoken lines must fit
+        seconds: the clip duration the spoken lines must fit (empty: no duration is asked for)
         portrait_description: what the portrait shows, so that the description matches it (optional)
     """
     return _answer(lambda: _enhance(idea, language, seconds, portrait_description))

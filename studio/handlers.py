@@ -16,11 +16,13 @@ from typing import Any
 
 import gradio as gr
 
-from magihuman.config import RESOLUTIONS, SR_RESOLUTIONS
+from magihuman.config import DEFAULT_SECONDS, RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.fields import FIELDS, Field
+from magihuman.long_take import LONG_TAKE_AUDIO, plan_table
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
+from magihuman.take_plan import MAX_TAKE_SECONDS
 from magihuman.timing import timing_table
 from studio import gpu, jobs
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
@@ -117,7 +119,7 @@ class Studio:
         client_gone = _client_gone()
 
         def report(phase: str, step: int, total: int) -> None:
-            progress((step, total), desc=f"{PHASES.get(phase, phase)} {step}/{total}")
+            progress((step, total), desc=f"{phase_label(phase)} {step}/{total}")
 
         def stop_requested() -> bool:
             return self.stops.get(session, False) or client_gone()
@@ -137,6 +139,8 @@ class Studio:
     def _details(self, stored: StoredTake) -> str:
         engine = self.slot.engine
         table = timing_table(stored.timings, None, engine.layout if engine is not None else None)
+        if stored.take.plan is not None:
+            table += "\n\n" + plan_table(stored.take)
         return f"**{stored.label()}**, {stored.take.request.mode}\n```\n{table}\n```"
 
     # --- history ----------------------------------------------------------------------------------------
@@ -345,7 +349,7 @@ def dialogue_to_prompt(description: str, speaker: str, language: str, line: str,
         prompt = build_prompt(description or "", lines, background or None)
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
-    warning = line_length_warning(lines, int(seconds))
+    warning = line_length_warning(lines, int(seconds or DEFAULT_SECONDS))
     return prompt, (f"⚠️ {warning}" if warning else "")
 
 
@@ -358,17 +362,29 @@ def prompt_to_dialogue(prompt: str):
     return description, first.speaker, first.language, first.text, background or ""
 
 
-def audio_hint(audio: str | None, seconds: float) -> str:
-    """How much of an uploaded recording a clip can follow (the clip is shortened to it when it is shorter)."""
+def audio_hint(audio: str | None, seconds: float | None) -> str:
+    """How much of an uploaded recording a take can follow (it is shortened to it when it is shorter)."""
     if not audio:
         return ""
     try:
-        usable = usable_audio_seconds(audio)
+        usable = usable_audio_seconds(audio, limits=LONG_TAKE_AUDIO)
     except Exception as exc:  # noqa: BLE001  (the generate call gives the full error; here a hint is enough)
         return f"⚠️ {exc}"
-    if usable < float(seconds or 0):
+    if not seconds:
+        if usable > MAX_TAKE_SECONDS:
+            return f"⚠️ The recording is longer than {MAX_TAKE_SECONDS} s: trim it, or set a duration to use its start."
+        return f"The recording gives {usable:.2f} s of speech; the take follows all of it."
+    if usable < float(seconds):
         return f"The recording gives {usable:.2f} s of speech: the clip will be {usable:.2f} s, not {seconds:g} s."
     return f"The recording gives {usable:.2f} s of speech; the clip uses the first {float(seconds):g} s."
+
+
+def phase_label(phase: str) -> str:
+    """The progress text of an engine phase; a long take's are per window ("window 3/12 base")."""
+    window, _, inner = phase.rpartition(" ")
+    if window.startswith("window "):
+        return f"Window {window.removeprefix('window ')} · {PHASES.get(inner, inner)}"
+    return PHASES.get(phase, phase)
 
 
 def code_for(*values) -> tuple[str, str]:

@@ -17,9 +17,10 @@ import torch
 from spaces.config import Config
 
 from magihuman.build import DEFAULT_DITS
-from magihuman.config import DEFAULT_SECONDS, MAX_SECONDS, MIN_SECONDS, REQUEST_LIMITS, RESOLUTIONS, SAMPLING
+from magihuman.config import DEFAULT_SECONDS, MIN_SECONDS, REQUEST_LIMITS, RESOLUTIONS, SAMPLING
 from magihuman.engine import Engine
 from magihuman.memory import GB, TEXT_ENCODER_BYTES, VAE_BYTES, dit_bytes, plan_fp8
+from magihuman.take_plan import MAX_TAKE_SECONDS
 from studio.runtime import gpu_seconds
 
 StatusFn = Callable[[str], None]
@@ -102,7 +103,7 @@ def gpu_duration(resolution: str, seconds: int, steps: int | None, base_model: s
     of a fresh worker. Raises QuotaError when the quota this costs (×2 on xlarge) exceeds the daily quota."""
     # Out-of-range values get a budget anyway: the engine's validation in the worker gives the user's message.
     limits = REQUEST_LIMITS
-    seconds = min(max(_number(seconds, DEFAULT_SECONDS), MIN_SECONDS), MAX_SECONDS)
+    seconds = min(max(_number(seconds, DEFAULT_SECONDS), MIN_SECONDS), MAX_TAKE_SECONDS)  # a long take: all of it
     steps = min(
         _number(steps, limits.default_steps.get(base_model, SAMPLING.distill_steps)), max(limits.max_steps.values())
     )

@@ -153,7 +153,7 @@ def test_audio_sets_the_clip_length_when_shorter(engine, tmp_path) -> None:
         ({"prompt": "   "}, "prompt is empty"),
         ({"prompt": "x" * 20_000}, "20000 characters"),
         ({"seconds": 0}, "duration"),
-        ({"seconds": 11}, "duration"),
+        ({"seconds": 121}, "duration"),
         ({"seed": -1}, "seed"),
         ({"seed": 2**40}, "seed"),
         ({"steps": 0}, "steps"),

@@ -46,7 +46,7 @@ import studio.gpu as gpu
 import studio.jobs as jobs
 from magihuman.build import load_engine
 from magihuman.config import (
-    MAX_SECONDS,
+    DEFAULT_SECONDS,
     MEDIA_LIMITS,
     MIN_SECONDS,
     REQUEST_LIMITS,
@@ -59,6 +59,7 @@ from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import FIELDS
 from magihuman.loading import load_dit
 from magihuman.media import write_mp4
+from magihuman.take_plan import MAX_TAKE_SECONDS
 from studio.handlers import Studio
 from studio.history import TakeStore
 from studio.runtime import EngineSlot
@@ -611,10 +612,10 @@ def test_empty_and_oversized_prompts_are_refused(client, prompt, expected) -> No
         ("seed", 10**30, r"greater than maximum value"),
         ("seed", "forty-two", r"(?s)`number` component.*'forty-two'"),
         ("sr_steps", 0, r"less than minimum value 1"),
-        ("seconds", 0, r"less than minimum value 1"),
-        ("seconds", MAX_SECONDS + 1, rf"greater than maximum value {MAX_SECONDS}"),
+        ("seconds", 0, r"duration must be a whole number from 1 to 120"),  # the box takes 0 as empty
+        ("seconds", MAX_TAKE_SECONDS + 1, rf"greater than maximum value {MAX_TAKE_SECONDS}"),
         ("seconds", 2.5, r"duration must be a whole number"),
-        ("seconds", "ten", r"(?s)`slider` component.*'ten'"),
+        ("seconds", "ten", r"(?s)`number` component.*'ten'"),
         ("steps", 0, r"less than minimum value 1"),
         ("steps", 17, r"steps for the distill model must be 1 to 16"),
         ("steps", 10_000, r"greater than maximum value 64"),
@@ -686,7 +687,8 @@ def test_numeric_fields_either_validate_in_range_or_give_a_clear_error(server) -
         except Validated as ok:
             r = ok.request
             empty = (None, "")  # steps and seed may be left empty: the model's own steps, a random seed
-            assert MIN_SECONDS <= r.seconds <= MAX_SECONDS and r.seconds == float(seconds)
+            assert MIN_SECONDS <= r.seconds <= MAX_TAKE_SECONDS
+            assert r.seconds == (DEFAULT_SECONDS if seconds in empty else float(seconds))  # empty: 5 s
             assert 1 <= r.steps <= REQUEST_LIMITS.max_steps["distill"]
             assert r.steps == (REQUEST_LIMITS.default_steps["distill"] if steps in empty else float(steps))
             assert 0 <= r.seed <= REQUEST_LIMITS.max_seed and (seed in empty or r.seed == float(seed))

@@ -14,6 +14,10 @@ waits for. After a warm-up it times the studio's default clip (256p, 5 s, distil
 and the upscale of a 2-s take to 540p, against the goals of a 2-core CPU without bf16 instructions (10 s and
 20 s), and names the CPU, its bf16/AVX-512 instructions and the dtype the preview computes in.
 
+Long takes (`--long-take 60`, pipeline mode): after the tier tables, one take of that many seconds per
+resolution (256p and 540p among the chosen ones), made window by window, as seconds of work per second of
+output (real-time factor) against the goals of one H100 (`magihuman.bench.long_take`).
+
 Forward mode (`--forward`). Times one DiT forward at the token counts of each tier (1080p with the
 frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
 
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated output resolutions (default: all; tiny: the preview goals)",
     )
     parser.add_argument("--seconds", type=int, help="clip length (default: 5 for the full model, 1 for tiny tiers)")
+    parser.add_argument("--long-take", type=int, help="pipeline: also time a take of this many seconds (e.g. 60)")
     parser.add_argument("--latent-frames", type=int, help="--forward: override the latent frame count (CPU: 2)")
     parser.add_argument("--text-tokens", type=int, default=300)
     parser.add_argument("--backend", dest="attention", choices=["math", "sdpa", "fa2", "fa3"], help=argparse.SUPPRESS)
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.weights_dir and (args.forward or size != "full"):
         parser.error("--weights-dir loads the full model in pipeline mode (instead of random weights)")
     preview = size == "tiny" and not args.forward and args.tiers is None and args.seconds is None
+    preview = preview and args.long_take is None
     tiers = [t.strip() for t in (args.tiers or ",".join(RESOLUTIONS)).split(",") if t.strip()]
     unknown = [t for t in tiers if t not in RESOLUTIONS]
     if unknown:

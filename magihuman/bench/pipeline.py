@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from magihuman.bench.flops import H100_BF16_DENSE_TFLOPS, FlopCounter
+from magihuman.bench.long_take import LONG_TAKE_RTF_GOALS, time_long_take
 from magihuman.bench.memory import free_memory
 from magihuman.bench.workload import bench_prompt, cases, fp8_quality, make_model
 from magihuman.config import RESOLUTIONS, dit_presets, latent_frames, video_frames
@@ -130,9 +131,13 @@ def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[s
         for i in range(warmup):
             run_tiers(engine, tiers, seconds, args.text_tokens, repetition=-1 - i)
         timed = [run_tiers(engine, tiers, seconds, args.text_tokens, repetition=i) for i in range(iters)]
+        print_pipeline_table(tiers, timed, seconds, size)
+        if args.long_take:
+            long_tiers = [t for t in tiers if t in LONG_TAKE_RTF_GOALS]
+            for line in time_long_take(engine, args.long_take, long_tiers, args.text_tokens):
+                print(line)
     finally:
         shutil.rmtree(output_root, ignore_errors=True)
-    print_pipeline_table(tiers, timed, seconds, size)
 
 
 STAGES = ("text", "denoise", "sr", "decode", "mux")
