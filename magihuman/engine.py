@@ -46,7 +46,7 @@ from magihuman.config import (
     latents_for_frames,
     video_frames,
 )
-from magihuman.errors import GenerationCancelled, InputError
+from magihuman.errors import Cancel, GenerationCancelled, InputError
 from magihuman.fields import FIELD, FIELDS, QUALITY
 from magihuman.long_take import TakeSettings, WindowLatents
 from magihuman.long_take import prepare as prepare_take
@@ -196,7 +196,7 @@ class Engine:
     # --- public API -----------------------------------------------------------------------------------
 
     def generate(
-        self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None
+        self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: Cancel | None = None
     ) -> Result:
         """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s)."""
         request = self.validate(request)
@@ -245,7 +245,7 @@ class Engine:
         take: Take,
         resolution: str,
         on_progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
     ) -> Result:
         """Super-resolve an earlier take to `resolution` (540p or 1080p) without re-running its base stage."""
         if resolution not in RESOLUTIONS or RESOLUTIONS[resolution].sr_model is None:

@@ -16,12 +16,11 @@ The loops are plain functions. The DiT, the noise source, progress reporting and
 - `velocity(video, audio, text) -> (v_video, v_audio)`: one DiT forward;
 - `noise(shape) -> Tensor`: the next Gaussian tensor; the loops draw in the reference order (initial audio,
   initial video, then per stage as documented on each loop), so recorded noise can be replayed;
-- `on_step(StepEvent)` after every step, and `cancel` (a `threading.Event`) checked before every step.
+- `on_step(StepEvent)` after every step, and `cancel` (a `magihuman.errors.Cancel`) checked before every step.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from magihuman.config import SAMPLING
-from magihuman.errors import GenerationCancelled
+from magihuman.errors import Cancel, GenerationCancelled
 from magihuman.timing import seconds_since
 
 Tensor = torch.Tensor
@@ -344,7 +343,7 @@ def _step_clock(
     stage: str,
     total: int,
     on_step: Callable[[StepEvent], None] | None,
-    cancel: threading.Event | None,
+    cancel: Cancel | None,
     device: torch.device,
 ) -> Iterator[int]:
     """Yields step indices 0..total-1: checks `cancel` before each step, reports to `on_step` after it.
@@ -390,7 +389,7 @@ def denoise_distill(
     steps: int = SAMPLING.distill_steps,
     shift: float = SAMPLING.shift,
     on_step: Callable[[StepEvent], None] | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     stage: str = "distill",
 ) -> tuple[Tensor, Tensor]:
     """Distilled model: one conditional DiT call and one re-noising step per sigma.
@@ -439,7 +438,7 @@ def denoise_base(
     shift: float = SAMPLING.shift,
     guidance: float | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     stage: str = "base",
     velocity_pair: VelocityPairFn | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -510,7 +509,7 @@ def denoise_sr(
     steps: int = SAMPLING.sr_steps,
     shift: float = SAMPLING.shift,
     on_step: Callable[[StepEvent], None] | None = None,
-    cancel: threading.Event | None = None,
+    cancel: Cancel | None = None,
     stage: str = "sr",
 ) -> tuple[Tensor, Tensor]:
     """Super-resolution stage: conditional-only UniPC on the video; the audio input stays fixed.
