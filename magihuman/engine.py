@@ -209,22 +209,12 @@ class Engine:
                     take, sr_path, sr_resolution = run_take(
                         self, request, long_take, folder, timer, on_progress or _ignore, cancel
                     )
-                    return Result(
-                        take.base_video_path,
-                        sr_path,
-                        sr_resolution,
-                        take.seed,
-                        take,
-                        timer.totals,
-                        peak(),
-                        self.preview,
-                        self.layout,
-                    )
-                take = self._base(request, folder, timer, on_progress or _ignore, cancel)
-                sr_path = sr_resolution = None
-                if RESOLUTIONS[request.resolution].sr_model is not None:
-                    sr_resolution = request.resolution
-                    sr_path = self._super_resolve(take, sr_resolution, timer, on_progress or _ignore, cancel)
+                else:
+                    take = self._base(request, folder, timer, on_progress or _ignore, cancel)
+                    sr_path = sr_resolution = None
+                    if RESOLUTIONS[request.resolution].sr_model is not None:
+                        sr_resolution = request.resolution
+                        sr_path = self._super_resolve(take, sr_resolution, timer, on_progress or _ignore, cancel)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
                 raise
