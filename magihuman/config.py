@@ -342,3 +342,7 @@ class AudioConfig:
 
 
 AUDIO = AudioConfig()
+
+# The SR stage draws from its own generator, seeded with seed + this, so upscaling a take later equals SR while
+# generating it.
+SR_SEED_OFFSET = 2**32

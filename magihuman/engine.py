@@ -40,6 +40,7 @@ from magihuman.config import (
     REQUEST_LIMITS,
     RESOLUTIONS,
     SR_RESOLUTIONS,
+    SR_SEED_OFFSET,
     Aspect,
     BaseModel,
     decoded_frames,
@@ -79,9 +80,6 @@ class ParallelDriver(Protocol):
     def describe(self) -> str: ...
 
     def guided_pair(self, dit: DiT) -> VelocityPairFn | None: ...
-
-
-SR_SEED_OFFSET = 2**32
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,16 +203,15 @@ class Engine:
             folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
             try:
                 long_take = prepare_take(request, self.take_settings)
+                progress = on_progress or _ignore
                 if long_take is not None:
-                    take, sr_path, sr_resolution = run_take(
-                        self, request, long_take, folder, timer, on_progress or _ignore, cancel
-                    )
+                    take = Take(**run_take(self, request, long_take, folder, timer, progress, cancel))
                 else:
-                    take = self._base(request, folder, timer, on_progress or _ignore, cancel)
-                    sr_path = sr_resolution = None
-                    if RESOLUTIONS[request.resolution].sr_model is not None:
-                        sr_resolution = request.resolution
-                        sr_path = self._super_resolve(take, sr_resolution, timer, on_progress or _ignore, cancel)
+                    take = self._base(request, folder, timer, progress, cancel)
+                sr_path = sr_resolution = None
+                if RESOLUTIONS[request.resolution].sr_model is not None:
+                    sr_resolution = request.resolution
+                    sr_path = self._super_resolve_any(take, sr_resolution, timer, progress, cancel)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
                 raise
@@ -243,10 +240,7 @@ class Engine:
         self._require_resolution(resolution)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
-            if take.plan is not None:
-                sr_path = super_resolve_take(self, take, resolution, timer, on_progress or _ignore, cancel)
-            else:
-                sr_path = self._super_resolve(take, resolution, timer, on_progress or _ignore, cancel)
+            sr_path = self._super_resolve_any(take, resolution, timer, on_progress or _ignore, cancel)
         return Result(
             take.base_video_path, sr_path, resolution, take.seed, take, timer.totals, peak(), self.preview, self.layout
         )
@@ -413,6 +407,12 @@ class Engine:
                 stage="base",
                 velocity_pair=self.parallel.guided_pair(dit) if self.parallel is not None else None,
             )
+
+    def _super_resolve_any(self, take: Take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
+        """SR of a single clip, or window by window for a long take (magihuman.long_take)."""
+        if take.plan is not None:
+            return super_resolve_take(self, take, resolution, timer, progress, cancel)
+        return self._super_resolve(take, resolution, timer, progress, cancel)
 
     def _super_resolve(self, take: Take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
         res = RESOLUTIONS[resolution]

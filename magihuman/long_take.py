@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from magihuman.colour import LabStats, anchor_colour
-from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS
+from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS, SR_SEED_OFFSET
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import QUALITY
 from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
@@ -186,11 +186,9 @@ class _Carry:
     seam: torch.Tensor | None  # (1, 3, 1, H, W) in [−1, 1]; None after a shot's last window
 
 
-def run(engine, request, long_take: LongTake, folder: Path, timer, progress: ProgressFn, cancel):
-    """Make the take: base windows written to `base_256p.mp4` as they finish, then the SR windows if the
-    resolution asks for them. Returns (Take, SR path or None, SR resolution or None)."""
-    from magihuman.engine import Take  # at call time: the engine imports this module
-
+def run(engine, request, long_take: LongTake, folder: Path, timer, progress: ProgressFn, cancel) -> dict:
+    """Make the take's base windows, written to `base_256p.mp4` as they finish. Returns the fields of its
+    `Take` (the engine builds it, and runs SR on it when the resolution asks for one)."""
     plan, models, device = long_take.plan, engine.models, engine.device
     portrait = request.aspect == "portrait"
     base_res = RESOLUTIONS["256p"]
@@ -276,26 +274,22 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
             writer.add_audio(output_audio)
     (folder / "plan.json").write_text(plan.to_json(colour_distance=[k.colour_distance for k in kept]))
     first = kept[0]
-    take = Take(
-        request,
-        engine._encode_text(first.prompt),
-        first.video,
-        first.audio,
-        output_audio,
-        image,
-        path,
-        folder,
+    return dict(
+        request=request,
+        text=engine._encode_text(first.prompt),
+        video=first.video,
+        audio=first.audio,
+        output_audio=output_audio,
+        portrait=image,
+        base_video_path=path,
+        folder=folder,
         plan=plan,
         windows=tuple(kept),
     )
-    if RESOLUTIONS[request.resolution].sr_model is None:
-        return take, None, None
-    return take, super_resolve(engine, take, request.resolution, timer, progress, cancel), request.resolution
 
 
 def super_resolve(engine, take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
     """The SR stage of a long take, window by window, each pinned to the SR stream's own prefix."""
-    from magihuman.engine import SR_SEED_OFFSET
 
     res, request, device = RESOLUTIONS[resolution], take.request, engine.device
     portrait = request.aspect == "portrait"
