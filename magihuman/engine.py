@@ -315,13 +315,7 @@ class Engine:
             progress("text", 1, 1)
 
         # 2. Portrait: crop/resize to the base size, encode frame 0.
-        image = image_latent = None
-        if request.portrait:
-            with timer("image"):
-                progress("image", 0, 1)
-                image = load_portrait(request.portrait)
-                image_latent = self._encode_image(image, base_res.pixel_size(portrait))
-                progress("image", 1, 1)
+        image, image_latent = self._portrait(request, base_res.pixel_size(portrait), timer, progress)
 
         # 3. Own audio: its latent is held fixed; it also sets the clip length (fewer frames if shorter).
         audio_latent = None
@@ -407,6 +401,17 @@ class Engine:
                 stage="base",
                 velocity_pair=self.parallel.guided_pair(dit) if self.parallel is not None else None,
             )
+
+    def _portrait(self, request: GenerationRequest, size_hw, timer, progress: ProgressFn):
+        """(the validated portrait, its frame-0 latent at `size_hw`), or (None, None) for text-to-video."""
+        if not request.portrait:
+            return None, None
+        with timer("image"):
+            progress("image", 0, 1)
+            image = load_portrait(request.portrait)
+            image_latent = self._encode_image(image, size_hw)
+            progress("image", 1, 1)
+        return image, image_latent
 
     def _super_resolve_any(self, take: Take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
         """SR of a single clip, or window by window for a long take (magihuman.long_take)."""

@@ -30,7 +30,7 @@ from magihuman.colour import LabStats, anchor_colour
 from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS, SR_SEED_OFFSET
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import QUALITY
-from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
+from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
 from magihuman.model.turbo_vae import to_uint8
 from magihuman.offload import resident
 from magihuman.sampling import denoise_sr, gaussian_noise
@@ -194,13 +194,7 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
     base_res = RESOLUTIONS["256p"]
     lat_h, lat_w = base_res.latent_hw(portrait)
 
-    image = image_latent = None
-    if request.portrait:
-        with timer("image"):
-            progress("image", 0, 1)
-            image = load_portrait(request.portrait)
-            image_latent = engine._encode_image(image, base_res.pixel_size(portrait))
-            progress("image", 1, 1)
+    image, image_latent = engine._portrait(request, base_res.pixel_size(portrait), timer, progress)
     reference = _portrait_colour(image, base_res.pixel_size(portrait))
     strength = engine.take_settings.colour_strength
 
