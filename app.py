@@ -22,7 +22,7 @@ from magihuman.options import EngineOptions
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import cards as cards_ui
 from studio import enhance as enhance_ui
-from studio import gpu, space, startup
+from studio import gpu, live, space, startup
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
 from studio.handlers import (
@@ -139,6 +139,7 @@ def _layout() -> SimpleNamespace:
             with gr.Accordion("Advanced", open=False):
                 place(*(f.name for f in FIELDS if f.advanced and f.name not in p.controls))
         with gr.Column(scale=6):
+            live.layout(p)  # a long take's windows, playing while it renders
             p.player = ComparePlayer(label="Player", elem_id="compare-player")
             with gr.Row():
                 p.upscale_to = gr.Radio(SR_RESOLUTIONS, value=SR_RESOLUTIONS[0], label="Upscale this take to")
@@ -198,6 +199,8 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     gen_event.success(**remember, **private).then(**listing, **private)
     gen_event.success(studio.code_for_take, p.take_id, [p.python_code, p.cli_code], **private)
     gen_event.success(**enable_upscale, **private)
+    p.generate_event = gen_event
+    live.wire(p, studio)
     up_event = p.upscale.click(studio.upscale, [p.take_id, p.upscale_to], answer, api_name="upscale", **gpu_job)
     up_event.success(**remember, **private).then(**listing, **private)
     p.stop.click(studio.stop, cancels=[gen_event, up_event], api_name="stop", queue=False)

@@ -49,7 +49,7 @@ from magihuman.config import (
 )
 from magihuman.errors import Cancel, GenerationCancelled, InputError
 from magihuman.fields import FIELD, FIELDS, QUALITY
-from magihuman.long_take import TakeSettings, WindowLatents
+from magihuman.long_take import PieceFn, TakeSettings, WindowLatents
 from magihuman.long_take import prepare as prepare_take
 from magihuman.long_take import run as run_take
 from magihuman.long_take import super_resolve as super_resolve_take
@@ -194,9 +194,14 @@ class Engine:
     # --- public API -----------------------------------------------------------------------------------
 
     def generate(
-        self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: Cancel | None = None
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+        on_piece: PieceFn | None = None,
     ) -> Result:
-        """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s)."""
+        """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s). A long
+        take hands each finished window's own mp4 to `on_piece` (magihuman.long_take)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
@@ -205,7 +210,7 @@ class Engine:
                 long_take = prepare_take(request, self.take_settings)
                 progress = on_progress or _ignore
                 if long_take is not None:
-                    take = Take(**run_take(self, request, long_take, folder, timer, progress, cancel))
+                    take = Take(**run_take(self, request, long_take, folder, timer, progress, cancel, on_piece))
                 else:
                     take = self._base(request, folder, timer, progress, cancel)
                 sr_path = sr_resolution = None

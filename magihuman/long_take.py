@@ -19,6 +19,7 @@ window are its latents (the SR stage and `upscale` need them: ~2 MB per 4-s wind
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from magihuman.colour import LabStats, anchor_colour
 from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS, SR_SEED_OFFSET
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.fields import QUALITY
-from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
+from magihuman.media import OUTPUT_SAMPLE_RATE, Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
 from magihuman.model.turbo_vae import to_uint8
 from magihuman.offload import resident
 from magihuman.sampling import denoise_sr, gaussian_noise
@@ -40,6 +41,9 @@ from magihuman.text import NEGATIVE_PROMPT
 from magihuman.threads import worker_thread
 
 ProgressFn = Callable[[str, int, int], None]
+# A finished window's own playable mp4 (path, window index, window count): the studio plays the first windows
+# while the others render.
+PieceFn = Callable[[Path, int, int], None]
 # Decoding stops one second past the cap, so a longer recording is told apart (and refused) cheaply.
 LONG_TAKE_AUDIO = replace(MEDIA_LIMITS, max_audio_seconds=MAX_TAKE_SECONDS + 1)
 
@@ -186,9 +190,19 @@ class _Carry:
     seam: torch.Tensor | None  # (1, 3, 1, H, W) in [−1, 1]; None after a shot's last window
 
 
-def run(engine, request, long_take: LongTake, folder: Path, timer, progress: ProgressFn, cancel) -> dict:
+def run(
+    engine,
+    request,
+    long_take: LongTake,
+    folder: Path,
+    timer,
+    progress: ProgressFn,
+    cancel,
+    on_piece: PieceFn | None = None,
+) -> dict:
     """Make the take's base windows, written to `base_256p.mp4` as they finish. Returns the fields of its
-    `Take` (the engine builds it, and runs SR on it when the resolution asks for one)."""
+    `Take` (the engine builds it, and runs SR on it when the resolution asks for one). With `on_piece`, each
+    window's kept frames are also written to a small mp4 of their own (with their sound), handed over when done."""
     plan, models, device = long_take.plan, engine.models, engine.device
     portrait = request.aspect == "portrait"
     base_res = RESOLUTIONS["256p"]
@@ -259,7 +273,15 @@ def run(engine, request, long_take: LongTake, folder: Path, timer, progress: Pro
                 audio = audio_latent
             else:
                 generated_audio.append(audio[:, window.overlap : window.overlap + window.keep].cpu())
-            seam = _write_window(engine, video, window, _seam_index(plan, window), writer, timer, report, cancel)
+            piece = None
+            if on_piece is not None:
+                piece = _piece_writer(engine, folder, window, output_audio, audio, request.quality)
+            with piece or nullcontext():
+                seam = _write_window(
+                    engine, video, window, _seam_index(plan, window), writer, timer, report, cancel, piece
+                )
+            if piece is not None:
+                on_piece(piece.path, window.index, len(plan.windows))
             carry = _Carry(video, audio, seam)
             kept.append(WindowLatents(prompt, video.cpu(), audio.cpu(), drift))
         if output_audio is None:
@@ -369,12 +391,27 @@ def _seam_index(plan: TakePlan, window: Window) -> int | None:
 
 
 def _write_window(
-    engine, video, window: Window, seam_index: int | None, writer: Mp4Writer, timer, report, cancel
+    engine,
+    video,
+    window: Window,
+    seam_index: int | None,
+    writer: Mp4Writer,
+    timer,
+    report,
+    cancel,
+    piece: Mp4Writer | None = None,
 ) -> torch.Tensor | None:
-    """Decode one window and encode its kept frames on the mux thread while the next piece decodes; returns
-    the seam frame in float (no 8-bit round trip before it is re-encoded)."""
+    """Decode one window and encode its kept frames on the mux thread while the next piece decodes (into the
+    take, and into the window's own `piece` when given); returns the seam frame in float (no 8-bit round trip
+    before it is re-encoded)."""
     keep_from, keep_to = window.overlap, window.overlap + window.keep
     encoder = worker_thread("mux")
+
+    def write(frames: np.ndarray) -> None:
+        writer.write(frames)
+        if piece is not None:
+            piece.write(frames)
+
     seam, done_frames, pending = None, 0, None
     try:
         with timer("decode"):
@@ -388,7 +425,7 @@ def _write_window(
                     frames = to_uint8(piece[:, :, lo:hi]).numpy()
                     if pending is not None:
                         pending.result()
-                    pending = encoder.submit(writer.write, frames)
+                    pending = encoder.submit(write, frames)
                 done_frames += count
                 report("decode", done, total)
                 if cancel is not None and cancel.is_set():
@@ -402,6 +439,18 @@ def _write_window(
     if done_frames != window.frames:
         raise RuntimeError(f"decoder returned {done_frames} frames for a window of {window.frames}")
     return seam
+
+
+def _piece_writer(engine, folder: Path, window: Window, take_audio, latent_audio, quality: str) -> Mp4Writer:
+    """The writer of one window's own mp4: its kept frames with their slice of the recording, or (generated
+    speech, decoded for the take only at the end) its own kept audio rows decoded for this preview alone."""
+    if take_audio is not None:
+        per_frame = OUTPUT_SAMPLE_RATE // FPS
+        sound = take_audio[window.first_new * per_frame : (window.first_new + window.keep) * per_frame]
+    else:
+        sound = engine._decode_audio(latent_audio[:, window.overlap : window.overlap + window.keep])
+    (folder / "pieces").mkdir(exist_ok=True)
+    return _writer(engine, folder / "pieces" / f"window_{window.index + 1:03d}.mp4", sound, quality)
 
 
 def _writer(engine, path: Path, audio: np.ndarray | None, quality: str) -> Mp4Writer:

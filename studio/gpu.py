@@ -31,7 +31,7 @@ import torch
 
 from magihuman.engine import Engine, GenerationRequest, Result, Take
 from magihuman.memory import GB, GPU_MEMORY_ENV
-from studio.jobs import Progress, stream, take_to
+from studio.jobs import Piece, Progress, stream, take_to
 from studio.runtime import EngineSlot
 from studio.space import GPU_SIZE, ON_ZEROGPU, PLAN, StatusFn, gpu_duration, with_space_weights
 
@@ -113,10 +113,13 @@ def _upscale_seconds(take: Take, resolution: str) -> int:
 
 
 @spaces.GPU(duration=_generate_seconds, size=GPU_SIZE)
-def gpu_generate(request: GenerationRequest) -> Iterator[Progress | Result]:
-    """Generate a clip: Progress items, then the Result (every tensor of its Take on the CPU)."""
+def gpu_generate(request: GenerationRequest) -> Iterator[Progress | Piece | Result]:
+    """Generate a clip: Progress items (and a long take's finished windows, as Piece items), then the Result
+    (every tensor of its Take on the CPU)."""
     engine = _engine()
-    yield from stream(lambda report, cancel: engine.generate(request, on_progress=report, cancel=cancel))
+    yield from stream(
+        lambda report, cancel: engine.generate(request, on_progress=report, cancel=cancel, on_piece=report.piece)
+    )
 
 
 @spaces.GPU(duration=_upscale_seconds, size=GPU_SIZE)

@@ -26,6 +26,7 @@ from magihuman.take_plan import MAX_TAKE_SECONDS
 from magihuman.timing import timing_table
 from studio import gpu, jobs
 from studio.history import StoredTake, TakeStore, caption, clean_history, with_take
+from studio.live import LivePieces
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
 from studio.snippets import cli_line, python_call
@@ -62,6 +63,7 @@ class Studio:
         self.jobs_at_once: int | None = getattr(gpu_functions, "jobs_at_once", 1)  # the events' concurrency limit
         self.takes = TakeStore()
         self.stops: dict[str, bool] = {}
+        self.live = LivePieces()  # long takes' finished windows, per session (studio.live)
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
 
     # --- engine status ----------------------------------------------------------------------------------
@@ -109,6 +111,10 @@ class Studio:
         stored = self.takes.add_upscale(take_id, result) or stored
         return self._answer(take_id, stored, resolution)
 
+    def live_pieces(self, request: gr.Request, done: bool = False):
+        """The live widget's value: this client's running take's finished windows (studio.live)."""
+        return self.live.poll(_session(request), done)
+
     def stop(self, request: gr.Request) -> None:
         """Stop the generate or upscale job this client started: it ends within one denoising step."""
         self.stops[_session(request)] = True
@@ -125,8 +131,9 @@ class Studio:
             return self.stops.get(session, False) or client_gone()
 
         gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
+        self.live.start(session)
         try:
-            return jobs.run_job(job, report, stop_requested)
+            return jobs.run_job(job, report, stop_requested, lambda piece: self.live.add(session, piece))
         finally:
             self.stops.pop(session, None)
 

@@ -37,6 +37,30 @@ class Progress:
     total: int
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A long take's finished window as a playable mp4 of its own (picklable: its path), for the studio to play
+    while the next windows render. Not in lockstep: the engine goes on at once."""
+
+    path: str
+    index: int
+    count: int
+
+
+class JobReport:
+    """What a job's work reports through: called as `report(phase, step, total)` for progress (lockstep), and
+    `report.piece(path, index, count)` for a finished window's mp4."""
+
+    def __init__(self, progress: Callable[[str, int, int], None], piece: Callable[[str, int, int], None]) -> None:
+        self._progress, self._piece = progress, piece
+
+    def __call__(self, phase: str, step: int, total: int) -> None:
+        self._progress(phase, step, total)
+
+    def piece(self, path, index: int, count: int) -> None:
+        self._piece(str(path), index, count)
+
+
 HEARTBEAT_S = 0.2  # while a step runs, how often the job repeats its last progress item
 CONSUMER_WAIT_S = 300.0  # a consumer that neither resumes nor closes the job this long has gone: cancel
 ENGINE_STOP_WAIT_S = 600.0  # after a cancel, the longest step (1080p SR on a slow GPU) plus the mp4 flush
@@ -56,8 +80,10 @@ def run_job(
     job: Iterator[Progress | Result],
     on_progress: Callable[[str, int, int], None],
     should_stop: Callable[[], bool],
+    on_piece: Callable[[Piece], None] | None = None,
 ) -> Result:
-    """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per new item. When
+    """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per new item, `on_piece`
+    per finished window of a long take. When
     `should_stop()` (asked at every item, so at least every HEARTBEAT_S) turns true (Stop pressed, client gone)
     the job is closed, which stops the engine within one denoising step, and the "Stopped" gr.Error is raised.
     Returns the Result."""
@@ -68,6 +94,10 @@ def run_job(
             for item in job:
                 if isinstance(item, Result):
                     return item
+                if isinstance(item, Piece):
+                    if on_piece is not None:
+                        on_piece(item)
+                    continue
                 if item != last:  # heartbeats repeat the last item
                     on_progress(item.phase, item.step, item.total)
                     last = item
@@ -94,7 +124,7 @@ class StopFlag:
         return self._event.is_set()
 
 
-def stream(work: Callable[[Callable[[str, int, int], None], StopFlag], Result]) -> Iterator[Progress | Result]:
+def stream(work: Callable[[JobReport, StopFlag], Result]) -> Iterator[Progress | Piece | Result]:
     """Run `work(report, cancel)` on the job thread and yield its progress, then its result moved to the CPU.
 
     Lockstep: after each progress report the engine waits until this generator is resumed past that item, and
@@ -117,9 +147,12 @@ def stream(work: Callable[[Callable[[str, int, int], None], StopFlag], Result]) 
             except queue.Empty:
                 cancel.set()  # nobody is reading this job any more
 
+    def piece(path: str, index: int, count: int) -> None:
+        items.put(Piece(path, index, count))
+
     def run() -> None:
         try:
-            outcome.append(on_cpu(work(report, cancel)))
+            outcome.append(on_cpu(work(JobReport(report, piece), cancel)))
         except BaseException as exc:  # handed to the consuming thread below
             outcome.append(exc)
         finally:
@@ -136,6 +169,9 @@ def stream(work: Callable[[Callable[[str, int, int], None], StopFlag], Result]) 
                 continue
             if item is None:
                 break
+            if isinstance(item, Piece):
+                yield item  # no lockstep token: the engine did not wait for it
+                continue
             last = item
             yield item
             resumed.put(True)

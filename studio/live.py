@@ -1,0 +1,211 @@
+"""Seeing a long take while it renders: each finished window's own mp4 plays in the page, in order, while the
+next windows are still being made.
+
+The engine hands every finished window over as a `studio.jobs.Piece` (a path), through the same job stream as
+the progress, so it also crosses from a ZeroGPU worker. `LivePieces` keeps the latest take's pieces per browser
+session; while a job runs, a `gr.Timer` asks for them twice a second and shows them in `LiveTake`, a `gr.HTML`
+widget whose one `<video>` plays the pieces back to back (when one ends, the next one starts if it is there; if
+not, it starts as soon as it arrives). The compare player is left alone: it gets the whole take at the end, as
+for any clip. A single clip has no pieces, and the widget stays hidden.
+
+As in `studio.player`, the template is static and the value reaches the page only through DOM properties
+(`video.src` for same-origin file URLs, `textContent`): nothing from a value is parsed as HTML.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import gradio as gr
+from gradio.data_classes import FileData, GradioModel
+
+from studio.jobs import Piece
+
+POLL_S = 0.5  # how often a page with a running job asks for new pieces
+SESSIONS_KEPT = 64  # API clients never collect their pieces: keep only the latest sessions' lists
+
+TEMPLATE = """<div class="lt-root lt-empty">
+  <p class="lt-status"></p>
+  <video class="lt-video" playsinline preload="auto" controls></video>
+</div>"""
+CSS = """.lt-root { padding: 8px; border: 1px dashed #f97316; border-radius: 12px; }
+.lt-root.lt-empty { display: none; }
+.lt-status { margin: 0 0 6px; font-size: 0.9em; }
+.lt-video { display: block; width: 100%; max-height: 50vh; background: #000; border-radius: 8px; }
+"""
+JS = """
+const root = element.querySelector(".lt-root");
+const video = element.querySelector(".lt-video");
+const status = element.querySelector(".lt-status");
+let urls = [];
+let count = 0;
+let done = false;
+let current = -1; // the piece in the video
+let waiting = false; // the current piece ended before the next one arrived
+
+// Same rule as the compare player: only files this app serves from its cache.
+function servedUrl(file) {
+  if (!file || typeof file.url !== "string") return null;
+  try {
+    const url = new URL(file.url, window.location.href);
+    return url.origin === window.location.origin && url.pathname.includes("/gradio_api/file=") ? url.href : null;
+  } catch (error) {
+    return null;
+  }
+}
+
+function describe() {
+  const playing = current >= 0 ? `Playing window ${current + 1}` : "Rendering";
+  const made = done ? `all ${count} windows rendered: the whole take is in the player below`
+                    : `${urls.length} of ${count} windows rendered, the rest on the way`;
+  status.textContent = `${playing} · ${made}`;
+  root.dataset.rendered = String(urls.length);
+  root.dataset.count = String(count);
+  root.dataset.current = String(current + 1);
+  root.dataset.done = String(done);
+}
+
+function show(index) {
+  current = index;
+  waiting = false;
+  video.src = urls[index];
+  video.play().catch(() => {}); // a browser that refuses autoplay leaves it to the play button
+}
+
+function load() {
+  const value = props.value && typeof props.value === "object" ? props.value : {};
+  const pieces = (Array.isArray(value.pieces) ? value.pieces : []).map(servedUrl);
+  if (!pieces.length || pieces.includes(null)) {
+    urls = [];
+    current = -1;
+    video.pause();
+    video.removeAttribute("src");
+    video.load();
+    root.classList.add("lt-empty");
+    return;
+  }
+  const fresh = pieces[0] !== urls[0]; // another take
+  urls = pieces;
+  count = Number(value.count) || urls.length;
+  done = Boolean(value.done);
+  root.classList.remove("lt-empty");
+  if (fresh) show(0);
+  else if (waiting && current + 1 < urls.length) show(current + 1);
+  describe();
+}
+
+video.addEventListener("ended", () => {
+  if (current + 1 < urls.length) show(current + 1);
+  else waiting = true;
+  describe();
+});
+load();
+watch("value", load);
+"""
+
+
+class LiveValue(GradioModel):
+    """The widget's value: the finished windows' mp4s in order, how many windows the take has, and whether
+    it is done. Empty `pieces`: hidden."""
+
+    pieces: list[FileData] = []
+    count: int = 0
+    done: bool = False
+
+
+class LiveTake(gr.HTML):
+    """The pieces of the take being rendered, played back to back (hooks: `#live-take`, `.lt-video`, and the
+    root's `data-rendered`, `data-count`, `data-current`, `data-done`)."""
+
+    data_model = LiveValue
+
+    def __init__(self, value: dict[str, Any] | None = None, *, elem_id: str | None = "live-take", **kwargs: Any):
+        super().__init__(
+            value=value,
+            html_template=TEMPLATE,
+            css_template=CSS,
+            js_on_load=JS,
+            apply_default_css=False,
+            elem_id=elem_id,
+            **kwargs,
+        )
+
+    def postprocess(self, value: dict[str, Any] | LiveValue | None) -> dict[str, Any]:  # type: ignore[override]
+        if value is None:
+            return LiveValue().model_dump()
+        if isinstance(value, LiveValue):
+            return value.model_dump()
+        pieces = [FileData(path=str(path), orig_name=str(path).rsplit("/", 1)[-1]) for path in value["pieces"]]
+        return LiveValue(pieces=pieces, count=value["count"], done=value["done"]).model_dump()
+
+    def preprocess(self, payload: LiveValue | None) -> dict[str, Any] | None:  # type: ignore[override]
+        if payload is None:
+            return None
+        return {"pieces": [p.path for p in payload.pieces], "count": payload.count, "done": payload.done}
+
+    def api_info(self) -> dict[str, Any]:
+        return gr.components.Component.api_info(self)
+
+    def example_payload(self) -> Any:
+        return LiveValue().model_dump()
+
+    def example_value(self) -> Any:
+        return LiveValue().model_dump()
+
+
+class LivePieces:
+    """The pieces of each session's latest job (thread-safe: the job's handler adds, the page's timer reads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pieces: OrderedDict[str, list[Piece]] = OrderedDict()
+        self._shown: dict[str, int] = {}  # pieces the page already has
+
+    def start(self, session: str) -> None:
+        """A new job of `session`: forget its earlier take's pieces."""
+        with self._lock:
+            self._pieces[session] = []
+            self._pieces.move_to_end(session)
+            self._shown.pop(session, None)
+            while len(self._pieces) > SESSIONS_KEPT:
+                old, _ = self._pieces.popitem(last=False)
+                self._shown.pop(old, None)
+
+    def add(self, session: str, piece: Piece) -> None:
+        with self._lock:
+            self._pieces.setdefault(session, []).append(piece)
+
+    def poll(self, session: str, done: bool = False):
+        """The widget's new value for `session`, or `gr.skip()` when the page already shows it all."""
+        with self._lock:
+            pieces = list(self._pieces.get(session, []))
+            if not done and self._shown.get(session) == len(pieces):
+                return gr.skip()
+            self._shown[session] = len(pieces)
+            if done:
+                self._pieces.pop(session, None)
+                self._shown.pop(session, None)
+        if not pieces:
+            return None
+        return {"pieces": [p.path for p in pieces], "count": pieces[0].count, "done": done}
+
+
+def layout(p) -> None:
+    """The widget and its timer, above the compare player (`p.live`, `p.live_timer`)."""
+    p.live = LiveTake(label="Live take")
+    p.live_timer = gr.Timer(POLL_S, active=False)
+
+
+def wire(p, studio) -> None:
+    """When Generate is clicked: clear the widget and start polling (`studio.live_pieces`); after the job, a
+    last look (marked done) and the timer off."""
+    private = {"api_visibility": "private"}
+
+    def last(request: gr.Request):
+        return studio.live_pieces(request, done=True), gr.Timer(active=False)
+
+    p.generate.click(lambda: (None, gr.Timer(active=True)), outputs=[p.live, p.live_timer], queue=False, **private)
+    p.live_timer.tick(studio.live_pieces, outputs=p.live, queue=False, **private)
+    p.generate_event.then(last, outputs=[p.live, p.live_timer], queue=False, **private)
