@@ -399,18 +399,18 @@ def _write_window(
     timer,
     report,
     cancel,
-    piece: Mp4Writer | None = None,
+    own_writer: Mp4Writer | None = None,
 ) -> torch.Tensor | None:
     """Decode one window and encode its kept frames on the mux thread while the next piece decodes (into the
-    take, and into the window's own `piece` when given); returns the seam frame in float (no 8-bit round trip
-    before it is re-encoded)."""
+    take, and into the window's own mp4 when `own_writer` is given); returns the seam frame in float (no 8-bit
+    round trip before it is re-encoded)."""
     keep_from, keep_to = window.overlap, window.overlap + window.keep
     encoder = worker_thread("mux")
 
     def write(frames: np.ndarray) -> None:
         writer.write(frames)
-        if piece is not None:
-            piece.write(frames)
+        if own_writer is not None:
+            own_writer.write(frames)
 
     seam, done_frames, pending = None, 0, None
     try:

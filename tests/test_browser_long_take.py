@@ -43,21 +43,29 @@ def _recording(folder, seconds: float):
     return write_audio(folder / "lecture.wav", np.stack([mono, mono]), RATE, "pcm_s16le")
 
 
+def _wait_unless_failed(page, condition: str) -> None:
+    """Wait up to TAKE_MS for `condition` (JS), failing at once with the message of an error toast."""
+    page.wait_for_function(f"() => ({condition}) || document.querySelector('.toast-body.error')", timeout=TAKE_MS)
+    error = page.locator(".toast-body.error")
+    assert error.count() == 0, error.first.inner_text()
+
+
 def test_a_long_take_plays_its_first_window_before_the_last_is_done(studio_url, tmp_path) -> None:
     recording = _recording(tmp_path, TAKE_SECONDS)
     with browser_page(studio_url, WAIT_MS, viewport={"width": 1400, "height": 1500}) as page:
         try:
             page.wait_for_selector("#generate:not([disabled])")
             page.locator("#prompt textarea").fill('A man talks to the camera.\nDialogue:\n<A man, English>: "Hi."')
-            page.locator("#audio input[type=file]").set_input_files(str(recording))
+            page.get_by_text("Your own speech (optional)").click()
+            page.locator("#own-audio input[type=file]").set_input_files(str(recording))
             page.wait_for_function("() => document.querySelector('#audio-hint').innerText.includes('12.00 s')")
             assert page.locator("#live-take .lt-root").is_hidden()  # nothing live before a take
             page.locator("#generate").click()
 
             # The first window plays (its own mp4, with sound) while the take has windows still to render.
-            page.wait_for_function(
-                f"() => {LIVE_VIDEO}.currentTime > 0.5 && Number({LIVE}.dataset.rendered) < Number({LIVE}.dataset.count)",
-                timeout=TAKE_MS,
+            _wait_unless_failed(
+                page,
+                f"{LIVE_VIDEO}.currentTime > 0.5 && Number({LIVE}.dataset.rendered) < Number({LIVE}.dataset.count)",
             )
             live = page.evaluate(
                 f"""() => ({{rendered: Number({LIVE}.dataset.rendered), count: Number({LIVE}.dataset.count),
@@ -72,7 +80,7 @@ def test_a_long_take_plays_its_first_window_before_the_last_is_done(studio_url, 
             assert live["progress"] is not None and int(live["progress"][1]) >= 2, live
 
             # It goes on to the next windows, and the finished take lands in the compare player.
-            page.wait_for_function(f"() => {LIVE}.dataset.done === 'true'", timeout=TAKE_MS)
+            _wait_unless_failed(page, f"{LIVE}.dataset.done === 'true'")
             page.wait_for_function(
                 "() => { const v = document.querySelector('#compare-player .cp-video-left');"
                 " return v.getAttribute('src') && v.readyState >= 1; }"
