@@ -195,12 +195,11 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     gpu_job = {"concurrency_limit": studio.jobs_at_once, "concurrency_id": GPU_JOBS}
     as_sent = {"js": empty_values_js(FIELDS)}  # the page sends None for an empty number box (not in the API)
 
+    live.wire(p, studio)  # before Generate's own event: the live view of a long take
     gen_event = p.generate.click(studio.generate, inputs, answer, api_name="generate", **as_sent, **gpu_job)
     gen_event.success(**remember, **private).then(**listing, **private)
     gen_event.success(studio.code_for_take, p.take_id, [p.python_code, p.cli_code], **private)
     gen_event.success(**enable_upscale, **private)
-    p.generate_event = gen_event
-    live.wire(p, studio)
     up_event = p.upscale.click(studio.upscale, [p.take_id, p.upscale_to], answer, api_name="upscale", **gpu_job)
     up_event.success(**remember, **private).then(**listing, **private)
     p.stop.click(studio.stop, cancels=[gen_event, up_event], api_name="stop", queue=False)

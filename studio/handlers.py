@@ -63,7 +63,7 @@ class Studio:
         self.jobs_at_once: int | None = getattr(gpu_functions, "jobs_at_once", 1)  # the events' concurrency limit
         self.takes = TakeStore()
         self.stops: dict[str, bool] = {}
-        self.live = LivePieces()  # long takes' finished windows, per session (studio.live)
+        self.live = LivePieces(_session)  # long takes' finished windows, per session (studio.live)
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
 
     # --- engine status ----------------------------------------------------------------------------------
@@ -81,9 +81,13 @@ class Studio:
     # --- generate and upscale ---------------------------------------------------------------------------
 
     def _generate(self, values: dict[str, Any], request: gr.Request, progress: gr.Progress):
-        self._require_engine()
-        gen_request = request_from_values(values)
-        result = self._run(request, progress, self.gpu_functions.gpu_generate(gen_request))
+        self.live.begin(request)
+        try:
+            self._require_engine()
+            gen_request = request_from_values(values)
+            result = self._run(request, progress, self.gpu_functions.gpu_generate(gen_request))
+        finally:
+            self.live.finish(request)
         take_id = self.takes.add(result)
         return self._answer(take_id, self.takes.get(take_id), result.sr_resolution)
 
@@ -111,13 +115,10 @@ class Studio:
         stored = self.takes.add_upscale(take_id, result) or stored
         return self._answer(take_id, stored, resolution)
 
-    def live_pieces(self, request: gr.Request, done: bool = False):
-        """The live widget's value: this client's running take's finished windows (studio.live)."""
-        return self.live.poll(_session(request), done)
-
     def stop(self, request: gr.Request) -> None:
         """Stop the generate or upscale job this client started: it ends within one denoising step."""
         self.stops[_session(request)] = True
+        self.live.finish(request)  # a job cancelled while queued never ends by itself: the live view stops here
 
     def _run(self, request: gr.Request | None, progress: gr.Progress, job) -> Result:
         session = _session(request)
@@ -131,9 +132,8 @@ class Studio:
             return self.stops.get(session, False) or client_gone()
 
         gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
-        self.live.start(session)
         try:
-            return jobs.run_job(job, report, stop_requested, lambda piece: self.live.add(session, piece))
+            return jobs.run_job(job, report, stop_requested, lambda piece: self.live.add(request, piece))
         finally:
             self.stops.pop(session, None)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -80,6 +82,9 @@ function load() {
   if (!pieces.length || pieces.includes(null)) {
     urls = [];
     current = -1;
+    count = 0;
+    done = false;
+    delete root.dataset.rendered;
     video.pause();
     video.removeAttribute("src");
     video.load();
@@ -155,41 +160,56 @@ class LiveTake(gr.HTML):
         return LiveValue().model_dump()
 
 
+@dataclass
+class _Job:
+    pieces: list[Piece] = field(default_factory=list)
+    shown: int = 0  # pieces the page already has
+    finished: bool = False
+    told: bool = False  # the page has had the finished value
+
+
 class LivePieces:
-    """The pieces of each session's latest job (thread-safe: the job's handler adds, the page's timer reads)."""
+    """The pieces of each session's latest generate job (thread-safe: the job's handler adds, the page's timer
+    reads). `session_of(request)` names a request's session, as the handlers do."""
 
-    def __init__(self) -> None:
+    def __init__(self, session_of: Callable[[gr.Request | None], str]) -> None:
+        self._session_of = session_of
         self._lock = threading.Lock()
-        self._pieces: OrderedDict[str, list[Piece]] = OrderedDict()
-        self._shown: dict[str, int] = {}  # pieces the page already has
+        self._jobs: OrderedDict[str, _Job] = OrderedDict()
 
-    def start(self, session: str) -> None:
-        """A new job of `session`: forget its earlier take's pieces."""
+    def begin(self, request: gr.Request | None) -> None:
+        """A job of this session starts (or is about to: Generate was clicked): forget its last take."""
+        session = self._session_of(request)
         with self._lock:
-            self._pieces[session] = []
-            self._pieces.move_to_end(session)
-            self._shown.pop(session, None)
-            while len(self._pieces) > SESSIONS_KEPT:
-                old, _ = self._pieces.popitem(last=False)
-                self._shown.pop(old, None)
+            self._jobs[session] = _Job()
+            self._jobs.move_to_end(session)
+            while len(self._jobs) > SESSIONS_KEPT:
+                self._jobs.popitem(last=False)
 
-    def add(self, session: str, piece: Piece) -> None:
+    def add(self, request: gr.Request | None, piece: Piece) -> None:
         with self._lock:
-            self._pieces.setdefault(session, []).append(piece)
+            self._jobs.setdefault(self._session_of(request), _Job()).pieces.append(piece)
 
-    def poll(self, session: str, done: bool = False):
-        """The widget's new value for `session`, or `gr.skip()` when the page already shows it all."""
+    def finish(self, request: gr.Request | None) -> None:
+        """The session's job has ended (done, failed, stopped, or cancelled before it ran)."""
         with self._lock:
-            pieces = list(self._pieces.get(session, []))
-            if not done and self._shown.get(session) == len(pieces):
-                return gr.skip()
-            self._shown[session] = len(pieces)
-            if done:
-                self._pieces.pop(session, None)
-                self._shown.pop(session, None)
-        if not pieces:
-            return None
-        return {"pieces": [p.path for p in pieces], "count": pieces[0].count, "done": done}
+            self._jobs.setdefault(self._session_of(request), _Job()).finished = True
+
+    def poll(self, request: gr.Request | None):
+        """(the widget's value, the timer's update) for the page's timer: `gr.skip()` for what has not changed;
+        after the job has ended, the value marked done, once, and the timer off."""
+        with self._lock:
+            job = self._jobs.get(self._session_of(request))
+            if job is None:
+                return gr.skip(), gr.update(active=False)
+            if job.finished and job.told:
+                return gr.skip(), gr.update(active=False)
+            if not job.finished and job.shown == len(job.pieces):
+                return gr.skip(), gr.skip()
+            pieces, done = list(job.pieces), job.finished
+            job.shown, job.told = len(pieces), done
+        value = {"pieces": [p.path for p in pieces], "count": pieces[0].count, "done": done} if pieces else None
+        return value, (gr.update(active=False) if done else gr.skip())
 
 
 def layout(p) -> None:
@@ -199,13 +219,13 @@ def layout(p) -> None:
 
 
 def wire(p, studio) -> None:
-    """When Generate is clicked: clear the widget and start polling (`studio.live_pieces`); after the job, a
-    last look (marked done) and the timer off."""
+    """Before Generate's own event (so that it runs first): clear the widget and start the timer, which polls
+    `studio.live` until the job has ended."""
     private = {"api_visibility": "private"}
 
-    def last(request: gr.Request):
-        return studio.live_pieces(request, done=True), gr.Timer(active=False)
+    def begin(request: gr.Request):
+        studio.live.begin(request)
+        return None, gr.update(active=True)
 
-    p.generate.click(lambda: (None, gr.Timer(active=True)), outputs=[p.live, p.live_timer], queue=False, **private)
-    p.live_timer.tick(studio.live_pieces, outputs=p.live, queue=False, **private)
-    p.generate_event.then(last, outputs=[p.live, p.live_timer], queue=False, **private)
+    p.generate.click(begin, outputs=[p.live, p.live_timer], queue=False, **private)
+    p.live_timer.tick(studio.live.poll, outputs=[p.live, p.live_timer], queue=False, **private)

@@ -88,22 +88,29 @@ def test_a_single_clip_has_no_pieces(stub) -> None:
     assert result.take.plan is None and not any(isinstance(item, jobs.Piece) for item in log)
 
 
-def test_the_live_store_sends_only_news_and_forgets_a_finished_take(tmp_path) -> None:
-    live = LivePieces()
-    paths = [write_audio(tmp_path / f"p{i}.wav", tone(0.1, RATE), RATE, "pcm_s16le") for i in range(2)]
-    live.start("a")
-    assert live.poll("a") is None  # nothing yet: an empty (hidden) widget
-    assert isinstance(live.poll("a"), type(gr.skip()))
-    live.add("a", jobs.Piece(str(paths[0]), 0, 3))
-    live.add("b", jobs.Piece(str(paths[1]), 0, 2))
-    assert live.poll("a") == {"pieces": [str(paths[0])], "count": 3, "done": False}
-    assert isinstance(live.poll("a"), type(gr.skip()))
-    live.add("a", jobs.Piece(str(paths[1]), 1, 3))
-    assert live.poll("a")["pieces"] == [str(paths[0]), str(paths[1])]
-    assert live.poll("a", done=True)["done"] is True
-    assert live.poll("a") is None  # forgotten after the last look
-    assert live.poll("b")["count"] == 2  # another session's take is its own
+def test_the_live_store_sends_only_news_then_the_finished_take_once(tmp_path) -> None:
+    live = LivePieces(lambda request: request)  # the "request" is the session's name here
+    skip = type(gr.skip())
+    paths = [str(write_audio(tmp_path / f"p{i}.wav", tone(0.1, RATE), RATE, "pcm_s16le")) for i in range(2)]
+    value, timer = live.poll("a")
+    assert isinstance(value, skip) and timer == gr.update(active=False)  # no job: the timer stops
+    live.begin("a")
+    value, timer = live.poll("a")
+    assert isinstance(value, skip) and isinstance(timer, skip)  # nothing new yet, keep polling
+    live.add("a", jobs.Piece(paths[0], 0, 3))
+    live.add("b", jobs.Piece(paths[1], 0, 2))
+    assert live.poll("a") == ({"pieces": [paths[0]], "count": 3, "done": False}, gr.skip())
+    assert isinstance(live.poll("a")[0], skip)
+    live.add("a", jobs.Piece(paths[1], 1, 3))
+    live.finish("a")
+    assert live.poll("a") == ({"pieces": paths, "count": 3, "done": True}, gr.update(active=False))
+    value, timer = live.poll("a")  # a late tick changes nothing
+    assert isinstance(value, skip) and timer == gr.update(active=False)
+    assert live.poll("b")[0]["count"] == 2  # another session's take is its own
+    live.begin("a")
+    live.finish("a")  # failed before any window: the widget empties, the timer stops
+    assert live.poll("a") == (None, gr.update(active=False))
 
-    shown = LiveTake().postprocess({"pieces": [str(paths[0])], "count": 3, "done": False})
-    assert shown["pieces"][0]["path"] == str(paths[0]) and shown["count"] == 3
+    shown = LiveTake().postprocess({"pieces": [paths[0]], "count": 3, "done": False})
+    assert shown["pieces"][0]["path"] == paths[0] and shown["count"] == 3
     assert LiveTake().postprocess(None)["pieces"] == []
