@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -33,6 +34,7 @@ from magihuman.prompts import (
     line_length_warning,
     speaker_subject,
 )
+from magihuman.take_plan import MAX_TAKE_SECONDS
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Configuration
@@ -156,7 +158,13 @@ SCENE_SCHEMA: dict = {
 }
 
 
-def parse_scene(content: str | None) -> Scene:
+def max_lines(seconds: float | None) -> int:
+    """The most lines a take of `seconds` can hold: MAX_LINES per MAX_SECONDS (a long take is made window by
+    window, its lines split across the windows)."""
+    return MAX_LINES * max(1, math.ceil((seconds or 0) / MAX_SECONDS))
+
+
+def parse_scene(content: str | None, most_lines: int = MAX_LINES) -> Scene:
     """The LLM's answer as a Scene; ValueError saying what is wrong (fed back to the LLM to repair).
 
     Lenient about a Markdown code fence around the JSON (local models add one even when told not to) and about
@@ -178,8 +186,8 @@ def parse_scene(content: str | None) -> Scene:
     raw_lines = data.get("lines")
     if not isinstance(raw_lines, list) or not raw_lines:
         raise ValueError('"lines" must be a non-empty array of spoken lines')
-    if len(raw_lines) > MAX_LINES:
-        raise ValueError(f'"lines" has {len(raw_lines)} entries; a clip fits at most {MAX_LINES}')
+    if len(raw_lines) > most_lines:
+        raise ValueError(f'"lines" has {len(raw_lines)} entries; a clip of this length fits at most {most_lines}')
     lines = []
     for i, raw in enumerate(raw_lines, 1):
         if not isinstance(raw, dict):
@@ -261,7 +269,13 @@ def _user_message(idea: str, portrait_description: str, language: str | None, se
         parts.append(f"Portrait description (the person must look like this): {portrait_description}")
     if language:
         parts.append(f"Spoken language: {language}")
-    if seconds:
+    if seconds and seconds > MAX_SECONDS:
+        parts.append(
+            f"Clip duration: {seconds:g} seconds, one continuous static shot made in parts: write the lines to be "
+            f"spoken one after another through the whole duration (at most {max_lines(seconds)} lines), together "
+            f"comfortable to say in {seconds:g} seconds, each line one or two sentences."
+        )
+    elif seconds:
         parts.append(f"Clip duration: {seconds:g} seconds; all lines together must be comfortable to say in it.")
     return "\n".join(parts)
 
@@ -302,8 +316,8 @@ def enhance(
         raise ValueError(f"The idea has {len(idea)} characters; keep it under {MAX_IDEA_CHARS} (a rough idea).")
     if language:
         language = get_language(language).name
-    if seconds is not None and not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        raise ValueError(f"seconds must be from {MIN_SECONDS} to {MAX_SECONDS}, not {seconds:g}")
+    if seconds is not None and not MIN_SECONDS <= seconds <= MAX_TAKE_SECONDS:
+        raise ValueError(f"seconds must be from {MIN_SECONDS} to {MAX_TAKE_SECONDS}, not {seconds:g}")
 
     system = SYSTEM_PROMPT.format(languages=", ".join(LANGUAGE_NAMES))
     messages = [
@@ -315,7 +329,7 @@ def enhance(
             {"role": "assistant", "content": json.dumps(shorten.scene.as_dict(), ensure_ascii=False)},
             {"role": "user", "content": f"{shorten.warning or ''} Rewrite it with shorter lines; keep the rest."},
         ]
-    scene = _ask(config, messages)
+    scene = _ask(config, messages, max_lines(seconds))
     prompt = render(scene)
     if len(prompt) > REQUEST_LIMITS.max_prompt_chars:
         raise EnhancerError(
@@ -325,12 +339,12 @@ def enhance(
     return Enhanced(prompt, scene, duration_warning(scene, seconds) if seconds else None)
 
 
-def _ask(config: EnhancerConfig, messages: list[dict]) -> Scene:
+def _ask(config: EnhancerConfig, messages: list[dict], most_lines: int) -> Scene:
     """The Scene from the endpoint: one call, plus one repair call when the answer does not parse."""
     with _client(config) as client:  # closes its connection pool when done
         content, structured = _complete(client, config, messages, structured=True)
         try:
-            return parse_scene(content)
+            return parse_scene(content, most_lines)
         except ValueError as first:
             problem = str(first)
         repair = [
@@ -340,7 +354,7 @@ def _ask(config: EnhancerConfig, messages: list[dict]) -> Scene:
         ]
         content, _ = _complete(client, config, repair, structured)
     try:
-        return parse_scene(content)
+        return parse_scene(content, most_lines)
     except ValueError as second:
         raise EnhancerError(
             f"the model at {config.where} did not return the structure asked for, twice ({problem}; then "
@@ -428,7 +442,9 @@ def _schema_hint() -> str:
 def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("idea", help="a rough idea: who is on camera and what they say")
     parser.add_argument("--language", choices=LANGUAGE_NAMES, help="the spoken language (default: the LLM's choice)")
-    parser.add_argument("--seconds", type=float, help=f"clip duration the lines must fit ({MIN_SECONDS}-{MAX_SECONDS})")
+    parser.add_argument(
+        "--seconds", type=float, help=f"clip duration the lines must fit ({MIN_SECONDS}-{MAX_TAKE_SECONDS})"
+    )
     parser.add_argument("--portrait-description", default="", help="what the portrait shows, to keep the look")
     parser.add_argument("--enhancer-model", help=f"the chat model to use (default: ${MODEL_ENV})")
     parser.add_argument("--json", action="store_true", help="print the structure as JSON after the prompt")

@@ -27,7 +27,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from magihuman.config import MAX_SECONDS, REQUEST_LIMITS, TEXT_ENCODER
+from magihuman.config import REQUEST_LIMITS, TEXT_ENCODER
+from magihuman.take_plan import MAX_TAKE_SECONDS
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. Languages
@@ -302,10 +303,10 @@ def line_length_warning(lines: list[DialogueLine], seconds: float) -> str | None
     if needed <= seconds + WARNING_SLACK_S:
         return None
     what = "the line" if len(spoken) == 1 else "the lines"
-    if seconds < MAX_SECONDS:
+    if seconds < MAX_TAKE_SECONDS:  # past MAX_SECONDS the clip becomes a long take, made window by window
         fix = f"shorten {what} or raise the duration"
     else:
-        fix = f"shorten {what} (clips are at most {MAX_SECONDS} s)"
+        fix = f"shorten {what} (takes are at most {MAX_TAKE_SECONDS} s)"
     return f"The dialogue needs about {math.ceil(needed)} s of speech; the clip is {seconds:g} s: {fix}."
 
 

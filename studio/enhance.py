@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from magihuman.enhance import Enhanced, EnhancerError, enhance, parse_scene
+from magihuman.enhance import Enhanced, EnhancerError, enhance, max_lines, parse_scene
 
 DIFF_COLOURS = {"added": "#16a34a", "removed": "#dc2626"}
 ENHANCE_JOBS = {"concurrency_limit": 4, "concurrency_id": "enhance"}  # network waits, not GPU work
@@ -78,7 +78,7 @@ def enhance_prompt(
     Args:
         idea: who is on camera and what they say, in a sentence or two
         language: the spoken language: Mandarin, Cantonese, English, Japanese, Korean, German or French
-        seconds: the clip duration the spoken lines must fit (empty: no duration is asked for)
+        seconds: the clip duration the spoken lines must fit, up to 120 (a long take); empty: none asked for
         portrait_description: what the portrait shows, so that the description matches it (optional)
     """
     return _answer(lambda: _enhance(idea, language, seconds, portrait_description))
@@ -87,7 +87,8 @@ def enhance_prompt(
 def shorten_lines(idea: str, language: str | None, seconds: float, description: str, structure, warning: str):
     """Ask again for the same scene with shorter lines (after a duration warning)."""
     try:
-        earlier = Enhanced("", parse_scene(json.dumps(structure)), warning.removeprefix("⚠️ "))
+        most = max_lines(float(seconds) if seconds else None)
+        earlier = Enhanced("", parse_scene(json.dumps(structure), most), warning.removeprefix("⚠️ "))
     except (TypeError, ValueError):
         raise gr.Error("Enhance the prompt first; then its lines can be shortened.") from None
     return _answer(lambda: _enhance(idea, language, seconds, description, shorten=earlier))

@@ -20,6 +20,7 @@ from magihuman.prompts import (
     prompt_length_warning,
     space_cjk,
 )
+from magihuman.take_plan import MAX_TAKE_SECONDS
 
 # ---------------------------------------------------------------------------------------------------------
 # Languages and CJK spacing
@@ -159,7 +160,9 @@ def test_line_length_warning():
     long_text = "We have spent the last three years building this little shop, and every single morning we bake. " * 2
     warning = line_length_warning([DialogueLine("Woman", "English", long_text)], 5)
     assert warning is not None and "the clip is 5 s" in warning and "raise the duration" in warning
-    assert "raise the duration" not in line_length_warning([DialogueLine("W", "English", long_text * 3)], MAX_SECONDS)
+    assert "raise the duration" in line_length_warning([DialogueLine("W", "English", long_text * 3)], MAX_SECONDS)
+    at_most = line_length_warning([DialogueLine("W", "English", long_text * 10)], MAX_TAKE_SECONDS)
+    assert "raise the duration" not in at_most and f"at most {MAX_TAKE_SECONDS} s" in at_most
     many = [DialogueLine("Man", "Mandarin", "我们今天一起去公园散步吧。")] * 4
     assert "shorten the lines" in line_length_warning(many, 5)
 
