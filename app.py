@@ -22,7 +22,7 @@ from magihuman.options import EngineOptions
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import cards as cards_ui
 from studio import enhance as enhance_ui
-from studio import gpu, live, space, startup
+from studio import gpu, live, scene, space, startup
 from studio.controls import RANDOM_SEED_ID, control, empty_values_js
 from studio.examples import example_labels, example_values
 from studio.handlers import (
@@ -132,6 +132,7 @@ def _layout() -> SimpleNamespace:
                     p.build = gr.Button("Write the prompt", elem_id="db-build")
                     p.read = gr.Button("Fill from the prompt", elem_id="db-read")
                 p.line_warning = gr.Markdown(elem_id="db-warning")
+                scene.layout(p)  # "Add shot": a scene of several shots into the Shots field
             p.cards = cards_ui.layout()
             with gr.Accordion("Your own speech (optional)", open=False):
                 place("audio")
@@ -216,6 +217,7 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     prompt, seconds = p.controls["prompt"], p.controls["seconds"]
     p.build.click(dialogue_to_prompt, [*p.dialogue, seconds], [prompt, p.line_warning], **private)
     p.read.click(prompt_to_dialogue, prompt, p.dialogue, **private)
+    scene.wire(p)
     enhance_ui.wire(p.enhancer, prompt, p.dialogue[2], seconds, p.dialogue[0])  # language, character and scene
     cards_ui.wire(
         demo,
