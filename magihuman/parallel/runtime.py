@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from magihuman.parallel.ulysses import Shard, check_cp_size
+from magihuman.precision import CPU_DTYPE_ENV, compute_dtype
 
 # A forward of the 15B model at 1080p takes seconds; a collective waiting this long means a peer is gone.
 DATA_TIMEOUT = timedelta(minutes=10)
@@ -137,7 +138,17 @@ def init_from_env(
         # while the workers idle, so it takes the machine's threads back; its CPU convolutions then also round
         # as in a single-process run (their results depend on the thread count).
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if device.type == "cpu":
+        _share_cpu_dtype()
     return _build_groups(dist.get_rank(), local_rank, layout, device)
+
+
+def _share_cpu_dtype() -> None:
+    """Every rank computes in rank 0's preview dtype: each would otherwise time fp32 against bf16 itself, and
+    under load two ranks can pick differently, after which their collectives disagree on tensor sizes."""
+    choice = [os.environ.get(CPU_DTYPE_ENV) or str(compute_dtype("cpu")).removeprefix("torch.")]
+    dist.broadcast_object_list(choice, src=0)
+    os.environ[CPU_DTYPE_ENV] = choice[0]
 
 
 def _build_groups(rank: int, local_rank: int, layout: Layout, device: torch.device) -> ParallelContext:
