@@ -132,6 +132,9 @@ class DiTPreset:
     subfolder: str  # folder inside the GAIR/daVinci-MagiHuman repository
     dit: DiTConfig
     tier: str  # the download tier that brings this checkpoint
+    quantise_rank: int  # fp8 "auto" (magihuman.memory) quantises the lowest rank first
+    # Activations of its largest stage plus allocator slack (estimates: 1080p SR attends over ~65k tokens).
+    headroom_bytes: int = 8 * 2**30
 
 
 def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
@@ -144,11 +147,16 @@ def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
         raise ValueError(f"unknown model size {size!r}; expected 'full' or 'tiny'")
     sr = replace(base, coords_style="v1")
     return {
-        "base": DiTPreset("base", "base", base, "base"),
-        "distill": DiTPreset("distill", "distill", base, "distill"),
-        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr, "540p"),
+        "base": DiTPreset("base", "base", base, "base", quantise_rank=2),
+        "distill": DiTPreset("distill", "distill", base, "distill", quantise_rank=3),
+        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr, "540p", quantise_rank=1),
         "sr-1080p": DiTPreset(
-            "sr-1080p", "1080p_sr", replace(sr, local_attn_layers=local, frame_receptive_field=window), "1080p"
+            "sr-1080p",
+            "1080p_sr",
+            replace(sr, local_attn_layers=local, frame_receptive_field=window),
+            "1080p",
+            quantise_rank=0,
+            headroom_bytes=16 * 2**30,
         ),
     }
 
@@ -234,6 +242,9 @@ class Resolution:
     width: int
     height: int
     sr_model: DiTName | None  # None: the base stage's own resolution
+    # ZeroGPU budget per SR step of a 5 s clip, from the published H100 timings (540p SR ≈ 6 s, 1080p ≈ 35 s
+    # at 5 steps).
+    zerogpu_seconds_per_sr_step: float = 0.0
 
     def pixel_size(self, portrait: bool = False) -> tuple[int, int]:
         """(height, width) in pixels, snapped to what the latent grid can represent."""
@@ -248,8 +259,8 @@ class Resolution:
 
 RESOLUTIONS: dict[str, Resolution] = {
     "256p": Resolution("256p", 448, 256, None),
-    "540p": Resolution("540p", 896, 512, "sr-540p"),
-    "1080p": Resolution("1080p", 1920, 1088, "sr-1080p"),
+    "540p": Resolution("540p", 896, 512, "sr-540p", zerogpu_seconds_per_sr_step=1.2),
+    "1080p": Resolution("1080p", 1920, 1088, "sr-1080p", zerogpu_seconds_per_sr_step=7.0),
 }
 SR_RESOLUTIONS = tuple(name for name, res in RESOLUTIONS.items() if res.sr_model is not None)  # upscale targets
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from magihuman.engine import GenerationRequest
 from magihuman.errors import MagiHumanError
-from magihuman.fields import FIELD
+from magihuman.fields import FIELD, FILE_FIELDS
 from magihuman.options import EngineOptions
 from magihuman.parallel import start
 from magihuman.score import Scorecard, score_take
@@ -42,7 +42,7 @@ def read_prompts(path: Path) -> list[GenerationRequest]:
             unknown = set(entry) - set(FIELD) - {"seed"}
             if unknown or not isinstance(entry.get("prompt"), str) or not isinstance(seeds, list):
                 raise ValueError(f"needs a prompt string and a seeds list; unknown keys: {sorted(unknown)}")
-            for name in ("portrait", "audio"):
+            for name in FILE_FIELDS:
                 if entry.get(name):
                     entry[name] = str((path.parent / entry[name]).resolve())
             requests += [GenerationRequest(**{**entry, "seed": int(seed)}) for seed in seeds]

@@ -29,10 +29,7 @@ GPU_MEMORY_ENV = "MAGIHUMAN_GPU_MEMORY_GB"
 # bf16; Oobleck 156,112,514 fp32; Turbo VAE decoder 107,122,892 bf16.
 TEXT_ENCODER_BYTES = 9_241_705_984 * 2
 VAE_BYTES = 704_688_668 * 2 + 156_112_514 * 4 + 107_122_892 * 2
-# Activations of the largest stage plus allocator slack (estimates: 1080p SR attends over ~65k tokens).
-HEADROOM_BYTES = {"sr-1080p": 16 * 2**30}
-DEFAULT_HEADROOM_BYTES = 8 * 2**30
-QUANTISE_FIRST = ("sr-1080p", "sr-540p", "base", "distill")
+QUANTISE_FIRST = tuple(sorted(dit_presets(), key=lambda name: dit_presets()[name].quantise_rank))
 
 
 @lru_cache(maxsize=16)
@@ -69,7 +66,7 @@ def peak_bytes(dits: dict[str, DiTConfig], quantised: Iterable[str], offload: bo
     resident, and the largest offloaded model (a DiT or the text encoder) joins it while it runs."""
     quantised = set(quantised)
     sizes = {name: dit_bytes(config, name in quantised) for name, config in dits.items()}
-    headroom = max((HEADROOM_BYTES.get(name, DEFAULT_HEADROOM_BYTES) for name in dits), default=0)
+    headroom = max((dit_presets()[name].headroom_bytes for name in dits), default=0)
     if not offload:
         return sum(sizes.values()) + TEXT_ENCODER_BYTES + VAE_BYTES + headroom
     kept = next((name for name in ("distill", "base") if name in sizes), None)

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from magihuman.config import RESOLUTIONS
 from magihuman.engine import Engine
 
 
@@ -97,5 +98,5 @@ def gpu_seconds(resolution: str, seconds: int, steps: int, base_model: str, sr_s
     duration and steps, doubled for CFG, plus fixed time for text encoding and muxing, times a safety factor."""
     scale = max(seconds, 1) / 5
     base = 0.19 * steps * (2 if base_model == "base" else 1)
-    sr = {"256p": 0.0, "540p": 1.2, "1080p": 7.0}[resolution] * sr_steps
+    sr = RESOLUTIONS[resolution].zerogpu_seconds_per_sr_step * sr_steps
     return int(20 + 3 * scale * (base + sr + 2))
