@@ -53,9 +53,7 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return base / "magihuman"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Converted weights
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Converted weights --------------------------------------------------------------------------------
 
 
 def source_fingerprint(folder: str | Path) -> list[tuple[str, int, int]]:

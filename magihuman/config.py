@@ -11,9 +11,7 @@ from typing import Literal
 
 CoordsStyle = Literal["v1", "v2"]
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. The DiT
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. The DiT ------------------------------------------------------------------------------------------
 
 
 def _field_values(cls, values: dict, exclude: frozenset | set = frozenset()) -> tuple[dict, dict]:
@@ -111,9 +109,7 @@ TINY_LOCAL_ATTN_LAYERS = (0, 1, 2, 4, 5)  # layer 3 stays global, as in the full
 TINY_FRAME_RECEPTIVE_FIELD = 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Checkpoints: one DiT configuration per official weight folder
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Checkpoints: one DiT configuration per official weight folder ------------------------------------
 
 DiTName = Literal["base", "distill", "sr-540p", "sr-1080p"]
 ModelSize = Literal["full", "tiny"]
@@ -161,9 +157,7 @@ def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
     }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Sampling
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Sampling -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -187,9 +181,7 @@ class SamplingConfig:
 SAMPLING = SamplingConfig()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Turbo VAE decoder. Lists are in encoder order; the decoder reverses them.
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Turbo VAE decoder. Lists are in encoder order; the decoder reverses them. ------------------------
 
 
 @dataclass(frozen=True)
@@ -225,9 +217,7 @@ FULL_TURBO_VAE = TurboVAEConfig()
 TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8), decoder_layers_per_block=(1, 1, 1, 1, 1))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Clip geometry
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Clip geometry ------------------------------------------------------------------------------------
 
 FPS = 25
 VAE_STRIDE_THW = (4, 16, 16)
@@ -284,9 +274,7 @@ def decoded_frames(num_latent_frames: int) -> int:
     return VAE_STRIDE_THW[0] * (num_latent_frames - 1) + 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 6. Generation requests: accepted ranges and defaults (the engine validates, the UI reads them)
-# ---------------------------------------------------------------------------------------------------------
+# --- 6. Generation requests: accepted ranges and defaults (the engine validates, the UI reads them) ------
 
 BaseModel = Literal["distill", "base"]
 Aspect = Literal["landscape", "portrait"]
@@ -308,9 +296,7 @@ class RequestLimits:
 REQUEST_LIMITS = RequestLimits()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 7. Upload limits (checked by magihuman/media.py before anything is decoded)
-# ---------------------------------------------------------------------------------------------------------
+# --- 7. Upload limits (checked by magihuman/media.py before anything is decoded) -------------------------
 
 
 @dataclass(frozen=True)
@@ -328,9 +314,7 @@ class MediaLimits:
 MEDIA_LIMITS = MediaLimits()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 8. Text encoder and audio conventions
-# ---------------------------------------------------------------------------------------------------------
+# --- 8. Text encoder and audio conventions ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,7 @@ from magihuman.prompts import (
     speaker_subject,
 )
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Configuration
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Configuration ------------------------------------------------------------------------------------
 
 BASE_URL_ENV, API_KEY_ENV = "OPENAI_BASE_URL", "OPENAI_API_KEY"  # the openai client's own conventions
 MODEL_ENV, TIMEOUT_ENV = "MAGIHUMAN_ENHANCER_MODEL", "MAGIHUMAN_ENHANCER_TIMEOUT"
@@ -94,9 +92,7 @@ class EnhancerConfig:
         return f"{self.base_url or 'the OpenAI API'} (model {self.model})"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The structure
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The structure ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -201,9 +197,7 @@ def _string(data: dict, name: str, where: str) -> str:
     return clean_text(value)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Rendering and the duration check
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Rendering and the duration check -----------------------------------------------------------------
 
 
 def render(scene: Scene) -> str:
@@ -229,9 +223,7 @@ def duration_warning(scene: Scene, seconds: float) -> str | None:
     return line_length_warning([DialogueLine(ln.speaker, ln.language, ln.text) for ln in scene.lines], seconds)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Talking to the endpoint
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Talking to the endpoint --------------------------------------------------------------------------
 
 SYSTEM_PROMPT = """You plan short talking-head video clips for a video model that animates one still camera \
 shot of people speaking. You receive a rough idea and answer with one JSON object that fills this structure:
@@ -420,9 +412,7 @@ def _schema_hint() -> str:
     return "\n\nThe JSON object must match this JSON schema:\n" + json.dumps(SCENE_SCHEMA, ensure_ascii=False)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Command line: python -m magihuman enhance "idea"
-# ---------------------------------------------------------------------------------------------------------
+# --- Command line: python -m magihuman enhance "idea" ----------------------------------------------------
 
 
 def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:

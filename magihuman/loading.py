@@ -196,9 +196,7 @@ def _on_cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The Turbo VAE decoder: the official .ckpt
-# ---------------------------------------------------------------------------------------------------------
+# --- The Turbo VAE decoder: the official .ckpt -----------------------------------------------------------
 
 EMA_KEY = "ema_state_dict"
 

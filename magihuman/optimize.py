@@ -53,9 +53,7 @@ if TYPE_CHECKING:  # engine imports the samplers and media stack; only its types
     from magihuman.engine import Engine, Models
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Flags
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Flags --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -157,9 +155,7 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool | None) -> bool |
     raise ValueError(f"${name} must be 1/0, true/false, yes/no or on/off, not {value!r}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Regional compile
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Regional compile ---------------------------------------------------------------------------------
 
 # Distinct layer graphs share one code object (TransformerLayer.forward), and dynamo's recompile limit counts
 # per code object: (sandwich gelu, shared swiglu, sandwich swiglu) x (global, frame-local) = 6 graphs, close to
@@ -276,9 +272,7 @@ def _raise_recompile_limit(limit: int) -> None:
     setattr(config, name, max(getattr(config, name), limit))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Applying the flags to an engine's models, and warm-up
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Applying the flags to an engine's models, and warm-up --------------------------------------------
 
 WARM_UP_PROMPT = "A person looks into the camera and says hello."
 

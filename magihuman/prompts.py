@@ -29,9 +29,7 @@ from dataclasses import dataclass
 
 from magihuman.config import MAX_SECONDS, REQUEST_LIMITS, TEXT_ENCODER
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Languages
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Languages ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -68,9 +66,7 @@ def get_language(name: str) -> Language:
     raise ValueError(f"unknown language {name!r}; choose one of {', '.join(LANGUAGE_NAMES)}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Text clean-up and CJK spacing
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Text clean-up and CJK spacing --------------------------------------------------------------------
 
 # Invisible format characters that only confuse the tokenizer: zero-width space, LRM/RLM, bidi embeddings,
 # overrides and isolates, word joiner, BOM, soft hyphen. The zero-width joiner stays (emoji sequences).
@@ -140,9 +136,7 @@ def _needs_space(prev: str, char: str) -> bool:
     return unicodedata.category(char)[0] not in ("M", "C")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Assembling and splitting prompts
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Assembling and splitting prompts -----------------------------------------------------------------
 
 NO_BACKGROUND = "No prominent background sound"
 DEFAULT_SPEAKER = "Speaker"
@@ -250,9 +244,7 @@ def parse_prompt(prompt: str) -> tuple[str, list[DialogueLine], str | None]:
     return description, lines, background
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Length warnings
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Length warnings ----------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
 _VOWEL_GROUP = re.compile(r"[aeiouyàâäáãåæéèêëíìîïóòôöõøœúùûüÿ]+")
@@ -328,9 +320,7 @@ def prompt_length_warning(prompt: str, count_tokens: Callable[[str], int] | None
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Example prompts
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Example prompts ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,7 @@ if TYPE_CHECKING:
 
 ALL_DITS = ("distill", "base", "sr-540p", "sr-1080p")  # random_dits seeds by this order
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Whole model sets
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Whole model sets ---------------------------------------------------------------------------------
 
 
 def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
@@ -103,9 +101,7 @@ def random_dits(
     return built
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The DiT and the Turbo VAE decoder
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The DiT and the Turbo VAE decoder ----------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -146,9 +142,7 @@ def build_random_turbo_vae(
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The text encoder: the tiny one (tests, preview engine) and the full-size one (benchmark)
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The text encoder: the tiny one (tests, preview engine) and the full-size one (benchmark) ---------
 
 
 # Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), then the 256 byte symbols: any text tokenises.
@@ -248,9 +242,7 @@ def build_tiny_text_encoder(
     return build_random_text_encoder(tiny_t5gemma_config(hidden_size), seed, device)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. The video and audio VAEs
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. The video and audio VAEs -------------------------------------------------------------------------
 
 
 def build_random_video_vae(

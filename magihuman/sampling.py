@@ -44,9 +44,7 @@ ZSNR_BETA_START = 0.00085
 ZSNR_BETA_END = 0.012
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Sigma grid
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Sigma grid ---------------------------------------------------------------------------------------
 
 
 def _linspace64(start: float, stop: float, num: int) -> Tensor:
@@ -81,9 +79,7 @@ def sigma_schedule(steps: int, shift: float = SAMPLING.shift) -> tuple[Tensor, T
     return sigmas, timesteps
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Flow UniPC solver
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Flow UniPC solver --------------------------------------------------------------------------------
 
 
 def _ln(x: Tensor) -> Tensor:
@@ -225,9 +221,7 @@ class FlowUniPC:
         return x_t - alpha_t * phi * correction
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Distilled step and guidance
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Distilled step and guidance ----------------------------------------------------------------------
 
 
 def renoise_step(sample: Tensor, velocity: Tensor, noise: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
@@ -248,9 +242,7 @@ def video_guidance_scale(timestep: int | Tensor, high: float = SAMPLING.video_gu
     return min(high, SAMPLING.video_guidance_low)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Super-resolution preparation
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Super-resolution preparation ---------------------------------------------------------------------
 
 
 def zsnr_signal_table(num_train_timesteps: int = SAMPLING.num_train_timesteps) -> Tensor:
@@ -290,9 +282,7 @@ def sr_audio_input(noise: Tensor, base_audio: Tensor, noise_scale: float = SAMPL
     return noise * noise_scale + base_audio * (1 - noise_scale)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Loop plumbing: noise, frame-0 overwrite, progress and cancellation
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Loop plumbing: noise, frame-0 overwrite, progress and cancellation -------------------------------
 
 
 @dataclass(frozen=True)
@@ -370,9 +360,7 @@ def _initial_latents(
     return video, audio
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 6. Denoising loops, one per stage
-# ---------------------------------------------------------------------------------------------------------
+# --- 6. Denoising loops, one per stage -------------------------------------------------------------------
 
 
 @torch.no_grad()

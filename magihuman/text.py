@@ -31,9 +31,7 @@ from magihuman.errors import CheckpointError
 from magihuman.loading import ModelWrapper, check_keys
 from magihuman.weights import COMPONENTS, T5GEMMA_REPO
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. The embedding and the encoder wrapper
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. The embedding and the encoder wrapper ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -122,9 +120,7 @@ def encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
     return config
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Loading the official checkpoint
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Loading the official checkpoint ------------------------------------------------------------------
 
 
 def load_text_encoder(
@@ -186,9 +182,7 @@ def _quiet_transformers() -> Iterator[None]:
         logger.setLevel(level)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The negative prompt (the unconditional text of the 32-step base model's CFG)
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The negative prompt (the unconditional text of the 32-step base model's CFG) ---------------------
 
 _VISUAL_DEFECTS = (
     "blurry face", "out-of-focus eyes", "warped facial features", "asymmetric eyes", "melted teeth",

@@ -28,9 +28,7 @@ from magihuman.loading import ModelWrapper, check_keys
 from magihuman.model.turbo_vae import LATENT_MEAN, LATENT_STD
 from magihuman.weights import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, STABLE_AUDIO_REPO, WAN_VAE_REPO
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Video VAE
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Video VAE ----------------------------------------------------------------------------------------
 
 # `vae/config.json` of Wan2.2-TI2V-5B-Diffusers. Its obsolete `clip_output` key is left out:
 # current diffusers ignores it and always clamps the decoded pixels.
@@ -111,9 +109,7 @@ def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.
     return VideoVAE(model.to(device))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Audio VAE
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Audio VAE ----------------------------------------------------------------------------------------
 
 # `vae/config.json` of stable-audio-open-1.0. Its `sampling_rate` plays no role: see AUDIO.
 SAO_VAE_CONFIG = MappingProxyType(
@@ -181,9 +177,7 @@ def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
     return AudioVAE(model.to(device))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Loading helpers
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Loading helpers ----------------------------------------------------------------------------------
 
 
 def _model_folder(folder: str | Path, get_it: str) -> Path:

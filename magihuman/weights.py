@@ -47,9 +47,7 @@ TURBO_VAE_CHECKPOINT = "checkpoint-340000.ckpt"
 DIFFUSERS_CONFIG = "config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Sources: repositories and the components taken from them
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Sources: repositories and the components taken from them -----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -142,9 +140,7 @@ COMPONENTS: dict[str, Component] = {
     )
 }
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Tiers: which components each one needs
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Tiers: which components each one needs -----------------------------------------------------------
 
 SHARED_COMPONENTS = ("text-encoder", "video-vae", "audio-vae", "turbo-vae")
 STAGE1_TIERS = ("distill", "base")  # named after the DiT that makes the base clip
@@ -205,9 +201,7 @@ def plan_for(tiers: str | Iterable[str] = DEFAULT_TIERS) -> Plan:
     return Plan(tiers, tuple(c for c in COMPONENTS.values() if c.name in needed))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Local folders: where things are and whether they are complete
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Local folders: where things are and whether they are complete ------------------------------------
 
 
 @dataclass(frozen=True)
@@ -299,9 +293,7 @@ def resolve_weights(weights_dir: str | Path | None = None, tiers: str | Iterable
     return _paths(root, plan)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Downloading
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Downloading --------------------------------------------------------------------------------------
 
 
 @contextmanager

@@ -35,9 +35,7 @@ if TYPE_CHECKING:  # the parallel package imports nothing from here at run time
 Segments = tuple[int, int, int]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Building blocks with optional per-modality experts
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Building blocks with optional per-modality experts -----------------------------------------------
 
 
 def _split_rows(x: torch.Tensor, segments: Segments) -> list[torch.Tensor]:
@@ -99,9 +97,7 @@ def gelu7(u: torch.Tensor) -> torch.Tensor:
     return u * torch.sigmoid(1.702 * u)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. One transformer layer: pre-norm attention with QK-norm, RoPE and a per-head gate; pre-norm MLP
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. One transformer layer: pre-norm attention with QK-norm, RoPE and a per-head gate; pre-norm MLP ---
 
 
 class Attention(nn.Module):
@@ -179,9 +175,7 @@ class TransformerBlock(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Embedders and the full model
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Embedders and the full model ---------------------------------------------------------------------
 
 
 class Adapter(nn.Module):
@@ -302,9 +296,7 @@ class DiT(nn.Module):
         return unpatchify_video(v, layout, self.config.latent_channels), a.unsqueeze(0)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Construction helpers
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Construction helpers -----------------------------------------------------------------------------
 
 
 def build_dit(config: DiTConfig, device: torch.device | str = "meta") -> DiT:

@@ -23,9 +23,7 @@ from torch import nn
 
 from magihuman.config import TurboVAEConfig
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Latent statistics and de-normalisation
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Latent statistics and de-normalisation -----------------------------------------------------------
 
 # The 48 Wan2.2 latent statistics, as published (Wan2.2-TI2V-5B VAE config). Read as float32 these are
 # bit-identical to the reference tensors (tests/golden_checks/turbovae.py checks it).
@@ -55,9 +53,7 @@ def denormalize(z: torch.Tensor) -> torch.Tensor:
     return (z.float() / inv_std + mean).to(z.dtype)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Building blocks
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Building blocks ----------------------------------------------------------------------------------
 
 NORM_EPS = 1e-8  # norm1, norm2 and the final norm; the shortcut norm uses config.resnet_norm_eps
 
@@ -188,9 +184,7 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(b, cpp // (p * p), t, h * p, w * p)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The decoder
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The decoder --------------------------------------------------------------------------------------
 
 
 def check_supported(config: TurboVAEConfig) -> None:
@@ -266,9 +260,7 @@ class TurboVAEDecoder(nn.Module):
         return unpatchify(x, self.patch_size)  # (B, 3, F, 16h, 16w)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Sliding-window decode
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Sliding-window decode ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -343,9 +335,7 @@ class TurboVAE(nn.Module):
             yield done, len(windows), piece
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. uint8 post-processing
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. uint8 post-processing ----------------------------------------------------------------------------
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
