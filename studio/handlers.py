@@ -284,9 +284,7 @@ def request_to_values(request: GenerationRequest) -> dict[str, Any]:
     for name in FILE_FIELDS:
         path = values[name]
         values[name] = str(path) if path and Path(path).is_file() else None
-    for f in FIELDS:
-        if f.kind == "text" and not f.required:
-            values[f.name] = values[f.name] or ""
+    values["negative_prompt"] = values["negative_prompt"] or ""
     return values
 
 
