@@ -1,8 +1,4 @@
-"""Typed configuration for every component, in one place.
-
-The numbers here are the model's published specification. Other modules
-and the UI read sizes, ranges and defaults from here instead of re-typing them.
-"""
+"""Typed configuration for every component: the model's published numbers, read (never re-typed) elsewhere."""
 
 from __future__ import annotations
 
@@ -15,7 +11,6 @@ CoordsStyle = Literal["v1", "v2"]
 
 
 def _field_values(cls, values: dict, exclude: frozenset | set = frozenset()) -> tuple[dict, dict]:
-    """Split a JSON-like dict into (the dataclass's fields, lists made tuples; everything else)."""
     known = set(cls.__dataclass_fields__) - set(exclude)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
     return fields, {k: v for k, v in values.items() if k not in known}
@@ -91,9 +86,8 @@ class DiTConfig:
 
 FULL_DIT = DiTConfig()
 
-# Small enough to run the whole pipeline on a CPU in seconds, while keeping every code path of the full
-# model: 3-expert sandwich layers at both ends, shared layers, GQA (4 query heads on 2 KV heads), gelu7
-# and swiglu7 MLPs, and (in the 1080p-SR preset) local and global attention layers.
+# Runs the pipeline on a CPU in seconds with every code path of the full model (sandwich and shared layers, GQA,
+# both MLPs, local and global attention).
 TINY_DIT = DiTConfig(
     num_layers=6,
     hidden_size=64,
@@ -117,12 +111,8 @@ ModelSize = Literal["full", "tiny"]
 
 @dataclass(frozen=True)
 class DiTPreset:
-    """One official DiT checkpoint, the registry's one spelling of it (`name`: "distill", "base", "sr-540p",
-    "sr-1080p"), plus where it lives in the hub repository, how it is built and which download tier brings it.
-
-    Words: a *tier* is a download bundle (`python -m magihuman download --tiers distill,540p`); a *resolution*
-    is an output size (`RESOLUTIONS`: 256p, 540p, 1080p). The hub's folder names (`540p_sr`) appear only here.
-    """
+    """One official DiT checkpoint under the registry's one spelling of it. A *tier* is a download bundle
+    (`download --tiers distill,540p`); a *resolution* is an output size. Hub folder names appear only here."""
 
     name: DiTName
     subfolder: str  # folder inside the GAIR/daVinci-MagiHuman repository
@@ -162,8 +152,6 @@ def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Step counts, the sigma grid and guidance of the three sampling stages."""
-
     distill_steps: int = 8
     base_steps: int = 32
     sr_steps: int = 5
@@ -211,9 +199,8 @@ class TurboVAEConfig:
 
 
 FULL_TURBO_VAE = TurboVAEConfig()
-# The preview decoder works on full-size frames, so its cost is its depth over the pixels: one resnet per
-# block (instead of 2-3) keeps every kind of layer (width changes, space and space-time upsamplers, ReLU-first
-# resnets) at a third of the work.
+# The preview decoder works on full-size frames: one resnet per block keeps every kind of layer at a third of the
+# work.
 TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8), decoder_layers_per_block=(1, 1, 1, 1, 1))
 
 
@@ -282,7 +269,7 @@ Aspect = Literal["landscape", "portrait"]
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_prompt_chars: int = 4000  # ~1000 T5Gemma tokens; the DiT reads at most 640 of them anyway
+    max_prompt_chars: int = 4000  # ~1000 T5Gemma tokens, beyond TEXT_ENCODER.max_tokens anyway
     max_steps: dict = field(default_factory=lambda: {"distill": 16, "base": 64})
     default_steps: dict = field(
         default_factory=lambda: {"distill": SAMPLING.distill_steps, "base": SAMPLING.base_steps}
@@ -301,8 +288,6 @@ REQUEST_LIMITS = RequestLimits()
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """What a user upload may be. Sizes are read from headers, so an oversized file is refused cheaply."""
-
     max_image_bytes: int = 50 * 2**20
     max_image_pixels: int = 64_000_000  # 8000×8000; a phone's 48 MP photo fits, a decompression bomb does not
     min_image_side: int = 128  # below this a face is too blurry to animate, even at 256p
