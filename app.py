@@ -1,9 +1,5 @@
-"""daVinci-MagiHuman Studio: a Gradio 6 front end for the in-process engine in `magihuman/`.
-
-`build_demo(slot)` builds the page (its components are `studio/layout.py`, the handlers `studio/handlers.py`)
-and wires its events. `demo` is the one app, built once at import with its
-CSS: `gradio app.py`, Hugging Face Spaces and `main()` all serve it. `main()` parses flags and launches it
-with explicit security options.
+"""daVinci-MagiHuman Studio: a Gradio 6 front end for the in-process engine in `magihuman/`. `demo`, built once
+at import, is what `gradio app.py`, Spaces and `main()` serve; the page's components are `studio/layout.py`.
 """
 
 from __future__ import annotations
@@ -40,16 +36,15 @@ PREVIEW_BANNER = (
 
 
 class StudioBlocks(gr.Blocks):
-    """The studio's Blocks: launched with its CSS unless the caller passes other CSS (Gradio 6 takes CSS at
-    `launch()`, and every way of serving the app ends in this `launch`)."""
+    """Launched with the studio's CSS: Gradio 6 takes CSS at `launch()`, where every way of serving ends."""
 
     def launch(self, *args, css: str | None = None, **kwargs):
         return super().launch(*args, css=CSS if css is None else css, **kwargs)
 
 
 def build_demo(slot: EngineSlot, gpu_functions=gpu) -> StudioBlocks:
-    """The studio UI for an engine slot (loading or ready). No side effects: nothing loads until the first page
-    load asks the slot to start (main() starts it at once). `gpu_functions`: who runs the GPU work (studio.Studio)."""
+    """The studio for an engine slot, without side effects: nothing loads until a page load (or main()) starts
+    the slot."""
     studio = Studio(slot, gpu_functions)
     scorer = Scorer(studio)
     gpu.bind_slot(slot)
