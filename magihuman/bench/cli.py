@@ -1,34 +1,9 @@
 """Benchmark: `python -m magihuman.bench`.
 
-Pipeline mode (default). Builds the whole engine with random weights (speed does not depend on weight values):
-the full-size models on CUDA, the tiny preset on the CPU (a smoke test of the code path, which the output
-says). Applies the speed flags, warms up (compiling, when on), then per repetition generates one clip at 256p
-and super-resolves that take to each SR resolution, and prints per resolution: the time of each stage (text, denoise,
-SR, decode, mux), the published scope (base denoise + SR + final decode) against the published H100 numbers
-and the issue's goals, the arithmetic floor of the DiT work at 790 TFLOP/s, the achieved TFLOP/s and the peak
-memory; and the start-up time (build or load, speed steps, warm-up). `--weights-dir` loads the real weights
-instead, so the start-up line measures a real start from local disk.
-
-Preview mode (the default for `--model tiny` without `--resolutions`/`--seconds`): what a newcomer without a GPU
-waits for. After a warm-up it times the studio's default clip (256p, 5 s, distilled, text-to-video) end to end
-and the upscale of a 2-s take to 540p, against the goals of a 2-core CPU without bf16 instructions (10 s and
-20 s), and names the CPU, its bf16/AVX-512 instructions and the dtype the preview computes in.
-
-Long takes (`--long-take 60`, pipeline mode): after the resolution tables, one take of that many seconds per
-resolution (256p and 540p among the chosen ones), made window by window, as seconds of work per second of
-output (real-time factor) against the goals of one H100 (`magihuman.bench.long_take`).
-
-Forward mode (`--forward`). Times one DiT forward at the token counts of each resolution (1080p with the
-frame-local window on 32 layers): ms per forward, TFLOP/s, MFU and peak memory, naming the attention backend.
-
-Several GPUs (`torchrun --standalone --nproc-per-node N -m magihuman.bench --cp N`): per resolution the DiT forward
-and the pipeline on all N ranks against rank 0 alone, the bytes exchanged, and the H100 arithmetic
-(`magihuman.bench.parallel`).
-
-Both take the speed flags of `magihuman.optimize` (--no-compile, --fp8/--no-fp8, --offload, --attention,
---cache); fp8 left unset is "auto" (`magihuman.memory`), as in the app. Whenever fp8 is used they report the
-quality check: the relative RMS error of the fp8 distilled model against the same model in bf16, on the same
-inputs, for one velocity and (pipeline mode) for a whole 8-step latent.
+Modes (README, "Benchmark"): the pipeline with random weights (speed does not depend on weight values) per
+resolution against the published H100 numbers (`pipeline`); the preview goals of a CPU (`preview`); long takes
+(`long_take`); single DiT forwards (`forward`); several GPUs under torchrun (`parallel`). Whenever fp8 is used,
+the fp8-vs-bf16 error is reported too.
 """
 
 from __future__ import annotations
