@@ -23,11 +23,8 @@ class EngineStatus:
 
 
 class EngineSlot:
-    """Loads the engine in a background thread so the page is up at once; reports a status line meanwhile.
-
-    A load failure (a missing shard, a corrupt file, a mismatched key) is kept as the status, naming the file;
-    the process stays up and the UI shows it.
-    """
+    """Loads the engine in a background thread so the page is up at once; a failure is kept as the status (the
+    process stays up and the UI shows it)."""
 
     def __init__(self, load: Callable[[Callable[[str], None]], Engine]) -> None:
         self._load = load
@@ -50,8 +47,7 @@ class EngineSlot:
         return self
 
     def load_now(self) -> EngineSlot:
-        """Load in the calling thread instead (ZeroGPU: CUDA is emulated only in the thread that imported
-        spaces); the status line and a failure are kept exactly as on the background path."""
+        """Load in the calling thread (ZeroGPU emulates CUDA only in the thread that imported spaces)."""
         if not self._ready.is_set() and not self._thread.is_alive():
             self._started = time.perf_counter()
             self._run()

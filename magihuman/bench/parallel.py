@@ -1,10 +1,7 @@
 """Benchmark of several GPUs on one clip: `torchrun --standalone --nproc-per-node N -m magihuman.bench --cp N`.
 
-All ranks build the same random DiTs; rank 0 also builds the rest of the engine. Per resolution, rank 0 times the
-DiT forward and the pipeline twice with the same models: on all ranks (CP N) and on rank 0 alone (CP 1, the
-workers idle), so the scaling is measured in one run. Beside the measurement: the bytes one rank sends per
-forward in the Ulysses all-to-alls, and the arithmetic expectation for H100 SXM GPUs on NVLink (a model, not a
-measurement; see `expected_h100_seconds`).
+Per resolution, rank 0 times the DiT forward and the pipeline on all ranks (CP N) and alone (CP 1) with the same
+models, so the scaling is measured in one run; beside it, the bytes sent and an arithmetic H100 expectation.
 """
 
 from __future__ import annotations
@@ -63,7 +60,6 @@ def expected_h100_seconds(config: DiTConfig, layout: TokenLayout, cp: int) -> fl
 
 
 def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, resolutions: list[str]) -> None:
-    """The `--cp N` benchmark on every rank (rank 0 prints)."""
     from magihuman.memory import plan_fp8
     from magihuman.optimize import apply_speed_flags, optimize_dit, warm_up
     from magihuman.parallel.launch import attach, shutdown
