@@ -91,8 +91,7 @@ class TextEncoder(ModelWrapper):
 
 
 def _valid_text(prompt: str) -> str:
-    """The prompt as valid UTF-8. Lone surrogates (not text, but JSON can carry them) become '?' instead of
-    making the tokenizer raise; every real string passes unchanged."""
+    """Lone surrogates (JSON can carry them) as '?', instead of making the tokenizer raise."""
     return prompt.encode("utf-8", errors="replace").decode("utf-8")
 
 
@@ -150,7 +149,6 @@ def load_text_encoder(
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report for one call; real problems are raised by the caller instead."""
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -43,8 +43,7 @@ WAN22_VAE_CONFIG = MappingProxyType(
     )
 )
 
-# Same strides (patch 2 × three 2× downsamples = 16 spatial, two temporal 2× = 4) and 48 latent channels,
-# tiny widths; the decoder stays wider than the encoder, as in the real model.
+# The real strides (16 spatial, 4 temporal) and 48 latent channels with tiny widths.
 TINY_WAN_VAE_CONFIG = MappingProxyType({**WAN22_VAE_CONFIG, "base_dim": 8, "decoder_base_dim": 16})
 
 
@@ -105,8 +104,7 @@ SAO_VAE_CONFIG = MappingProxyType(
     )
 )
 
-# Same 2048× downsampling and 64 latent channels. The encoder's width stays 128 because its last conv
-# outputs `encoder_hidden_size` channels, split into 64 means and 64 scales; all other widths shrink.
+# The real 2048× downsampling; the encoder's output width stays 128 (64 means and 64 scales).
 TINY_SAO_VAE_CONFIG = MappingProxyType({**SAO_VAE_CONFIG, "channel_multiples": [1, 1, 1, 1, 1], "decoder_channels": 8})
 
 
