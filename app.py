@@ -51,7 +51,7 @@ def build_demo(slot: EngineSlot, gpu_functions=gpu) -> StudioBlocks:
     with StudioBlocks(title="daVinci-MagiHuman Studio", delete_cache=(3600, 3600)) as demo:
         page = layout()
         _wire(demo, page, studio, scorer)
-    demo.studio = studio  # for tests and main(): the takes to clean up at exit
+    demo.studio = studio
     demo.scorer = scorer
     return demo
 

@@ -36,7 +36,6 @@ _WHITE = (255, 255, 255, 255)
 
 
 def _existing_file(path: str | Path, max_bytes: int, what: str) -> Path:
-    """The upload as a Path, after the checks that need no decoding: it exists, is not empty, is not huge."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"the {what} file {path.name} was not found; upload it again")
@@ -98,7 +97,6 @@ def _check_image_header(img: Image.Image, name: str, limits: MediaLimits) -> Non
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any still-image mode to 8-bit RGB."""
     if img.mode.startswith("I"):
         # Pillow's own conversion of 16-bit greyscale clips at 255 (a mostly white picture).
         grey = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257
@@ -162,7 +160,6 @@ def usable_audio_seconds(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -
 
 
 def _decode_mono_s16(path: Path, sample_rate: int, wanted: int) -> np.ndarray:
-    """(n,) int16: at least `wanted` samples, or the whole track when it is shorter."""
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
@@ -194,7 +191,6 @@ def _decode_mono_s16(path: Path, sample_rate: int, wanted: int) -> np.ndarray:
 def _resampled(
     container: av.container.InputContainer, stream: av.AudioStream, resampler: av.AudioResampler
 ) -> Iterator[np.ndarray]:
-    """Yield (n,) int16 chunks of the track as FFmpeg decodes and resamples it, then the resampler's tail."""
     for frame in container.decode(stream):
         for out in resampler.resample(frame):
             yield out.to_ndarray()[0]  # packed mono: (1, n)
@@ -306,7 +302,6 @@ class Mp4Writer:
             self._send_audio(round(self.frames_written * self.sample_rate / self.fps))
 
     def add_audio(self, audio: np.ndarray) -> None:
-        """The audio of a writer made with `audio_later`, once, before `close`."""
         if not self.audio_later or self.audio is not None:
             raise ValueError("add_audio is for a writer made with audio_later, once")
         self.audio = _checked_audio(audio)

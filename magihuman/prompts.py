@@ -28,7 +28,7 @@ from magihuman.config import MAX_SECONDS, REQUEST_LIMITS, TEXT_ENCODER
 @dataclass(frozen=True)
 class Language:
     name: str
-    cjk_spaced: bool  # lines are written with a space between every character
+    cjk_spaced: bool
     # characters/s for CJK, else syllables/s: rough rates for a friendly warning, not facts about the model
     units_per_second: float
     silent_final_e: bool = False  # "make", "livre": a final e adds no syllable when estimating
@@ -188,7 +188,7 @@ def _subject(speaker: str) -> str:
     if first in ("a", "an", "the"):
         return speaker[0].upper() + speaker[1:]
     if all(not w[:1].islower() for w in words) and first not in _COMMON_NOUNS:
-        return speaker  # a name ("Marie Curie", or written in a script without case)
+        return speaker  # a name
     return "The " + speaker[0].lower() + speaker[1:]
 
 

@@ -120,7 +120,6 @@ class FlowUniPC:
         return min(self.solver_order, self.num_steps - index, index + 1)
 
     def step(self, model_output: Tensor, sample: Tensor) -> Tensor:
-        """Advance `sample` (at sigma[i]) to sigma[i+1] given the model's velocity for `sample`."""
         i = self.step_index
         if i >= self.num_steps:
             raise RuntimeError(f"FlowUniPC: all {self.num_steps} steps are done; make a new solver per run")
@@ -235,8 +234,6 @@ def sr_audio_input(noise: Tensor, base_audio: Tensor, noise_scale: float = SAMPL
 
 @dataclass(frozen=True)
 class StepEvent:
-    """One finished step (1-based) and its wall time."""
-
     stage: str
     step: int
     total: int
