@@ -80,7 +80,6 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DiTConfig:
-        """Build from a JSON-like dict (e.g. a golden fixture's config); unknown and derived keys are ignored."""
         return cls(**_field_values(cls, values)[0])
 
 
@@ -124,7 +123,6 @@ class DiTPreset:
 
 
 def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
-    """The four official checkpoints; base, distill and 540p-SR share one architecture."""
     if size == "full":
         base, local, window = FULL_DIT, FULL_LOCAL_ATTN_LAYERS, FULL_DIT.frame_receptive_field
     elif size == "tiny":
@@ -193,7 +191,6 @@ class TurboVAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TurboVAEConfig:
-        """Build from the official JSON (or a fixture config); keys the decoder does not read are kept aside."""
         kwargs, extra = _field_values(cls, values, exclude={"extra"})
         return cls(**kwargs, extra=extra)
 
@@ -219,8 +216,7 @@ class Resolution:
     width: int
     height: int
     sr_model: DiTName | None  # None: the base stage's own resolution
-    # ZeroGPU budget per SR step of a 5 s clip, from the published H100 timings (540p SR ≈ 6 s, 1080p ≈ 35 s
-    # at 5 steps).
+    # ZeroGPU seconds per SR step of a 5 s clip, from the published H100 timings
     zerogpu_seconds_per_sr_step: float = 0.0
 
     def pixel_size(self, portrait: bool = False) -> tuple[int, int]:
@@ -257,7 +253,6 @@ def latents_for_frames(num_frames: int) -> int:
 
 
 def decoded_frames(num_latent_frames: int) -> int:
-    """Frames a decoder returns for T latent frames: 4(T − 1) + 1."""
     return VAE_STRIDE_THW[0] * (num_latent_frames - 1) + 1
 
 
