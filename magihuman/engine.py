@@ -48,12 +48,12 @@ from magihuman.config import (
     video_frames,
 )
 from magihuman.errors import Cancel, GenerationCancelled, InputError
-from magihuman.fields import FIELD, FIELDS, QUALITY
+from magihuman.fields import FIELD, FIELDS
 from magihuman.long_take import TakeSettings, WindowLatents
 from magihuman.long_take import prepare as prepare_take
 from magihuman.long_take import run as run_take
 from magihuman.long_take import super_resolve as super_resolve_take
-from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
+from magihuman.media import QUALITY, Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
 from magihuman.offload import resident
@@ -249,28 +249,14 @@ class Engine:
         """Check every field against its declaration in `magihuman.fields` (the API must not trust UI
         sliders), then what depends on the loaded models; returns the request with seed and steps resolved."""
         limits = REQUEST_LIMITS
-        prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
-        if not prompt:
-            raise InputError("the prompt is empty: describe the person, what they say, and in which language")
-        if len(prompt) > limits.max_prompt_chars:
-            raise InputError(
-                f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars} "
-                "(the model reads at most 640 tokens of it)"
-            )
-        negative = request.negative_prompt.strip() if isinstance(request.negative_prompt, str) else None
-        if negative is not None and len(negative) > limits.max_prompt_chars:
-            raise InputError(
-                f"the negative prompt has {len(negative)} characters; the limit is {limits.max_prompt_chars}"
-            )
-        if request.resolution not in RESOLUTIONS:
-            raise InputError(f"unknown resolution {request.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
-        for f in FIELDS:  # numbers and choices (the texts and files are checked above and where they are read)
-            if f.kind in ("int", "float", "choice") and f.name != "resolution":
-                value = getattr(request, f.name)
-                try:
-                    f.check(int(value) if isinstance(value, np.integer) else value)
-                except ValueError as exc:
-                    raise InputError(str(exc)) from None
+        checked = {}
+        for f in FIELDS:  # files are checked where they are read
+            value = getattr(request, f.name)
+            try:
+                checked[f.name] = f.check(int(value) if isinstance(value, np.integer) else value)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        request = replace(request, **checked)
         self._require_resolution(request.resolution)
         if request.base_model not in self.available_base_models:
             raise InputError(
@@ -292,9 +278,7 @@ class Engine:
         seed = request.seed
         if seed is None:
             seed = random.SystemRandom().randint(0, limits.max_seed)
-        return replace(
-            request, prompt=prompt, negative_prompt=negative or None, seed=int(seed), steps=int(steps), seconds=seconds
-        )
+        return replace(request, seed=int(seed), steps=int(steps), seconds=seconds)
 
     # --- stages ---------------------------------------------------------------------------------------
 

@@ -29,8 +29,7 @@ import torch
 from magihuman.colour import LabStats, anchor_colour
 from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS, SR_SEED_OFFSET
 from magihuman.errors import GenerationCancelled, InputError
-from magihuman.fields import QUALITY
-from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
+from magihuman.media import QUALITY, Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
 from magihuman.model.turbo_vae import to_uint8
 from magihuman.offload import resident
 from magihuman.sampling import denoise_sr, gaussian_noise
