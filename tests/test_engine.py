@@ -163,7 +163,7 @@ def test_audio_sets_the_clip_length_when_shorter(engine, tmp_path) -> None:
         ({"steps": 0}, "steps"),
         ({"sr_steps": 99}, "super-resolution steps"),
         ({"guidance": 100.0}, "guidance"),
-        ({"resolution": "4k"}, "unknown resolution"),
+        ({"resolution": "4k"}, "resolution must be one of"),
         ({"aspect": "square"}, "aspect"),
     ],
 )
