@@ -330,7 +330,7 @@ def test_retried_once_when_nothing_streamed_and_not_after(pool):
         _run(pool, pool.gpu_generate(_request(52)))
     (only,) = [r for r in _records(pool, kind="generate") if r["started"] >= since]
     assert only["fault"] == "after_stream" and only["job"].endswith(".1"), only
-    _wait_for("Ray Serve to replace the two replicas that exited", lambda: _running(2), timeout=180)
+    # Ray Serve replaces both replicas meanwhile; the next test waits for that (and checks it).
 
 
 def test_killed_replica_mid_job(pool):
