@@ -33,6 +33,7 @@ from studio.replicas import (
     ReplicaPool,
     ReplicaSlot,
     SharedTakes,
+    _per_replica,
     add_replica_arguments,
     replica_options,
 )
@@ -303,6 +304,7 @@ def test_replica_whose_engine_fails_to_load_is_reported_by_name(pool):
 
     with pytest.raises(ValueError, match="unknown model"):
         EngineReplica(ReplicaSpec(model="huge"))  # outside Serve, the replica is named after its process
+    assert pool.layout == "2 replicas on local Ray, 1 CPU process per replica"
     pool._described = (0.0, "")  # the status line's cache
     assert f"replica pid-{os.getpid()} failed to load: ValueError: unknown model 'huge'" in pool.describe()
 
@@ -430,6 +432,7 @@ def test_replicas_load_with_the_studio_engine_flags():
     assert (on_cpu.speed.attention, on_cpu.speed.fp8, on_cpu.speed.cache_dir) == ("math", True, None)
     assert not on_cpu.speed.compile and on_gpus.speed.compile  # compile: on by default on CUDA only
     assert on_gpus.model == "full"
+    assert (_per_replica(2, 1.0), _per_replica(1, 1.0), _per_replica(2, 0.0)) == ("2 GPUs", "1 GPU", "2 CPU processes")
     too_many = ReplicaPool(ReplicaOptions(cp=4))
     try:
         with pytest.raises(ValueError, match="context-parallel size 4"):  # the tiny model has 2 KV heads
