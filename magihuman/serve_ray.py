@@ -131,6 +131,9 @@ class SharedStore:
         entry = self.get_finished(key)
         return entry.result.take if entry is not None else None
 
+    def drop_take(self, key: str) -> None:
+        self._takes.pop(key, None)
+
     def get_finished(self, key: str) -> Finished | None:
         self._expire_takes()
         entry = self._takes.get(key)

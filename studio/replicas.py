@@ -342,6 +342,11 @@ class ReplicaPool:
         finished = ray.get(self._store.get_finished.remote(key), timeout=STORE_TIMEOUT_S)
         return self._local_result(finished, None) if finished is not None else None
 
+    def forget(self, key: str) -> None:
+        """Remove a take from the shared store (the user removed it from the history)."""
+        if self._store is not None:
+            self._store.drop_take.remote(key)
+
     def _job(self, method: str, args: tuple, take: Take | None, fallback: tuple | None = None):
         import ray
 
@@ -483,11 +488,13 @@ def _user_error(failed) -> gr.Error:
 class SharedTakes(TakeStore):
     """The studio's takes on a replica pool: each take's id is its key in the shared store, so a take id from
     the browser's history that this front-end does not know (it restarted, or another front-end made the take)
-    is looked up there and restored: its base clip, settings and latents, ready to upscale."""
+    is looked up there and restored: its base clip, settings and latents, ready to upscale. Removing a take
+    removes it from the shared store too."""
 
     def __init__(self, pool: ReplicaPool) -> None:
         super().__init__()
         self.pool = pool
+        self._restoring = threading.Lock()  # one restore at a time: two would write the same take folder
 
     def add(self, result: Result, take_id: str | None = None) -> str:
         folder = Path(result.take.folder).name
@@ -495,12 +502,18 @@ class SharedTakes(TakeStore):
 
     def get(self, take_id: str | None) -> StoredTake | None:
         stored = super().get(take_id)
-        if stored is None and isinstance(take_id, str) and TAKE_KEY.fullmatch(take_id):
-            restored = self.pool.restore(take_id)
-            if restored is not None:
+        if stored is not None or not isinstance(take_id, str) or not TAKE_KEY.fullmatch(take_id):
+            return stored
+        with self._restoring:
+            stored = super().get(take_id)  # restored meanwhile by another request
+            if stored is None and (restored := self.pool.restore(take_id)) is not None:
                 super().add(restored, take_id)
                 stored = super().get(take_id)
         return stored
+
+    def remove(self, take_id: str) -> None:
+        super().remove(take_id)
+        self.pool.forget(take_id)
 
 
 class ReplicaSlot(EngineSlot):

@@ -248,6 +248,8 @@ def test_takes_survive_a_front_end_restart(pool):
         assert stored.base_video.read_bytes() == base  # the take as front-end 1 showed it
         assert stored.take.seed == 41
         assert stored.sr_videos["540p"].stat().st_size > 1000
+        studio.takes.remove(take_id)  # removed from the history: gone from the shared store as well
+        assert second.take_store().get(take_id) is None
     finally:
         second.close()
 
