@@ -101,7 +101,7 @@ def _run(pool, job, should_stop=lambda: False):
     return jobs.run_job(job, lambda *a: None, should_stop)
 
 
-def _in_threads(*calls) -> list:
+def _in_threads(*calls, timeout: float = JOB_S) -> list:
     """Run the calls at once; their results (or exceptions), in order. Every thread is joined (bounded)."""
     results: list = [None] * len(calls)
 
@@ -115,8 +115,8 @@ def _in_threads(*calls) -> list:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(JOB_S)
-    assert not any(t.is_alive() for t in threads), "a job did not finish"
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"a job did not finish within {timeout:.0f} s"
     return results
 
 
@@ -205,7 +205,8 @@ def test_context_parallel_replica_gives_the_one_process_clip(pool, tmp_path):
     alone = _run(pool, pool.gpu_generate(request))
     try:
         (handle,) = _in_threads(
-            lambda: serve.run(engine_app(ReplicaSpec(cp=2), Scaling(1, 1)), name="magihuman-cp2", route_prefix=None)
+            lambda: serve.run(engine_app(ReplicaSpec(cp=2), Scaling(1, 1)), name="magihuman-cp2", route_prefix=None),
+            timeout=START_S,
         )
         assert not isinstance(handle, Exception), handle
         (items,) = _in_threads(lambda: list(handle.options(stream=True).generate.remote("cp2-job.1", request)))
