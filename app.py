@@ -136,13 +136,14 @@ def main(argv: list[str] | None = None) -> None:
             "--share makes a PUBLIC link: anyone with it can use this GPU" + ("" if auth else " (no --auth set)"),
             stacklevel=1,
         )
-    if not startup.join(EngineOptions.from_args(args)):  # ranks other than 0 served rank 0's DiT forwards
+    # Ranks other than 0 served rank 0's DiT forwards (with replicas, --cp is each replica's group instead).
+    if replicas is None and not startup.join(EngineOptions.from_args(args)):
         return
     app = demo
     if replicas is not None:  # the jobs run on engine replicas; this process loads no engine
         from studio.replicas import replica_demo
 
-        app = replica_demo(build_demo, replicas, args.model, args.weights_dir)
+        app = replica_demo(build_demo, replicas, args)
         app.queue(max_size=MAX_QUEUE)  # events start at once (no concurrency limit): the replicas queue the jobs
     app.studio.slot.start()
     app.launch(

@@ -60,7 +60,7 @@ class Studio:
         self.slot = slot
         self.gpu_functions = gpu_functions
         self.jobs_at_once: int | None = getattr(gpu_functions, "jobs_at_once", 1)  # the events' concurrency limit
-        self.takes = TakeStore()
+        self.takes = gpu_functions.take_store() if hasattr(gpu_functions, "take_store") else TakeStore()
         self.stops: dict[str, bool] = {}
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
 
