@@ -17,13 +17,17 @@ import html
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
+from magihuman.cards import Card
 from magihuman.errors import MagiHumanError
 from magihuman.score import Scorecard, score_take
+from magihuman.score.card import FLAG, HEARD
 from magihuman.threads import worker_thread
+from studio.cards import clean_cards
 from studio.handlers import Studio, request_to_values
 from studio.history import clean_history
 
@@ -51,11 +55,12 @@ class Scorer:
 
     # --- scoring ----------------------------------------------------------------------------------------
 
-    def card_for_take(self, take_id: str, enabled: bool = True):
-        """The card of a take just made (the event chained after /generate and /upscale): (HTML, JSON)."""
+    def card_for_take(self, take_id: str, enabled: bool = True, voice_card: Card | None = None):
+        """The card of a take just made (the event chained after /generate and /upscale) or picked: (HTML, JSON).
+        `voice_card`: the character card used for the take, whose voice recording it is compared with."""
         if not enabled:
             return SCORING_OFF, None
-        card = self._card_of(take_id)
+        card = self._card_of(take_id, voice_card)
         return card_html(card), _json(card)
 
     def score(self, take_id: str | None = None, video: str | None = None, prompt: str | None = None):
@@ -77,7 +82,7 @@ class Scorer:
             raise gr.Error("Give a take_id from /generate or upload a video to score.")
         return card_html(card), _json(card)
 
-    def _card_of(self, take_id: str) -> Scorecard:
+    def _card_of(self, take_id: str, voice_card: Card | None = None) -> Scorecard:
         stored = self.takes.get(take_id)
         if stored is None:
             raise gr.Error("No such take to score: generate one first (the latest 32 takes are kept).")
@@ -85,15 +90,19 @@ class Scorer:
             known = self.cards.get(take_id)
         if known is not None:  # an upscale keeps the take's audio, words and timing: its card stands
             return known
-        card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt)
+        # The card's voice goes into the take's own folder: it lives (and is deleted) with the take.
+        reference = voice_card.write_voice(stored.take.folder) if voice_card is not None else None
+        card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt, reference)
+        if voice_card is not None:
+            card.voice_reference = f"the recording of card {voice_card.name!r}"
         with self._lock:
             self.cards[take_id] = card
             for gone in [key for key in self.cards if self.takes.get(key) is None]:
                 del self.cards[gone]
         return card
 
-    def _compute(self, video: str, prompt: str) -> Scorecard:
-        future = worker_thread("scorecard").submit(score_take, video, prompt)
+    def _compute(self, video: str, prompt: str, reference: Path | None = None) -> Scorecard:
+        future = worker_thread("scorecard").submit(score_take, video, prompt, reference)
         try:
             return future.result(timeout=SCORE_TIMEOUT_S)
         except FutureTimeout:
@@ -157,6 +166,16 @@ class Scorer:
         return sorted(records, key=lambda rec: -_number(rec.get("number"), 0))
 
 
+def voice_card_used(pick, cards) -> Card | None:
+    """The character card "Use the card" just applied, when it has a voice recording (else None): the takes
+    made next in this page are compared with that recording."""
+    for record in clean_cards(cards):
+        if record["name"] == pick:
+            card = Card.from_record(record)
+            return card if card.voice is not None else None
+    return None
+
+
 def _number(value, missing: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else missing
 
@@ -180,33 +199,20 @@ def gallery_listing(scorer: Scorer):
 
 
 def card_html(card: Scorecard) -> str:
+    """The card's rows (`Scorecard.rows`, the terminal's too) as a table: the transcript with its differing
+    words marked, flags highlighted."""
     e = html.escape
     rows = []
-    if card.error_rate is not None:
-        name = "WER" if card.wer is not None else "CER"
-        rows.append((name, f"{card.error_rate:.1%} against the Dialogue lines"))
-    if card.transcript is not None:
-        heard = e(card.language or "-")
-        rows.append(("Heard", f"{_marked(card)} <small>({heard})</small>"))
-    if card.speech_start_s is not None:
-        rows.append(("Speech", f"{card.speech_start_s:.2f} – {card.speech_end_s:.2f} s of {card.audio_seconds:.2f} s"))
-    if card.face_found is False:
-        rows.append(("Sync", "no face found"))
-    elif card.face_found:
-        rows.append(("Sync", f"offset {card.offset_frames:+d} frames, confidence {card.offset_confidence:.2f}"))
-    if card.dnsmos is not None:
-        mos = card.dnsmos
-        rows.append(
-            (
-                "DNSMOS",
-                f"overall {mos['overall']:.2f} · signal {mos['signal']:.2f} · background {mos['background']:.2f}",
-            )
-        )
-    rows += [("Flag", f"<span class='flag'>{e(flag)}</span>") for flag in card.flags]
-    rows += [(e(part.capitalize()), e(reason)) for part, reason in card.unavailable.items()]
+    for name, text in card.rows():
+        if name == HEARD:
+            value = f"{_marked(card)} <small>({e(card.language or '-')})</small>"
+        elif name == FLAG:
+            value = f"<span class='flag'>{e(text)}</span>"
+        else:
+            value = e(text)
+        rows.append(f"<tr><th>{e(name)}</th><td>{value}</td></tr>")
     score = "–" if card.score is None else f"{card.score:.0f} / 100"
-    body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
-    return f"<div class='scorecard'><b>Scorecard: {score}</b><table>{body}</table></div>"
+    return f"<div class='scorecard'><b>Scorecard: {score}</b><table>{''.join(rows)}</table></div>"
 
 
 def _marked(card: Scorecard) -> str:
@@ -232,6 +238,7 @@ def card_controls(p: SimpleNamespace) -> None:
     """Under the timing table: the switch and the card."""
     p.score_on = gr.Checkbox(True, label="Score each take (words, sync, sound; on the CPU)", elem_id="score-on")
     p.card = gr.HTML(elem_id="scorecard")
+    p.voice_card = gr.State(None)  # the character card last used, when it has a voice: takes are compared with it
     with gr.Accordion("Scorecard as JSON", open=False):
         p.card_json = gr.JSON(label="Scorecard", elem_id="scorecard-json")
 
@@ -267,8 +274,10 @@ def wire_scoring(
     private = {"api_visibility": "private"}
     scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
     card = {"fn": scorer.card_for_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
+    made = {**card, "inputs": [p.take_id, p.score_on, p.voice_card]}  # a new take: its card's voice, if any
     for done in takes_done:
-        done.success(**card, **scoring, **private).success(**listing, **private)
+        done.success(**made, **scoring, **private).success(**listing, **private)
+    p.cards.use.click(voice_card_used, [p.cards.pick, p.cards.cards], p.voice_card, **private)
     for shown in takes_shown:
         shown.success(**card, **scoring, **private)
     p.order.change(**listing, **private)
