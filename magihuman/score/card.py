@@ -12,10 +12,10 @@ import importlib.util
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from magihuman.media import load_audio
+from magihuman.media import MEDIA_LIMITS, load_audio
 from magihuman.score.clip import MAX_TAKE_SECONDS, SAMPLE_RATE, TakeMedia, read_take
 from magihuman.score.sync import MIN_CONFIDENCE
 
@@ -32,6 +32,8 @@ _NEEDS = {
 _INSTALL = {"voice": "pip install --no-deps resemblyzer==0.1.4"}
 FLAG_PENALTY = 10  # points per flag in `score`
 HEARD, FLAG = "Heard", "Flag"  # the row names that views mark up
+# A voice reference: its first minute is used (a longer recording is cut there, not refused).
+REFERENCE_LIMITS = replace(MEDIA_LIMITS, max_audio_seconds=MAX_TAKE_SECONDS)
 
 
 @dataclass
@@ -119,7 +121,7 @@ def score_take(video: str | Path, prompt: str = "", audio: str | Path | None = N
     (any file with sound), the take's voice against that recording's. Raises `InputError` when the take is not
     usable or the recording has no usable sound."""
     take = read_take(video)
-    reference = None if audio is None else load_audio(audio, MAX_TAKE_SECONDS, sample_rate=SAMPLE_RATE)
+    reference = None if audio is None else load_audio(audio, sample_rate=SAMPLE_RATE, limits=REFERENCE_LIMITS)
     card = Scorecard(round(take.video_seconds, 3), round(take.audio_seconds, 3), round(take.fps, 3))
     speech = _run_part(card, "timing", lambda: _timing(card, take))
     _run_part(card, "words", lambda: _words(card, take, prompt, speech))
