@@ -7,6 +7,9 @@ Scoring never holds the GPU: it is its own event, chained after the take, in its
 CPU thread teams then exist once per process, one take is scored at a time, and a forked process (a ZeroGPU
 worker) starts its own thread instead of submitting to one that does not exist there.
 
+A take made after "Use the card" on a character card with a voice recording is also compared with that
+recording (the voice part of `magihuman.score`).
+
 The cards live on the server, keyed by take id (dropped with their take); a browser's history records only
 carry the score number, added when the gallery is listed.
 """
@@ -63,29 +66,44 @@ class Scorer:
         card = self._card_of(take_id, voice_card)
         return card_html(card), _json(card)
 
-    def score(self, take_id: str | None = None, video: str | None = None, prompt: str | None = None):
+    def score(
+        self,
+        take_id: str | None = None,
+        video: str | None = None,
+        prompt: str | None = None,
+        audio: str | None = None,
+    ):
         """Score a take: an earlier one of /generate by its take_id, or an uploaded video with its prompt (the
         Dialogue lines are the words it should say). Returns the card as HTML and as JSON: WER or CER against
         the prompt, the transcript and language heard, the speech span, the mouth-voice offset in frames with
-        its confidence, DNSMOS, flags, and the parts that were not available and why.
+        its confidence, DNSMOS, flags, the voice similarity to `audio` when given, and the parts that were not
+        available and why.
 
         Args:
             take_id: the take_id that /generate returned (the latest 32 takes are kept); or leave it empty
             video: a video with sound to score instead of a take
             prompt: the prompt of the uploaded video (ignored for a take: its own prompt is used)
+            audio: optional recording of the voice the take should have: adds voice_similarity (0-1)
         """
         if video:
-            card = self._compute(video, prompt or "")
+            card = self._compute(video, prompt or "", audio or None)
+        elif take_id and audio:  # a card of its own: the take's card in the gallery stays as it was
+            stored = self._stored(take_id)
+            card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt, audio)
         elif take_id:
             card = self._card_of(take_id)
         else:
             raise gr.Error("Give a take_id from /generate or upload a video to score.")
         return card_html(card), _json(card)
 
-    def _card_of(self, take_id: str, voice_card: Card | None = None) -> Scorecard:
+    def _stored(self, take_id: str):
         stored = self.takes.get(take_id)
         if stored is None:
             raise gr.Error("No such take to score: generate one first (the latest 32 takes are kept).")
+        return stored
+
+    def _card_of(self, take_id: str, voice_card: Card | None = None) -> Scorecard:
+        stored = self._stored(take_id)
         with self._lock:
             known = self.cards.get(take_id)
         if known is not None:  # an upscale keeps the take's audio, words and timing: its card stands
@@ -101,7 +119,7 @@ class Scorer:
                 del self.cards[gone]
         return card
 
-    def _compute(self, video: str, prompt: str, reference: Path | None = None) -> Scorecard:
+    def _compute(self, video: str, prompt: str, reference: str | Path | None = None) -> Scorecard:
         future = worker_thread("scorecard").submit(score_take, video, prompt, reference)
         try:
             return future.result(timeout=SCORE_TIMEOUT_S)
@@ -261,6 +279,12 @@ def score_controls(p: SimpleNamespace) -> None:
     with gr.Accordion("Score a video", open=False, elem_id="score-upload"):
         p.score_video = gr.Video(label="A video with sound", sources=["upload"], elem_id="score-video")
         p.score_prompt = gr.Textbox(label="Its prompt (or the line it should say)", lines=2, elem_id="score-prompt")
+        p.score_audio = gr.Audio(
+            label="A recording of the voice it should have (optional)",
+            sources=["upload"],
+            type="filepath",
+            elem_id="score-audio",
+        )
         p.score_button = gr.Button("Score this video", elem_id="score-button")
 
 
@@ -268,9 +292,10 @@ def wire_scoring(
     p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_shown: list, listing: dict, gpu_job: dict
 ) -> None:
     """Score each finished take (`takes_done`: the /generate and /upscale events) off the GPU queue, then list
-    the gallery again with its score; show the card of a take picked in the gallery (`takes_shown`); reorder
-    on request; `/score` for a take id or an upload; best of N (its seeds on the GPU queue, `gpu_job`, then
-    ranked on the scoring one)."""
+    the gallery again with its score, comparing the take's voice with the character card last used (when that
+    card has a voice); show the card of a take picked in the gallery (`takes_shown`); reorder on request;
+    `/score` for a take id or an upload (with an optional voice recording to compare with); best of N (its
+    seeds on the GPU queue, `gpu_job`, then ranked on the scoring one)."""
     private = {"api_visibility": "private"}
     scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
     card = {"fn": scorer.card_for_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
@@ -291,5 +316,9 @@ def wire_scoring(
     )
     ranked.success(**listing, **private)
     p.score_button.click(
-        scorer.score, [p.take_id, p.score_video, p.score_prompt], [p.card, p.card_json], api_name="score", **scoring
+        scorer.score,
+        [p.take_id, p.score_video, p.score_prompt, p.score_audio],
+        [p.card, p.card_json],
+        api_name="score",
+        **scoring,
     )

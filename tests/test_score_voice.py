@@ -121,3 +121,9 @@ def test_studio_compares_a_take_with_its_cards_voice(tmp_path, recordings, monke
         similarity[card.name] = data["voice_similarity"]
     print(f"\ntake vs card voices: {similarity}")
     assert similarity["Anna"] - similarity["Bea"] >= 0.15, similarity
+
+    # /score with a recording: a card of its own, against that file; the take's card in the gallery stays.
+    _, data = scorer.score(take_id, audio=str(recordings[VOICE, 1]))
+    assert data["voice_reference"] == recordings[VOICE, 1].name
+    assert data["voice_similarity"] - similarity["Bea"] >= 0.15
+    assert scorer.cards[take_id].voice_reference == "the recording of card 'Bea'"
