@@ -108,8 +108,10 @@ class Scorer:
             known = self.cards.get(take_id)
         if known is not None:  # an upscale keeps the take's audio, words and timing: its card stands
             return known
-        # The card's voice goes into the take's own folder: it lives (and is deleted) with the take.
-        reference = voice_card.write_voice(stored.take.folder) if voice_card is not None else None
+        reference = None
+        if voice_card is not None:  # into the take's own folder: it lives (and is deleted) with the take
+            (folder := stored.take.folder / "card-voice").mkdir(exist_ok=True)
+            reference = voice_card.write_voice(folder)
         card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt, reference)
         if voice_card is not None:
             card.voice_reference = f"the recording of card {voice_card.name!r}"

@@ -116,7 +116,8 @@ def test_studio_compares_a_take_with_its_cards_voice(tmp_path, recordings, monke
         take = SimpleNamespace(request=SimpleNamespace(prompt=LINES[0]), folder=folder, base_video_path=video)
         take_id = scorer.takes.add(SimpleNamespace(take=take, timings={}, video_path=video, sr_video_path=None))
         page, data = scorer.card_for_take(take_id, True, card)
-        assert data["voice_reference"] == f"the recording of card {card.name!r}" and (folder / "voice.ogg").is_file()
+        assert data["voice_reference"] == f"the recording of card {card.name!r}"
+        assert (folder / "card-voice" / "voice.ogg").is_file()  # with the take: deleted with it
         assert f"card &#x27;{card.name}&#x27;" in page and page == card_html(scorer.cards[take_id])
         similarity[card.name] = data["voice_similarity"]
     print(f"\ntake vs card voices: {similarity}")

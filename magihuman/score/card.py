@@ -1,9 +1,8 @@
 """The scorecard of one take and `score_take`, which fills it part by part.
 
 Each part (words, timing, sync, sound, and voice when a reference recording is given) needs its own optional
-package and model. A part that cannot
-run is recorded in `unavailable` with the reason and its fields stay None; the others still run. The card is
-a plain dataclass of JSON types, so `asdict` is its JSON.
+package and model. A part that cannot run is recorded in `unavailable` with the reason and its fields stay None;
+the others still run. The card is a plain dataclass of JSON types, so `asdict` is its JSON.
 """
 
 from __future__ import annotations
