@@ -46,9 +46,10 @@ def recordings(tmp_path_factory):
 
 
 def _hide_packages(monkeypatch) -> set[str]:
-    """Packages the scorecard will find missing: at first faster-whisper (the words are tests/test_score.py's
-    subject, and its model is not set up here); add to the returned set to hide more."""
-    real, hidden = importlib.util.find_spec, {"faster_whisper"}
+    """Packages the scorecard will find missing: at first those of the words, sync and sound parts (tests/
+    test_score.py's subjects; only timing and voice run here, which keeps this file fast); add to the returned
+    set to hide more."""
+    real, hidden = importlib.util.find_spec, {"faster_whisper", "cv2", "speechmos"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real(name, *a))
     return hidden
 
@@ -80,19 +81,16 @@ def test_mel_front_end_puts_a_tone_in_its_band():
 def test_cli_reports_voice_similarity_and_a_missing_package(recordings, tmp_path, capsys, monkeypatch):
     hidden = _hide_packages(monkeypatch)
     take = portrait_take(tmp_path / "take.mp4", load_audio(recordings[VOICE, 0], sample_rate=44_100))
-    similarity = {}
-    for voice in (VOICE, OTHER_VOICE):
-        assert main(["score", str(take), "--prompt", LINES[0], "--audio", str(recordings[voice, 1]), "--json"]) == 0
-        card = json.loads(capsys.readouterr().out)
-        assert "voice" not in card["unavailable"] and card["voice_reference"] == recordings[voice, 1].name
-        similarity[voice] = card["voice_similarity"]
-    print(f"\nCLI voice_similarity against each voice: {similarity}")
-    assert similarity[VOICE] - similarity[OTHER_VOICE] >= 0.15, similarity
+    assert main(["score", str(take), "--prompt", LINES[0], "--audio", str(recordings[VOICE, 1]), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    print(f"\nCLI voice_similarity, same voice on another line: {card['voice_similarity']}")
+    assert "voice" not in card["unavailable"] and card["voice_reference"] == recordings[VOICE, 1].name
+    assert card["voice_similarity"] >= 0.8
 
     hidden.add("resemblyzer")
     card = score_take(take, prompt=LINES[0], audio=recordings[VOICE, 1])
     assert card.voice_similarity is None and "--no-deps resemblyzer" in card.unavailable["voice"]
-    assert card.dnsmos is not None  # the other parts still ran
+    assert card.speech_start_s is not None  # the other parts still ran
     with pytest.raises(InputError, match="missing.wav was not found"):
         score_take(take, audio=tmp_path / "missing.wav")
 
