@@ -50,7 +50,6 @@ from magihuman.errors import GenerationCancelled, MagiHumanError
 from magihuman.optimize import SpeedFlags, warm_up
 from magihuman.options import DEFAULT_DITS, EngineOptions
 from magihuman.parallel import start
-from magihuman.precision import CPU_DTYPE_ENV, compute_dtype
 from magihuman.threads import worker_thread
 
 NAMESPACE = "magihuman"
@@ -393,8 +392,8 @@ class ContextParallelRank:
     """Rank 1 … P − 1 of a replica's context-parallel group: loads the DiTs and serves rank 0's forwards until
     rank 0 stops (then `serve` returns its rank). Owned by its replica, so it dies with it."""
 
-    def serve(self, rank: int, address: str, port: int, options: EngineOptions, cpu_dtype: str | None) -> int:
-        _join_group(rank, options.cp, address, port, cpu_dtype)
+    def serve(self, rank: int, address: str, port: int, options: EngineOptions) -> int:
+        _join_group(rank, options.cp, address, port)
         start(options)  # a worker rank: serve_forever, then leave the group
         return rank
 
@@ -408,15 +407,12 @@ def _start_group(options: EngineOptions, gpus: float, root: Path) -> tuple[Engin
 
     group = get_current_placement_group()  # None outside Serve: the ranks go wherever Ray puts them
     address, port = ray.util.get_node_ip_address(), _free_port()
-    # Every rank must compute in rank 0's dtype (a CPU measures its fastest one per process; gloo refuses a
-    # tensor of another size), so rank 0 measures once and tells the others.
-    cpu_dtype = str(compute_dtype("cpu")).removeprefix("torch.") if options.device == "cpu" else None
     serving = []
     for rank in range(1, options.cp):
         placement = {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, rank)} if group else {}
         actor = ContextParallelRank.options(num_cpus=1, num_gpus=gpus, **placement).remote()
-        serving.append(actor.serve.remote(rank, address, port, options, cpu_dtype))
-    _join_group(0, options.cp, address, port, cpu_dtype)
+        serving.append(actor.serve.remote(rank, address, port, options))
+    _join_group(0, options.cp, address, port)
     loading = worker_thread("replica-group-start").submit(start, options, output_root=root)
     deadline = time.monotonic() + GROUP_START_S
     while not loading.done():
@@ -436,12 +432,11 @@ def _start_group(options: EngineOptions, gpus: float, root: Path) -> tuple[Engin
     return loading.result(), serving
 
 
-def _join_group(rank: int, world: int, address: str, port: int, cpu_dtype: str | None) -> None:
-    """torchrun's environment for `magihuman.parallel` (each rank is its own Ray worker process)."""
+def _join_group(rank: int, world: int, address: str, port: int) -> None:
+    """torchrun's environment for `magihuman.parallel` (each rank is its own Ray worker process; joining the
+    group also gives every rank rank 0's CPU dtype)."""
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "MASTER_ADDR": address, "MASTER_PORT": port}
     os.environ.update({name: str(value) for name, value in env.items()})
-    if cpu_dtype is not None:
-        os.environ[CPU_DTYPE_ENV] = cpu_dtype
 
 
 def _free_port() -> int:
