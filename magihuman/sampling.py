@@ -339,6 +339,22 @@ def overwrite_audio_prefix(audio: Tensor, prefix: Tensor | None) -> Tensor:
     return audio
 
 
+def overwrite_ends(video: Tensor, audio: Tensor, video_end: Tensor | None, audio_end: Tensor | None):
+    """The last K latent frames (1, C, K, H, W) and last F audio rows (1, F, 64) := clean ones: a re-rolled
+    window of a long take ends on the latents the next window started from (magihuman.take_state). No-op if None."""
+    if video_end is not None:
+        if tuple(video_end.shape) != (*video.shape[:2], video_end.shape[2], *video.shape[3:]):
+            raise ValueError(f"end latents have shape {tuple(video_end.shape)}, video {tuple(video.shape)}")
+        video = video.clone()
+        video[:, :, video.shape[2] - video_end.shape[2] :] = video_end
+    if audio_end is not None:
+        if audio_end.shape[2] != audio.shape[2] or audio_end.shape[1] > audio.shape[1]:
+            raise ValueError(f"end audio rows have shape {tuple(audio_end.shape)}, audio {tuple(audio.shape)}")
+        audio = audio.clone()
+        audio[:, audio.shape[1] - audio_end.shape[1] :] = audio_end
+    return video, audio
+
+
 def _step_clock(
     stage: str,
     total: int,
@@ -386,6 +402,8 @@ def denoise_distill(
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
     audio_prefix: Tensor | None = None,
+    video_end: Tensor | None = None,
+    audio_end: Tensor | None = None,
     steps: int = SAMPLING.distill_steps,
     shift: float = SAMPLING.shift,
     on_step: Callable[[StepEvent], None] | None = None,
@@ -404,7 +422,8 @@ def denoise_distill(
     drawn, in the reference order.
 
     `image_latent` may be a prefix of K latent frames and `audio_prefix` (1, F, 64) the first audio rows of a
-    generated audio: both are held clean like the portrait (a long take's continuation).
+    generated audio: both are held clean like the portrait (a long take's continuation); `video_end` and
+    `audio_end` likewise hold the last latent frames and audio rows (`overwrite_ends`).
     """
     # 1. Initial latents and the sigma grid.
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
@@ -413,13 +432,15 @@ def denoise_distill(
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         audio = overwrite_audio_prefix(audio, audio_prefix)
+        video, audio = overwrite_ends(video, audio, video_end, audio_end)
         v_video, v_audio = velocity(video, audio, text)
         video = renoise_step(video, v_video, noise(tuple(video.shape)), sigmas[i], sigmas[i + 1])
         audio_noise = noise(tuple(audio.shape))
         if audio_latent is None:
             audio = renoise_step(audio, v_audio, audio_noise, sigmas[i], sigmas[i + 1])
     # 3. The solver's frame 0 is replaced one last time.
-    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    video, audio = overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    return overwrite_ends(video, audio, video_end, audio_end)
 
 
 @torch.no_grad()
@@ -434,6 +455,8 @@ def denoise_base(
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
     audio_prefix: Tensor | None = None,
+    video_end: Tensor | None = None,
+    audio_end: Tensor | None = None,
     steps: int = SAMPLING.base_steps,
     shift: float = SAMPLING.shift,
     guidance: float | None = None,
@@ -451,7 +474,7 @@ def denoise_base(
     noise of `audio_shape` is drawn before the video noise and stepped by its own solver. Returns the final
     (video, audio). `velocity_pair`, when given, computes both DiT calls of a step at once (CFG-parallel on
     two GPU groups) and must return what the two `velocity` calls would. `image_latent` and `audio_prefix`
-    are clean prefixes, as in `denoise_distill`.
+    are clean prefixes and `video_end`, `audio_end` clean ends, as in `denoise_distill`.
     """
     # 1. Initial latents, the grid, one solver per stepped latent.
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
@@ -464,6 +487,7 @@ def denoise_base(
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         audio = overwrite_audio_prefix(audio, audio_prefix)
+        video, audio = overwrite_ends(video, audio, video_end, audio_end)
         if velocity_pair is None:
             vc_video, vc_audio = velocity(video, audio, text)
             vu_video, vu_audio = velocity(video, audio, text_negative)
@@ -473,7 +497,8 @@ def denoise_base(
         if audio_solver is not None:
             audio = audio_solver.step(guided(vu_audio, vc_audio, audio_scale), audio)
     # 3. Final overwrite.
-    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    video, audio = overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    return overwrite_ends(video, audio, video_end, audio_end)
 
 
 @dataclass(frozen=True)
