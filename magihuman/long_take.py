@@ -250,9 +250,9 @@ def _run(engine, state: TakeState, render, path: Path | None, timer, progress: P
     todo, last = set(render), max(render, default=-1)
     generated_audio: list[torch.Tensor] = []  # rows of the stitched audio stream, window by window
     carry: _Carry | None = None
-    writer = _writer(engine, path, output_audio, request.quality) if path is not None else nullcontext()
+    opened = _writer(engine, path, output_audio, request.quality) if path is not None else nullcontext()
     try:
-        with writer:
+        with opened as writer:
             for window in plan.windows:
                 if path is None and window.index > last:
                     break
@@ -288,7 +288,7 @@ def _run(engine, state: TakeState, render, path: Path | None, timer, progress: P
                             report,
                             cancel,
                             audio_prefix=audio_prefix,
-                            ends=_ends(state, window, todo, generated=audio_all is None),
+                            ends=_ends(state, window, generated=audio_all is None),
                         )
                     if audio_latent is not None:
                         audio = audio_latent
@@ -321,12 +321,12 @@ def _run(engine, state: TakeState, render, path: Path | None, timer, progress: P
     return image, output_audio
 
 
-def _ends(state: TakeState, window: Window, todo: set[int], generated: bool):
+def _ends(state: TakeState, window: Window, generated: bool):
     """(video, audio) pinned at the end of a re-rolled window: the latents (and generated audio rows) of the
     window it replaces that the following, kept window started from; (None, None) for any other window."""
     plan = state.plan
     following = plan.windows[window.index + 1] if window.index + 1 < len(plan.windows) else None
-    if following is None or following.overlap == 0 or following.index in todo:
+    if following is None or following.overlap == 0 or following.index in state.todo:
         return None, None
     before = load_window(state.folder, window.index, REROLLED)
     video = before.video[:, :, before.video.shape[2] - following.pinned_latents :]
