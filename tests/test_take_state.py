@@ -16,7 +16,7 @@ from magihuman.engine import GenerationRequest
 from magihuman.errors import GenerationCancelled, InputError
 from magihuman.long_take import TakeSettings
 from magihuman.take_state import window_path
-from tests.files import portrait
+from tests.files import portrait, tone, write_audio
 from tests.long_take_stub import Stub, make_stub
 from tests.probe import probe_media
 
@@ -137,3 +137,26 @@ def test_continuing_a_take_keeps_it_and_adds_seconds_or_a_shot(stub, face) -> No
     assert scene.windows[5].prompt == "He waves."
     with pytest.raises(InputError, match="pass the 120-s limit"):
         stub.engine.continue_take(take, 119)
+
+
+def test_a_stopped_take_that_follows_a_recording_resumes_to_the_uninterrupted_take(stub, face, tmp_path) -> None:
+    """The recording is encoded again on resume (from the take's seed: the same latents), window 0 having drawn
+    its noise after that encoding, as a single clip does."""
+    speech = write_audio(tmp_path / "talk.wav", tone(2.1, 44_100), 44_100, "pcm_s16le")
+    request = GenerationRequest(prompt="A man talks.", portrait=face, audio=speech, shots=SCENE, seed=11)
+    whole = stub.engine.generate(request)
+    stop = threading.Event()
+    count = len(whole.take.plan.windows)
+    assert count == 5
+
+    def on_progress(phase: str, step: int, total: int) -> None:
+        if phase == f"window 2/{count} base" and step == 2:
+            stop.set()
+
+    with pytest.raises(GenerationCancelled) as stopped:
+        stub.engine.generate(request, on_progress=on_progress, cancel=stop)
+    resumed = stub.engine.finish_take(stopped.value.take_state)
+    assert np.array_equal(_frames(resumed.video_path), _frames(whole.video_path))
+    assert np.array_equal(_sound(resumed.video_path), _sound(whole.video_path))
+    with pytest.raises(InputError, match="a take that follows a recording ends with it"):
+        stub.engine.continue_take(whole.take, 2)
