@@ -239,7 +239,8 @@ def _run(engine, state: TakeState, render, path: Path | None, timer, progress: P
             if render:
                 audio_generator = torch.Generator(device=device).manual_seed(request.seed)
                 audio_all = encode_recording(engine.models.audio_vae, padded, audio_generator).to(device, torch.float32)
-            output_audio = virtual_to_44k(np.repeat(padded[: plan.frames * per, None], 2, axis=1))
+            if path is not None:
+                output_audio = virtual_to_44k(np.repeat(padded[: plan.frames * per, None], 2, axis=1))
             progress("audio", 1, 1)
 
     base_model = request.base_model
