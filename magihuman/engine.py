@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from magihuman import take_state
 from magihuman.config import (
     AUDIO,
     DEFAULT_SECONDS,
@@ -50,8 +51,9 @@ from magihuman.config import (
 from magihuman.errors import Cancel, GenerationCancelled, InputError
 from magihuman.fields import FIELD, FIELDS
 from magihuman.long_take import TakeSettings, WindowLatents
+from magihuman.long_take import advance as advance_take
+from magihuman.long_take import finish as finish_take
 from magihuman.long_take import prepare as prepare_take
-from magihuman.long_take import run as run_take
 from magihuman.long_take import super_resolve as super_resolve_take
 from magihuman.media import QUALITY, Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
@@ -66,6 +68,7 @@ from magihuman.sampling import (
     gaussian_noise,
 )
 from magihuman.take_plan import TakePlan, parse_shots
+from magihuman.take_state import TakeState
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.threads import worker_thread
 from magihuman.timing import seconds_since
@@ -130,7 +133,7 @@ class Take:
     # A long take (magihuman.long_take): its plan and every window's latents; text/video/audio above are then
     # its first window's, output_audio the whole take's.
     plan: TakePlan | None = None
-    windows: tuple[WindowLatents, ...] = ()
+    windows: Sequence[WindowLatents] = ()  # read from the take's folder when asked for (take_state.StoredWindows)
 
     @property
     def seed(self) -> int:
@@ -196,7 +199,8 @@ class Engine:
     def generate(
         self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: Cancel | None = None
     ) -> Result:
-        """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s)."""
+        """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s). A long
+        take that is stopped raises `GenerationCancelled` with its `take_state` (resume it with `finish_take`)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
@@ -205,16 +209,76 @@ class Engine:
                 long_take = prepare_take(request, self.take_settings)
                 progress = on_progress or _ignore
                 if long_take is not None:
-                    take = Take(**run_take(self, request, long_take, folder, timer, progress, cancel))
+                    state = TakeState(request, long_take.plan, folder, tuple(range(len(long_take.plan.windows))))
+                    take = Take(**finish_take(self, state, timer, progress, cancel, long_take.wave))
                 else:
                     take = self._base(request, folder, timer, progress, cancel)
-                sr_path = sr_resolution = None
-                if RESOLUTIONS[request.resolution].sr_model is not None:
-                    sr_resolution = request.resolution
-                    sr_path = self._super_resolve_any(take, sr_resolution, timer, progress, cancel)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
+                return self._result(take, timer, peak, progress, cancel)
+            except BaseException as exc:
+                if getattr(exc, "take_state", None) is None:  # a stopped long take keeps its windows to resume
+                    shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
                 raise
+
+    # Long takes in steps (magihuman.take_state): resume, several GPU calls, continue, re-roll.
+
+    def plan_take(self, request: GenerationRequest) -> TakeState | None:
+        """A long take's state before any window is made (its folder created); None when the request is a single
+        clip. With `advance_take` and `finish_take`, a take made over several calls."""
+        request = self.validate(request)
+        long_take = prepare_take(request, self.take_settings)
+        if long_take is None:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
+        return TakeState(request, long_take.plan, folder, tuple(range(len(long_take.plan.windows))))
+
+    def advance_take(
+        self, state: TakeState, windows: int, on_progress: ProgressFn | None = None, cancel: Cancel | None = None
+    ) -> TakeState:
+        """Make the next `windows` windows of an unfinished take, stored beside it (no mp4 yet)."""
+        with self._lock, torch.inference_mode():
+            return advance_take(self, state, windows, _StageTimer(self.device), on_progress or _ignore, cancel)
+
+    def finish_take(
+        self, state: TakeState, on_progress: ProgressFn | None = None, cancel: Cancel | None = None
+    ) -> Result:
+        """Make what is left of a take (stopped, advanced, continued or re-rolled), write its mp4 and run SR
+        when its resolution asks for one."""
+        with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
+            timer = _StageTimer(self.device)
+            progress = on_progress or _ignore
+            take = Take(**finish_take(self, state, timer, progress, cancel))
+            return self._result(take, timer, peak, progress, cancel)
+
+    def continue_take(
+        self,
+        take: Take,
+        seconds: int,
+        prompt: str | None = None,
+        new_shot: bool = False,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+    ) -> Result:
+        """A new take: `take` and `seconds` more of it (the same shot, or a new one from the portrait)."""
+        state = take_state.extend(take, seconds, self.take_settings, self.output_root, prompt=prompt, new_shot=new_shot)
+        return self.finish_take(state, on_progress, cancel)
+
+    def reroll(
+        self,
+        take: Take,
+        window: int,
+        seed: int | None = None,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+    ) -> Result:
+        """A new take: `take` with window `window` (0-based) made again from `seed`, the others kept."""
+        return self.finish_take(take_state.reroll(take, window, self.output_root, seed), on_progress, cancel)
+
+    def _result(self, take: Take, timer, peak, progress: ProgressFn, cancel) -> Result:
+        """SR when the take's resolution asks for it, and the Result."""
+        sr_path = sr_resolution = None
+        if RESOLUTIONS[take.request.resolution].sr_model is not None:
+            sr_resolution = take.request.resolution
+            sr_path = self._super_resolve_any(take, sr_resolution, timer, progress, cancel)
         return Result(
             take.base_video_path,
             sr_path,
@@ -347,9 +411,11 @@ class Engine:
         progress: ProgressFn,
         cancel,
         audio_prefix: torch.Tensor | None = None,
+        ends: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The base stage's loop for one clip (or one window of a long take): `prefix` holds the clean latent
-        frames pinned at the start (the portrait's, or those carried from the previous window)."""
+        frames pinned at the start (the portrait's, or those carried from the previous window); `ends` the
+        (video, audio) pinned at the end (a re-rolled window, magihuman.take_state)."""
         dit = self.models.dits[request.base_model]
         step_report = self._step_reporter("base", progress)
         with resident(dit):
@@ -363,6 +429,8 @@ class Engine:
                     audio_latent=audio_latent,
                     image_latent=prefix,
                     audio_prefix=audio_prefix,
+                    video_end=ends[0],
+                    audio_end=ends[1],
                     steps=request.steps,
                     on_step=step_report,
                     cancel=cancel,
@@ -378,6 +446,8 @@ class Engine:
                 audio_latent=audio_latent,
                 image_latent=prefix,
                 audio_prefix=audio_prefix,
+                video_end=ends[0],
+                audio_end=ends[1],
                 steps=request.steps,
                 guidance=request.guidance,
                 on_step=step_report,

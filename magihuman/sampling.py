@@ -273,6 +273,22 @@ def overwrite_audio_prefix(audio: Tensor, prefix: Tensor | None) -> Tensor:
     return audio
 
 
+def overwrite_ends(video: Tensor, audio: Tensor, video_end: Tensor | None, audio_end: Tensor | None):
+    """The last K latent frames (1, C, K, H, W) and last F audio rows (1, F, 64) := clean ones: a re-rolled
+    window of a long take ends on the latents the next window started from (magihuman.take_state). No-op if None."""
+    if video_end is not None:
+        if tuple(video_end.shape) != (*video.shape[:2], video_end.shape[2], *video.shape[3:]):
+            raise ValueError(f"end latents have shape {tuple(video_end.shape)}, video {tuple(video.shape)}")
+        video = video.clone()
+        video[:, :, video.shape[2] - video_end.shape[2] :] = video_end
+    if audio_end is not None:
+        if audio_end.shape[2] != audio.shape[2] or audio_end.shape[1] > audio.shape[1]:
+            raise ValueError(f"end audio rows have shape {tuple(audio_end.shape)}, audio {tuple(audio.shape)}")
+        audio = audio.clone()
+        audio[:, audio.shape[1] - audio_end.shape[1] :] = audio_end
+    return video, audio
+
+
 def _step_clock(
     stage: str,
     total: int,
@@ -315,6 +331,8 @@ def denoise_distill(
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
     audio_prefix: Tensor | None = None,
+    video_end: Tensor | None = None,
+    audio_end: Tensor | None = None,
     steps: int = SAMPLING.distill_steps,
     shift: float = SAMPLING.shift,
     on_step: Callable[[StepEvent], None] | None = None,
@@ -327,18 +345,21 @@ def denoise_distill(
     A given audio latent is held fixed, so the DiT hears the user's speech at every step; the reference
     re-noises it here, which looks like an oversight (its input drifts from the speech the video follows). The
     audio noise is still drawn, to keep the reference order. `image_latent` (K frames) and `audio_prefix` are
-    held clean."""
+    held clean; `video_end`/`audio_end` hold the last latent frames and audio rows (a re-rolled window ends
+    where the next one starts)."""
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
     sigmas, _ = sigma_schedule(steps, shift)
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         audio = overwrite_audio_prefix(audio, audio_prefix)
+        video, audio = overwrite_ends(video, audio, video_end, audio_end)
         v_video, v_audio = velocity(video, audio, text)
         video = renoise_step(video, v_video, noise(tuple(video.shape)), sigmas[i], sigmas[i + 1])
         audio_noise = noise(tuple(audio.shape))
         if audio_latent is None:
             audio = renoise_step(audio, v_audio, audio_noise, sigmas[i], sigmas[i + 1])
-    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    video, audio = overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    return overwrite_ends(video, audio, video_end, audio_end)
 
 
 @torch.no_grad()
@@ -353,6 +374,8 @@ def denoise_base(
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
     audio_prefix: Tensor | None = None,
+    video_end: Tensor | None = None,
+    audio_end: Tensor | None = None,
     steps: int = SAMPLING.base_steps,
     shift: float = SAMPLING.shift,
     guidance: float | None = None,
@@ -363,7 +386,8 @@ def denoise_base(
 ) -> tuple[Tensor, Tensor]:
     """Base model: UniPC with classifier-free guidance against the negative text (`video_guidance_scale`; audio
     5.0). `guidance` replaces both 5.0s. A given `audio_latent` is fed unchanged. `velocity_pair` computes a
-    step's two DiT calls at once (CFG-parallel on two GPU groups)."""
+    step's two DiT calls at once (CFG-parallel on two GPU groups). Prefixes and ends as in
+    `denoise_distill`."""
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
     sigmas, timesteps = sigma_schedule(steps, shift)
     video_solver = FlowUniPC(sigmas)
@@ -373,6 +397,7 @@ def denoise_base(
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         audio = overwrite_audio_prefix(audio, audio_prefix)
+        video, audio = overwrite_ends(video, audio, video_end, audio_end)
         if velocity_pair is None:
             vc_video, vc_audio = velocity(video, audio, text)
             vu_video, vu_audio = velocity(video, audio, text_negative)
@@ -381,7 +406,8 @@ def denoise_base(
         video = video_solver.step(guided(vu_video, vc_video, video_guidance_scale(timesteps[i], video_high)), video)
         if audio_solver is not None:
             audio = audio_solver.step(guided(vu_audio, vc_audio, audio_scale), audio)
-    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    video, audio = overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    return overwrite_ends(video, audio, video_end, audio_end)
 
 
 @dataclass(frozen=True)
