@@ -1,10 +1,10 @@
 """`pipeline`, `fp8_quality` and `startup` on the full-size models with random weights (speed does not depend
 on weight values).
 
-`pipeline`: the published scope of a 5-second clip, warm, per tier: distilled base denoise at 256p,
+`pipeline`: the published scope of a 5-second clip, warm, per resolution: distilled base denoise at 256p,
 then super-resolution of that take to 540p and 1080p, and the Turbo VAE decode of the final video; per stage
 seconds, achieved TFLOP/s of the DiT work against the arithmetic floor (`magihuman.bench.flops` at
-790 TFLOP/s) and the published H100 numbers (2.0 / 8.0 / 38.4 s), and the peak memory of each tier against
+790 TFLOP/s) and the published H100 numbers (2.0 / 8.0 / 38.4 s), and the peak memory of each resolution against
 the fp8-auto plan's estimate for the models held. It drives the engine's own stage functions (the samplers,
 the DiTs with the app's speed steps, the decoder) without the text encoder, the VAE encoders and the muxer,
 which the GPU hosts cannot import (no diffusers or av) and which the published numbers do not time.
@@ -41,17 +41,17 @@ FP8_SANITY_BOUND = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------
-# pipeline: the published scope per tier
+# pipeline: the published scope per resolution
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class TierRun:
-    tier: str
+class ResolutionRun:
+    resolution: str
     stages: dict[str, float]  # seconds: denoise (base), sr, decode
     dit_flops: float
     peak_gib: float | None
-    held_gib: float  # the fp8-auto plan's estimate for the models held during this tier
+    held_gib: float  # the fp8-auto plan's estimate for the models held during this resolution
 
     @property
     def scope(self) -> float:
@@ -71,16 +71,16 @@ def check_pipeline(ctx: Context) -> Outcome:
     from magihuman.random_models import build_random_turbo_vae
 
     device, out = ctx.device, ctx.outcome
-    runs: list[TierRun] = []
+    runs: list[ResolutionRun] = []
 
-    def record(run: TierRun) -> None:
-        """Into the outcome at once: a later tier that fails (e.g. out of memory) keeps the earlier ones."""
+    def record(run: ResolutionRun) -> None:
+        """Into the outcome at once: a later resolution that fails (e.g. out of memory) keeps the earlier ones."""
         runs.append(run)
-        out.measured[f"{run.tier} scope s"] = run.scope
-        out.measured[f"{run.tier} vs published H100"] = run.scope / PUBLISHED[run.tier][0]
-        out.measured[f"{run.tier} DiT TFLOP/s"] = run.dit_flops / run.dit_seconds / 1e12
+        out.measured[f"{run.resolution} scope s"] = run.scope
+        out.measured[f"{run.resolution} vs published H100"] = run.scope / PUBLISHED[run.resolution][0]
+        out.measured[f"{run.resolution} DiT TFLOP/s"] = run.dit_flops / run.dit_seconds / 1e12
         if run.peak_gib is not None:
-            out.at_most(f"{run.tier} peak GiB (≤ plan estimate of the models held)", run.peak_gib, run.held_gib)
+            out.at_most(f"{run.resolution} peak GiB (≤ plan estimate of the models held)", run.peak_gib, run.held_gib)
         out.table = speed_table(runs, PUBLISHED, H100_BF16_DENSE_TFLOPS, describe_device(device))
 
     flags = SpeedFlags.default(device)  # the app's defaults: compile on, fp8 auto
@@ -114,16 +114,16 @@ def check_pipeline(ctx: Context) -> Outcome:
     base_flops = counter.take()
     _, decode_s = _timed(device, decoder.decode, video)
     held = _held_estimate_gib(["distill"], plan.quantised)
-    record(TierRun("256p", {"denoise": base_s, "decode": decode_s}, base_flops, peak_gib(device), held))
+    record(ResolutionRun("256p", {"denoise": base_s, "decode": decode_s}, base_flops, peak_gib(device), held))
     counter.remove()
 
-    for tier, sr_name in SR_DITS.items():
-        if tier == "1080p" and ctx.seconds_left() < EXPECTED_1080P_S:
+    for resolution, sr_name in SR_DITS.items():
+        if resolution == "1080p" and ctx.seconds_left() < EXPECTED_1080P_S:
             out.notes.append(f"1080p not run: {ctx.seconds_left():.0f} s of budget left")
             break
         sr = _build_dit(sr_name, plan.quantised, flags, device)
         counter = FlopCounter({sr_name: sr})
-        latent_hw = RESOLUTIONS[tier].latent_hw()
+        latent_hw = RESOLUTIONS[resolution].latent_hw()
         sr_stage(sr, text, video, audio, latent_hw, device, steps=1, decoder=decoder)  # warm-up (compiles)
         reset_peak(device)
         counter.take()
@@ -132,7 +132,7 @@ def check_pipeline(ctx: Context) -> Outcome:
         _, decode_s = _timed(device, decoder.decode, sr_video)
         held = _held_estimate_gib(["distill", sr_name], plan.quantised)
         stages = {"denoise": base_s, "sr": sr_s, "decode": decode_s}
-        record(TierRun(tier, stages, base_flops + sr_flops, peak_gib(device), held))
+        record(ResolutionRun(resolution, stages, base_flops + sr_flops, peak_gib(device), held))
         counter.remove()
         del sr, sr_video
         free_memory(device)
@@ -168,7 +168,7 @@ def sr_stage(dit, text, video, audio, latent_hw, device: torch.device, steps: in
 
     noise = gaussian_noise(torch.Generator(device=device).manual_seed(1), device)
     sr_video, _ = denoise_sr(dit, noise, text, video, audio, latent_hw, steps=steps)
-    if decoder is not None:  # warm-up: the decoder at this tier's size too
+    if decoder is not None:  # warm-up: the decoder at this resolution's size too
         decoder.decode(sr_video)
     return sr_video
 
@@ -184,11 +184,11 @@ def _timed(device: torch.device, fn, *args):
 def _held_estimate_gib(names: list[str], quantised) -> float:
     """The fp8-auto plan's estimate for the DiTs held here (weights + its activation headroom) plus the Turbo
     decoder; the text encoder and the VAE encoders of the studio set are not built by this check."""
-    from magihuman.memory import DEFAULT_HEADROOM_BYTES, HEADROOM_BYTES, dit_bytes
+    from magihuman.memory import dit_bytes
 
     presets = dit_presets("full")
     weights = sum(dit_bytes(presets[n].dit, n in quantised) for n in names)
-    headroom = max(HEADROOM_BYTES.get(n, DEFAULT_HEADROOM_BYTES) for n in names)
+    headroom = max(presets[n].headroom_bytes for n in names)
     decoder = sum(p.numel() for p in _meta_decoder().parameters()) * 2  # bf16
     return (weights + headroom + decoder) / 2**30
 
@@ -200,20 +200,21 @@ def _meta_decoder():
         return TurboVAE(FULL_TURBO_VAE)
 
 
-def speed_table(runs: list[TierRun], published: dict, ceiling_tflops: float, gpu: str) -> str:
-    """The README's benchmark table (Markdown) from the measured tiers."""
+def speed_table(runs: list[ResolutionRun], published: dict, ceiling_tflops: float, gpu: str) -> str:
+    """The README's benchmark table (Markdown) from the measured resolutions."""
     lines = [
         f"{gpu}, {SECONDS}-second clip, random weights, warm; seconds",
         "",
-        "| tier | base denoise | SR | decode | scope | published H100 | ratio | floor | DiT TFLOP/s | peak GiB |",
+        "| resolution | base denoise | SR | decode | scope | published H100 | ratio | floor | DiT TFLOP/s | peak GiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
-        pub = published[r.tier][0]
+        pub = published[r.resolution][0]
         floor = r.dit_flops / (ceiling_tflops * 1e12)
         peak = f"{r.peak_gib:.1f}" if r.peak_gib is not None else "-"
         lines.append(
-            f"| {r.tier} | {r.stages['denoise']:.2f} | {r.stages.get('sr', 0.0):.2f} | {r.stages['decode']:.2f} | "
+            f"| {r.resolution} | {r.stages['denoise']:.2f} | {r.stages.get('sr', 0.0):.2f} | "
+            f"{r.stages['decode']:.2f} | "
             f"{r.scope:.2f} | {pub:.1f} | {r.scope / pub:.2f} | {floor:.2f} | "
             f"{r.dit_flops / r.dit_seconds / 1e12:.0f} | {peak} |"
         )

@@ -20,9 +20,9 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per request field (magihuman.fields), then the engine's own options."""
     for f in FIELDS:
         help_text = f.help.replace("%", "%%")
-        if f.name == "prompt":
+        if f.required:
             parser.add_argument(f.flag, required=True, help=f"{help_text} (or @FILE to read it from a file)")
-        elif f.kind in ("image", "audio"):
+        elif f.is_file:
             names = [f.flag, "--image"] if f.name == "portrait" else [f.flag]
             parser.add_argument(*names, dest=f.name, type=Path, help=help_text)
         elif f.choices:

@@ -1,13 +1,9 @@
 """Ahead-of-time compilation for ZeroGPU Spaces, where `torch.compile` cannot run inside the short-lived GPU
-workers. The repeated block of the DiT (a shared transformer layer: 32 of the 40 layers, with one expert) is
-exported once with a dynamic token count, compiled by AOTInductor, and the one compiled graph runs every
-shared layer with that layer's own weights. Sandwich and frame-local layers stay eager.
+workers: one shared transformer layer (32 of the 40) is exported with a dynamic token count and compiled by
+AOTInductor, and that one graph runs every shared layer with its own weights.
 
-On a ZeroGPU Space the package is built by `build_package` inside a `spaces.GPU` function at start-up (the
-worker has the GPU) and only its path comes back; `apply_package` then gives each shared layer, in the main
-process, a forward that loads the package lazily in whichever process runs it (the studio's ZeroGPU glue,
-`studio/gpu.py`). Elsewhere `compile_shared_layers` does both in one process. Only PyTorch's AOTInductor API
-is used, so all of it also runs (and is tested) on the CPU.
+On a Space, `build_package` runs in a GPU worker and `apply_package` installs lazy forwards in the main process
+(studio/gpu.py); elsewhere `compile_shared_layers` does both. It also runs, and is tested, on the CPU.
 """
 
 from __future__ import annotations
@@ -32,11 +28,8 @@ WEIGHTS_OUTSIDE_PACKAGE = {"aot_inductor.package_constants_in_so": False, "alway
 
 
 class SharedLayerCall(nn.Module):
-    """A shared layer as a tensors-only module: (residual stream (N, D), RoPE table (N, R)) -> (N, D).
-
-    One expert means the segment lengths are irrelevant, and the backend and the (absent) local window are
-    constants, so the exported graph depends on the token count alone.
-    """
+    """A shared layer as a tensors-only module, (N, D), (N, R) -> (N, D): with one expert and no window the graph
+    depends on the token count alone."""
 
     def __init__(self, layer: TransformerLayer, backend: str) -> None:
         super().__init__()
@@ -52,16 +45,14 @@ def shared_layers(dit: DiT) -> list[TransformerLayer]:
 
 
 def export_shared_layer(dit: DiT, x: torch.Tensor, rope: torch.Tensor) -> torch.export.ExportedProgram:
-    """Export the first shared layer on example inputs, with the token dimension symbolic."""
     tokens = torch.export.Dim("tokens", min=MIN_TOKENS, max=MAX_TOKENS)
     module = SharedLayerCall(shared_layers(dit)[0], dit.attention_backend)
     return torch.export.export(module, (x, rope), dynamic_shapes=({0: tokens}, {0: tokens}))
 
 
 def package_path(dit: DiT, package_dir: str | Path) -> Path:
-    """Where the package for `dit`'s shared layer lives in `package_dir`: the name is a digest of everything
-    the compiled code depends on (torch version, the layer's modules and weight dtypes and shapes, attention
-    backend, device kind and compute capability), so a package is reused only where it fits."""
+    """The package's path: a digest of everything the compiled code depends on, so it is reused only where it
+    fits."""
     device = next(dit.parameters()).device
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     layer = shared_layers(dit)[0]
@@ -71,12 +62,8 @@ def package_path(dit: DiT, package_dir: str | Path) -> Path:
 
 
 def build_package(dit: DiT, x: torch.Tensor, rope: torch.Tensor, package_dir: str | Path) -> Path:
-    """Compile the shared layer of `dit` into a package in `package_dir`, or find it there; returns its path.
-
-    `x` (N, D) fp32 and `rope` (N, R) are example inputs of the right dtypes and device (any N in range). The
-    package is an AOTInductor .pt2 archive without weights, named by `package_path`, written atomically, and
-    its compiled library has no executable-stack flag (glibc 2.41+ refuses to load such libraries).
-    """
+    """Compile `dit`'s shared layer into a weightless package in `package_dir` (or find it); returns its path.
+    The library's executable-stack flag is cleared: glibc 2.41+ refuses to load it."""
     package = package_path(dit, package_dir)
     if package.exists():
         return package
@@ -95,13 +82,8 @@ def build_package(dit: DiT, x: torch.Tensor, rope: torch.Tensor, package_dir: st
 
 
 class LazyCompiledLayer:
-    """The forward of one shared layer: the compiled package with this layer's own weights.
-
-    The package is loaded on the first call in each process (a ZeroGPU worker is a fork of the process that
-    installed this; a compiled model loaded elsewhere is not usable there) and binds the layer's current
-    weights as user-managed constants, so nothing is copied, and weights moved onto a GPU after installation
-    (ZeroGPU moves them in each worker) are the ones bound.
-    """
+    """One shared layer's forward through the package, loaded at the first call in each process (a loaded model
+    does not survive a fork) and bound to the layer's current weights without a copy."""
 
     def __init__(self, package: Path, layer: TransformerLayer, backend: str) -> None:
         self.package, self.backend = str(package), backend
@@ -153,7 +135,6 @@ def clear_execstack(library: Path) -> bool:
 
 
 def example_inputs(dit: DiT, tokens: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (x, rope) of the shapes and dtypes a shared layer sees, on the model's device."""
     device = next(dit.parameters()).device
     c = dit.config
     return (

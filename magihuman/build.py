@@ -1,8 +1,7 @@
 """Assemble an `Engine`: the full models from local weights, or the tiny preview models built in memory.
 
-`load_engine("tiny")` builds every component with tiny random configurations (the same code as the full
-models), seeded, in a few seconds on a CPU: the whole pipeline runs and writes valid mp4s of noise pictures
-and noise sound. Tests, CI and newcomers without a GPU use it.
+The tiny engine runs the whole pipeline in seconds on a CPU and writes valid mp4s of noise, for tests, CI and
+newcomers without a GPU.
 """
 
 from __future__ import annotations
@@ -39,13 +38,8 @@ def load_engine(
     output_root: str | Path | None = None,
     on_status: StatusFn | None = None,
 ) -> Engine:
-    """Load (full) or build (tiny) every component once and return a ready engine.
-
-    `dits` names the DiT checkpoints to keep resident (the tiny engine always builds all four: they are
-    small). `speed` selects the optimisation steps and the attention backend (default: compile on CUDA only,
-    the fastest attention; see magihuman.optimize).
-    `on_status` receives one line per loading step, for a UI status box.
-    """
+    """Load (full) or build (tiny) every component once and return a ready engine. `dits`: the DiTs to keep
+    resident (tiny builds all four); `on_status` gets one line per loading step."""
     status = on_status or (lambda line: None)
     device = torch.device(device or default_device())
     speed = speed or SpeedFlags.default(device)
@@ -74,8 +68,7 @@ def load_dits(
     speed: SpeedFlags | None = None,
     on_status: StatusFn | None = None,
 ) -> dict[str, DiT]:
-    """Only the DiTs, as `load_engine` holds them (same weights, fp8 plan and speed steps, no offload): what a
-    context-parallel worker rank serves. The text encoder and VAEs (about 20 GB) stay on rank 0."""
+    """Only the DiTs, as `load_engine` holds them: what a context-parallel worker rank serves."""
     status = on_status or (lambda line: None)
     device = torch.device(device or default_device())
     speed = speed or SpeedFlags.default(device)
@@ -110,11 +103,7 @@ def full_models(
     cache_dir: Path | None = None,
     fp8: Collection[str] = (),
 ) -> Models:
-    """Load the official weights from a local folder (see `python -m magihuman download`).
-
-    The DiTs go through the converted-weight cache in `cache_dir` (None: no cache), with fp8 linears for the
-    DiTs named in `fp8`; the other speed steps are applied afterwards by `apply_speed_flags`.
-    """
+    """The official weights from a local folder, the DiTs through the converted-weight cache."""
     dits = list(dict.fromkeys(dits))
     unknown = [d for d in dits if d not in ALL_DITS]
     if unknown:

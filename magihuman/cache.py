@@ -1,19 +1,9 @@
 """Warm start: converted weights kept on local disk, so that a restart reads less and converts nothing.
 
-- Converted-weight cache. The distill and SR checkpoints on the hub are fp32 (57 GiB each), while the model
-  runs its transformer linears in bf16 (or fp8). The first start reads the fp32 shards, converts them, and
-  writes the model's own state dict next to the other caches: 28.5 GiB in bf16, about 15 GiB with fp8 linears
-  (quantised once, not at every start). Later starts read that copy: half or a quarter of the bytes, and no
-  quantisation pass. An entry is keyed by the source files (names, sizes, modification times), the model
-  configuration and the format, so a re-downloaded or different checkpoint is converted afresh; older entries
-  of the same checkpoint and format are removed when a new one is written. An entry is written to a
-  temporary folder and renamed when complete, and it is skipped (with a status line) when the disk lacks
-  room; a damaged entry is removed and rebuilt from the source.
-- The compile cache lives in the same folder (`magihuman.optimize.use_compile_cache`).
-
-Both are on by default and share the `--cache/--no-cache` and `--cache-dir` flags (`SpeedFlags`). The default
-folder, `~/.cache/magihuman`, persists where `/tmp` does not; on a Space with persistent storage set
-`MAGIHUMAN_CACHE_DIR=/data/magihuman`.
+The hub's distill and SR checkpoints are fp32 (57 GiB each); the first start converts them and writes the
+model's own state dict (28.5 GiB bf16, ~15 GiB with fp8 linears), which later starts read instead. Entries are
+keyed by the source files, the configuration and the format, written atomically, skipped when the disk lacks
+room, and rebuilt when damaged. The compile cache shares the folder (`optimize.use_compile_cache`).
 """
 
 from __future__ import annotations
@@ -53,13 +43,10 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return base / "magihuman"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Converted weights
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Converted weights --------------------------------------------------------------------------------
 
 
 def source_fingerprint(folder: str | Path) -> list[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of every checkpoint file in `folder` (symlinks followed, as in the hub cache)."""
     folder = Path(folder)
     names = [INDEX_NAME, SINGLE_NAME, *sorted(p.name for p in folder.glob("*.safetensors"))]
     stats = []
@@ -92,11 +79,8 @@ def load_dit_cached(
     cache_dir: str | Path | None,
     status: StatusFn | None = None,
 ) -> DiT:
-    """Load the DiT checkpoint in `source` onto `device`, through the converted-weight cache in `cache_dir`
-    (None: no cache). With `fp8` the transformer linears come back quantised (`Fp8ExpertLinear`, the
-    device's fp8 kernel). Errors in the source are `CheckpointError`s naming the key and file, as for
-    `load_dit`; a damaged cache entry is never an error: it is rebuilt from the source.
-    """
+    """`load_dit` through the cache in `cache_dir` (None: no cache), with fp8 linears if `fp8`. A damaged entry is
+    never an error: it is rebuilt."""
     status = status or (lambda line: None)
     device = torch.device(device)
     if cache_dir is None:

@@ -1,11 +1,8 @@
 """Colour anchoring for long takes.
 
-Each window continues from the previous one's decoded last frame, re-encoded: a VAE round trip per join that
-nudges colour, and the nudges add up window after window. Before that frame is re-encoded, its CIELAB mean and
-spread per channel are moved part of the way toward the portrait's, and its distance from the portrait (ΔE of
-the Lab means) is logged per window, so drift is measured rather than guessed.
-
-Pixels are (1, 3, 1, H, W) or (1, 3, H, W) floats in [−1, 1] (the decoder's and the VAE's range), sRGB, D65.
+Each window continues from the previous one's last frame through a VAE round trip that nudges colour, and the
+nudges add up. So that frame's CIELAB mean and spread are moved part of the way toward the portrait's, and its
+ΔE from the portrait is logged per window. Pixels are sRGB (D65) in [−1, 1].
 """
 
 from __future__ import annotations

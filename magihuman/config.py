@@ -1,8 +1,4 @@
-"""Typed configuration for every component, in one place.
-
-The numbers here are the model's published specification. Other modules
-and the UI read sizes, ranges and defaults from here instead of re-typing them.
-"""
+"""Typed configuration for every component: the model's published numbers, read (never re-typed) elsewhere."""
 
 from __future__ import annotations
 
@@ -11,13 +7,10 @@ from typing import Literal
 
 CoordsStyle = Literal["v1", "v2"]
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. The DiT
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. The DiT ------------------------------------------------------------------------------------------
 
 
 def _field_values(cls, values: dict, exclude: frozenset | set = frozenset()) -> tuple[dict, dict]:
-    """Split a JSON-like dict into (the dataclass's fields, lists made tuples; everything else)."""
     known = set(cls.__dataclass_fields__) - set(exclude)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
     return fields, {k: v for k, v in values.items() if k not in known}
@@ -87,15 +80,13 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> DiTConfig:
-        """Build from a JSON-like dict (e.g. a golden fixture's config); unknown and derived keys are ignored."""
         return cls(**_field_values(cls, values)[0])
 
 
 FULL_DIT = DiTConfig()
 
-# Small enough to run the whole pipeline on a CPU in seconds, while keeping every code path of the full
-# model: 3-expert sandwich layers at both ends, shared layers, GQA (4 query heads on 2 KV heads), gelu7
-# and swiglu7 MLPs, and (in the 1080p-SR preset) local and global attention layers.
+# Runs the pipeline on a CPU in seconds with every code path of the full model (sandwich and shared layers, GQA,
+# both MLPs, local and global attention).
 TINY_DIT = DiTConfig(
     num_layers=6,
     hidden_size=64,
@@ -111,9 +102,7 @@ TINY_LOCAL_ATTN_LAYERS = (0, 1, 2, 4, 5)  # layer 3 stays global, as in the full
 TINY_FRAME_RECEPTIVE_FIELD = 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Checkpoints: one DiT configuration per official weight folder
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Checkpoints: one DiT configuration per official weight folder ------------------------------------
 
 DiTName = Literal["base", "distill", "sr-540p", "sr-1080p"]
 ModelSize = Literal["full", "tiny"]
@@ -121,21 +110,19 @@ ModelSize = Literal["full", "tiny"]
 
 @dataclass(frozen=True)
 class DiTPreset:
-    """One official DiT checkpoint, the registry's one spelling of it (`name`: "distill", "base", "sr-540p",
-    "sr-1080p"), plus where it lives in the hub repository, how it is built and which download tier brings it.
-
-    Words: a *tier* is a download bundle (`python -m magihuman download --tiers distill,540p`); a *resolution*
-    is an output size (`RESOLUTIONS`: 256p, 540p, 1080p). The hub's folder names (`540p_sr`) appear only here.
-    """
+    """One official DiT checkpoint under the registry's one spelling of it. A *tier* is a download bundle
+    (`download --tiers distill,540p`); a *resolution* is an output size. Hub folder names appear only here."""
 
     name: DiTName
     subfolder: str  # folder inside the GAIR/daVinci-MagiHuman repository
     dit: DiTConfig
     tier: str  # the download tier that brings this checkpoint
+    quantise_rank: int  # fp8 "auto" (magihuman.memory) quantises the lowest rank first
+    # Activations of its largest stage plus allocator slack (estimates: 1080p SR attends over ~65k tokens).
+    headroom_bytes: int = 8 * 2**30
 
 
 def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
-    """The four official checkpoints; base, distill and 540p-SR share one architecture."""
     if size == "full":
         base, local, window = FULL_DIT, FULL_LOCAL_ATTN_LAYERS, FULL_DIT.frame_receptive_field
     elif size == "tiny":
@@ -144,24 +131,25 @@ def dit_presets(size: ModelSize = "full") -> dict[str, DiTPreset]:
         raise ValueError(f"unknown model size {size!r}; expected 'full' or 'tiny'")
     sr = replace(base, coords_style="v1")
     return {
-        "base": DiTPreset("base", "base", base, "base"),
-        "distill": DiTPreset("distill", "distill", base, "distill"),
-        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr, "540p"),
+        "base": DiTPreset("base", "base", base, "base", quantise_rank=2),
+        "distill": DiTPreset("distill", "distill", base, "distill", quantise_rank=3),
+        "sr-540p": DiTPreset("sr-540p", "540p_sr", sr, "540p", quantise_rank=1),
         "sr-1080p": DiTPreset(
-            "sr-1080p", "1080p_sr", replace(sr, local_attn_layers=local, frame_receptive_field=window), "1080p"
+            "sr-1080p",
+            "1080p_sr",
+            replace(sr, local_attn_layers=local, frame_receptive_field=window),
+            "1080p",
+            quantise_rank=0,
+            headroom_bytes=16 * 2**30,
         ),
     }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Sampling
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Sampling -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Step counts, the sigma grid and guidance of the three sampling stages."""
-
     distill_steps: int = 8
     base_steps: int = 32
     sr_steps: int = 5
@@ -179,9 +167,7 @@ class SamplingConfig:
 SAMPLING = SamplingConfig()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Turbo VAE decoder. Lists are in encoder order; the decoder reverses them.
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Turbo VAE decoder. Lists are in encoder order; the decoder reverses them. ------------------------
 
 
 @dataclass(frozen=True)
@@ -205,21 +191,17 @@ class TurboVAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TurboVAEConfig:
-        """Build from the official JSON (or a fixture config); keys the decoder does not read are kept aside."""
         kwargs, extra = _field_values(cls, values, exclude={"extra"})
         return cls(**kwargs, extra=extra)
 
 
 FULL_TURBO_VAE = TurboVAEConfig()
-# The preview decoder works on full-size frames, so its cost is its depth over the pixels: one resnet per
-# block (instead of 2-3) keeps every kind of layer (width changes, space and space-time upsamplers, ReLU-first
-# resnets) at a third of the work.
+# The preview decoder works on full-size frames: one resnet per block keeps every kind of layer at a third of the
+# work.
 TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8), decoder_layers_per_block=(1, 1, 1, 1, 1))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Clip geometry
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Clip geometry ------------------------------------------------------------------------------------
 
 FPS = 25
 VAE_STRIDE_THW = (4, 16, 16)
@@ -234,6 +216,8 @@ class Resolution:
     width: int
     height: int
     sr_model: DiTName | None  # None: the base stage's own resolution
+    # ZeroGPU seconds per SR step of a 5 s clip, from the published H100 timings
+    zerogpu_seconds_per_sr_step: float = 0.0
 
     def pixel_size(self, portrait: bool = False) -> tuple[int, int]:
         """(height, width) in pixels, snapped to what the latent grid can represent."""
@@ -248,8 +232,8 @@ class Resolution:
 
 RESOLUTIONS: dict[str, Resolution] = {
     "256p": Resolution("256p", 448, 256, None),
-    "540p": Resolution("540p", 896, 512, "sr-540p"),
-    "1080p": Resolution("1080p", 1920, 1088, "sr-1080p"),
+    "540p": Resolution("540p", 896, 512, "sr-540p", zerogpu_seconds_per_sr_step=1.2),
+    "1080p": Resolution("1080p", 1920, 1088, "sr-1080p", zerogpu_seconds_per_sr_step=7.0),
 }
 SR_RESOLUTIONS = tuple(name for name, res in RESOLUTIONS.items() if res.sr_model is not None)  # upscale targets
 
@@ -269,13 +253,10 @@ def latents_for_frames(num_frames: int) -> int:
 
 
 def decoded_frames(num_latent_frames: int) -> int:
-    """Frames a decoder returns for T latent frames: 4(T − 1) + 1."""
     return VAE_STRIDE_THW[0] * (num_latent_frames - 1) + 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 6. Generation requests: accepted ranges and defaults (the engine validates, the UI reads them)
-# ---------------------------------------------------------------------------------------------------------
+# --- 6. Generation requests: accepted ranges and defaults (the engine validates, the UI reads them) ------
 
 BaseModel = Literal["distill", "base"]
 Aspect = Literal["landscape", "portrait"]
@@ -283,7 +264,7 @@ Aspect = Literal["landscape", "portrait"]
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_prompt_chars: int = 4000  # ~1000 T5Gemma tokens; the DiT reads at most 640 of them anyway
+    max_prompt_chars: int = 4000  # ~1000 T5Gemma tokens, beyond TEXT_ENCODER.max_tokens anyway
     max_steps: dict = field(default_factory=lambda: {"distill": 16, "base": 64})
     default_steps: dict = field(
         default_factory=lambda: {"distill": SAMPLING.distill_steps, "base": SAMPLING.base_steps}
@@ -297,15 +278,11 @@ class RequestLimits:
 REQUEST_LIMITS = RequestLimits()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 7. Upload limits (checked by magihuman/media.py before anything is decoded)
-# ---------------------------------------------------------------------------------------------------------
+# --- 7. Upload limits (checked by magihuman/media.py before anything is decoded) -------------------------
 
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """What a user upload may be. Sizes are read from headers, so an oversized file is refused cheaply."""
-
     max_image_bytes: int = 50 * 2**20
     max_image_pixels: int = 64_000_000  # 8000×8000; a phone's 48 MP photo fits, a decompression bomb does not
     min_image_side: int = 128  # below this a face is too blurry to animate, even at 256p
@@ -317,9 +294,7 @@ class MediaLimits:
 MEDIA_LIMITS = MediaLimits()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 8. Text encoder and audio conventions
-# ---------------------------------------------------------------------------------------------------------
+# --- 8. Text encoder and audio conventions ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from magihuman import take_state
 from magihuman.config import (
     AUDIO,
     DEFAULT_SECONDS,
@@ -48,12 +49,13 @@ from magihuman.config import (
     video_frames,
 )
 from magihuman.errors import Cancel, GenerationCancelled, InputError
-from magihuman.fields import FIELD, FIELDS, QUALITY
+from magihuman.fields import FIELD, FIELDS
 from magihuman.long_take import PieceFn, TakeSettings, WindowLatents
+from magihuman.long_take import advance as advance_take
+from magihuman.long_take import finish as finish_take
 from magihuman.long_take import prepare as prepare_take
-from magihuman.long_take import run as run_take
 from magihuman.long_take import super_resolve as super_resolve_take
-from magihuman.media import Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
+from magihuman.media import QUALITY, Mp4Writer, crop_resize, image_to_tensor, load_audio, load_portrait, virtual_to_44k
 from magihuman.model.dit import DiT
 from magihuman.model.turbo_vae import TurboVAE, to_uint8
 from magihuman.offload import resident
@@ -66,6 +68,7 @@ from magihuman.sampling import (
     gaussian_noise,
 )
 from magihuman.take_plan import TakePlan, parse_shots
+from magihuman.take_state import TakeState
 from magihuman.text import NEGATIVE_PROMPT, TextEncoder
 from magihuman.threads import worker_thread
 from magihuman.timing import seconds_since
@@ -130,7 +133,7 @@ class Take:
     # A long take (magihuman.long_take): its plan and every window's latents; text/video/audio above are then
     # its first window's, output_audio the whole take's.
     plan: TakePlan | None = None
-    windows: tuple[WindowLatents, ...] = ()
+    windows: Sequence[WindowLatents] = ()  # read from the take's folder when asked for (take_state.StoredWindows)
 
     @property
     def seed(self) -> int:
@@ -201,7 +204,8 @@ class Engine:
         on_piece: PieceFn | None = None,
     ) -> Result:
         """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s). A long
-        take hands each finished window's own mp4 to `on_piece` (magihuman.long_take)."""
+        take that is stopped raises `GenerationCancelled` with its `take_state` (resume it with `finish_take`);
+        it hands each window it makes, as an mp4 of its own, to `on_piece` (magihuman.long_take)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
@@ -210,16 +214,86 @@ class Engine:
                 long_take = prepare_take(request, self.take_settings)
                 progress = on_progress or _ignore
                 if long_take is not None:
-                    take = Take(**run_take(self, request, long_take, folder, timer, progress, cancel, on_piece))
+                    state = TakeState(request, long_take.plan, folder, tuple(range(len(long_take.plan.windows))))
+                    take = Take(**finish_take(self, state, timer, progress, cancel, long_take.wave, on_piece))
                 else:
                     take = self._base(request, folder, timer, progress, cancel)
-                sr_path = sr_resolution = None
-                if RESOLUTIONS[request.resolution].sr_model is not None:
-                    sr_resolution = request.resolution
-                    sr_path = self._super_resolve_any(take, sr_resolution, timer, progress, cancel)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
+                return self._result(take, timer, peak, progress, cancel)
+            except BaseException as exc:
+                if getattr(exc, "take_state", None) is None:  # a stopped long take keeps its windows to resume
+                    shutil.rmtree(folder, ignore_errors=True)  # a stopped or failed job leaves no files behind
                 raise
+
+    # Long takes in steps (magihuman.take_state): resume, several GPU calls, continue, re-roll.
+
+    def plan_take(self, request: GenerationRequest) -> TakeState | None:
+        """A long take's state before any window is made (its folder created); None when the request is a single
+        clip. With `advance_take` and `finish_take`, a take made over several calls."""
+        request = self.validate(request)
+        long_take = prepare_take(request, self.take_settings)
+        if long_take is None:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="take-", dir=self.output_root))
+        return TakeState(request, long_take.plan, folder, tuple(range(len(long_take.plan.windows))))
+
+    def advance_take(
+        self,
+        state: TakeState,
+        windows: int,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+        on_piece: PieceFn | None = None,
+    ) -> TakeState:
+        """Make the next `windows` windows of an unfinished take, stored beside it (no mp4 yet)."""
+        with self._lock, torch.inference_mode():
+            timer = _StageTimer(self.device)
+            return advance_take(self, state, windows, timer, on_progress or _ignore, cancel, on_piece)
+
+    def finish_take(
+        self,
+        state: TakeState,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+        on_piece: PieceFn | None = None,
+    ) -> Result:
+        """Make what is left of a take (stopped, advanced, continued or re-rolled), write its mp4 and run SR
+        when its resolution asks for one."""
+        with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
+            timer = _StageTimer(self.device)
+            progress = on_progress or _ignore
+            take = Take(**finish_take(self, state, timer, progress, cancel, on_piece=on_piece))
+            return self._result(take, timer, peak, progress, cancel)
+
+    def continue_take(
+        self,
+        take: Take,
+        seconds: int,
+        prompt: str | None = None,
+        new_shot: bool = False,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+    ) -> Result:
+        """A new take: `take` and `seconds` more of it (the same shot, or a new one from the portrait)."""
+        state = take_state.extend(take, seconds, self.take_settings, self.output_root, prompt=prompt, new_shot=new_shot)
+        return self.finish_take(state, on_progress, cancel)
+
+    def reroll(
+        self,
+        take: Take,
+        window: int,
+        seed: int | None = None,
+        on_progress: ProgressFn | None = None,
+        cancel: Cancel | None = None,
+    ) -> Result:
+        """A new take: `take` with window `window` (0-based) made again from `seed`, the others kept."""
+        return self.finish_take(take_state.reroll(take, window, self.output_root, seed), on_progress, cancel)
+
+    def _result(self, take: Take, timer, peak, progress: ProgressFn, cancel) -> Result:
+        """SR when the take's resolution asks for it, and the Result."""
+        sr_path = sr_resolution = None
+        if RESOLUTIONS[take.request.resolution].sr_model is not None:
+            sr_resolution = take.request.resolution
+            sr_path = self._super_resolve_any(take, sr_resolution, timer, progress, cancel)
         return Result(
             take.base_video_path,
             sr_path,
@@ -254,28 +328,14 @@ class Engine:
         """Check every field against its declaration in `magihuman.fields` (the API must not trust UI
         sliders), then what depends on the loaded models; returns the request with seed and steps resolved."""
         limits = REQUEST_LIMITS
-        prompt = request.prompt.strip() if isinstance(request.prompt, str) else ""
-        if not prompt:
-            raise InputError("the prompt is empty: describe the person, what they say, and in which language")
-        if len(prompt) > limits.max_prompt_chars:
-            raise InputError(
-                f"the prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars} "
-                "(the model reads at most 640 tokens of it)"
-            )
-        negative = request.negative_prompt.strip() if isinstance(request.negative_prompt, str) else None
-        if negative is not None and len(negative) > limits.max_prompt_chars:
-            raise InputError(
-                f"the negative prompt has {len(negative)} characters; the limit is {limits.max_prompt_chars}"
-            )
-        if request.resolution not in RESOLUTIONS:
-            raise InputError(f"unknown resolution {request.resolution!r}; choose one of {', '.join(RESOLUTIONS)}")
-        for f in FIELDS:  # numbers and choices (the texts and files are checked above and where they are read)
-            if f.kind in ("int", "float", "choice") and f.name != "resolution":
-                value = getattr(request, f.name)
-                try:
-                    f.check(int(value) if isinstance(value, np.integer) else value)
-                except ValueError as exc:
-                    raise InputError(str(exc)) from None
+        checked = {}
+        for f in FIELDS:  # files are checked where they are read
+            value = getattr(request, f.name)
+            try:
+                checked[f.name] = f.check(int(value) if isinstance(value, np.integer) else value)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        request = replace(request, **checked)
         self._require_resolution(request.resolution)
         if request.base_model not in self.available_base_models:
             raise InputError(
@@ -297,9 +357,7 @@ class Engine:
         seed = request.seed
         if seed is None:
             seed = random.SystemRandom().randint(0, limits.max_seed)
-        return replace(
-            request, prompt=prompt, negative_prompt=negative or None, seed=int(seed), steps=int(steps), seconds=seconds
-        )
+        return replace(request, seed=int(seed), steps=int(steps), seconds=seconds)
 
     # --- stages ---------------------------------------------------------------------------------------
 
@@ -368,9 +426,11 @@ class Engine:
         progress: ProgressFn,
         cancel,
         audio_prefix: torch.Tensor | None = None,
+        ends: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The base stage's loop for one clip (or one window of a long take): `prefix` holds the clean latent
-        frames pinned at the start (the portrait's, or those carried from the previous window)."""
+        frames pinned at the start (the portrait's, or those carried from the previous window); `ends` the
+        (video, audio) pinned at the end (a re-rolled window, magihuman.take_state)."""
         dit = self.models.dits[request.base_model]
         step_report = self._step_reporter("base", progress)
         with resident(dit):
@@ -384,6 +444,8 @@ class Engine:
                     audio_latent=audio_latent,
                     image_latent=prefix,
                     audio_prefix=audio_prefix,
+                    video_end=ends[0],
+                    audio_end=ends[1],
                     steps=request.steps,
                     on_step=step_report,
                     cancel=cancel,
@@ -399,6 +461,8 @@ class Engine:
                 audio_latent=audio_latent,
                 image_latent=prefix,
                 audio_prefix=audio_prefix,
+                video_end=ends[0],
+                audio_end=ends[1],
                 steps=request.steps,
                 guidance=request.guidance,
                 on_step=step_report,

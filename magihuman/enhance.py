@@ -1,15 +1,8 @@
 """The prompt enhancer: a rough idea in, a prompt in the model's official format out, written by an LLM on the
 user's own OpenAI-compatible endpoint (OpenAI, or a local Ollama / llama.cpp / vLLM server).
 
-The LLM never writes the final text. It fills a small structure (`Scene`: appearance, setting, performance,
-camera, each spoken line with its language, emotion and voice, the background sound), asked for with a JSON
-schema; `render` turns that into the official format with the dialogue builder (`magihuman.prompts`), so CJK
-spacing, the quoted lines and the `Dialogue:` / `Background Sound:` blocks are always right.
-
-1. Configuration (off unless configured: `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `MAGIHUMAN_ENHANCER_MODEL`)
-2. The structure, its JSON schema and its validation
-3. Rendering and the duration check
-4. Talking to the endpoint (structured outputs where supported, else plain JSON plus one repair attempt)
+The LLM never writes the final text: it fills a `Scene` asked for with a JSON schema, and `render` writes the
+prompt with the dialogue builder, so CJK spacing, quoting and the blocks are always right.
 """
 
 from __future__ import annotations
@@ -36,9 +29,7 @@ from magihuman.prompts import (
 )
 from magihuman.take_plan import MAX_TAKE_SECONDS
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Configuration
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Configuration ------------------------------------------------------------------------------------
 
 BASE_URL_ENV, API_KEY_ENV = "OPENAI_BASE_URL", "OPENAI_API_KEY"  # the openai client's own conventions
 MODEL_ENV, TIMEOUT_ENV = "MAGIHUMAN_ENHANCER_MODEL", "MAGIHUMAN_ENHANCER_TIMEOUT"
@@ -56,14 +47,12 @@ HOW_TO_ENABLE = (
 
 
 class EnhancerError(MagiHumanError):
-    """The enhancer could not produce a prompt: not configured, endpoint unreachable or refusing, too slow, or
-    answers that were not the structure asked for. The message names the cause and what to do."""
+    """The enhancer could not produce a prompt; the message names the cause and what to do."""
 
 
 @dataclass(frozen=True)
 class EnhancerConfig:
-    """Where the enhancer's LLM is. `base_url` None means OpenAI's own API; `api_key` may be None for a local
-    server (which ignores it). Enabled once a model is named and there is a server or a key to use."""
+    """Where the enhancer's LLM is (`base_url` None: OpenAI's own API); enabled once a model is named."""
 
     model: str | None
     base_url: str | None = None
@@ -72,7 +61,6 @@ class EnhancerConfig:
 
     @classmethod
     def from_env(cls, model: str | None = None, environ: Mapping[str, str] = os.environ) -> EnhancerConfig:
-        """The configuration from the environment; `model` (a command-line flag) wins over MODEL_ENV."""
         timeout = environ.get(TIMEOUT_ENV) or ""
         try:
             timeout_s = float(timeout) if timeout else DEFAULT_TIMEOUT_S
@@ -96,15 +84,11 @@ class EnhancerConfig:
         return f"{self.base_url or 'the OpenAI API'} (model {self.model})"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The structure
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The structure ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SpokenLine:
-    """One sentence said on camera. `speaker` is a ≈5-word tag ("Woman in green linen apron") or a name."""
-
     speaker: str
     language: str  # one of LANGUAGE_NAMES
     emotion: str  # how the face looks while saying it: "quietly proud"
@@ -114,8 +98,6 @@ class SpokenLine:
 
 @dataclass(frozen=True)
 class Scene:
-    """What the LLM fills in; `render` writes the prompt from it."""
-
     appearance: str  # who is on camera: age, face, hair, clothing, posture
     setting: str  # where, and the light
     performance: str  # expressions and micro-gestures around the lines, without quoting them
@@ -165,11 +147,8 @@ def max_lines(seconds: float | None) -> int:
 
 
 def parse_scene(content: str | None, most_lines: int = MAX_LINES) -> Scene:
-    """The LLM's answer as a Scene; ValueError saying what is wrong (fed back to the LLM to repair).
-
-    Lenient about a Markdown code fence around the JSON (local models add one even when told not to) and about
-    the case of language names; strict about everything the prompt needs.
-    """
+    """The answer as a Scene, else ValueError (fed back to the LLM). A code fence is tolerated: local models add
+    one even when told not to."""
     if not content or not content.strip():
         raise ValueError("the answer was empty")
     text = re.sub(r"^\s*```(?:json)?\s*|\s*```\s*$", "", content.strip())
@@ -209,14 +188,11 @@ def _string(data: dict, name: str, where: str) -> str:
     return clean_text(value)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Rendering and the duration check
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Rendering and the duration check -----------------------------------------------------------------
 
 
 def render(scene: Scene) -> str:
-    """The prompt in the official format: one English paragraph that quotes each line where it is spoken (with
-    the face and voice that go with it), then the Dialogue and Background Sound blocks (magihuman.prompts)."""
+    """The prompt: one English paragraph quoting each line with its face and voice, then the blocks."""
     spoken = []
     for line in scene.lines:
         text = line.text.replace('"', "'")  # the Dialogue block's quotes must stay unambiguous
@@ -233,13 +209,10 @@ def _sentence(text: str) -> str:
 
 
 def duration_warning(scene: Scene, seconds: float) -> str | None:
-    """The dialogue builder's speech-rate warning for the scene's lines in a clip of `seconds`, or None."""
     return line_length_warning([DialogueLine(ln.speaker, ln.language, ln.text) for ln in scene.lines], seconds)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Talking to the endpoint
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Talking to the endpoint --------------------------------------------------------------------------
 
 SYSTEM_PROMPT = """You plan short talking-head video clips for a video model that animates one still camera \
 shot of people speaking. You receive a rough idea and answer with one JSON object that fills this structure:
@@ -298,14 +271,8 @@ def enhance(
     config: EnhancerConfig | None = None,
     shorten: Enhanced | None = None,
 ) -> Enhanced:
-    """Turn a rough idea into a prompt in the official format with the configured LLM.
-
-    `language` (one of LANGUAGE_NAMES) is the spoken language asked for; `seconds` the clip duration the lines
-    must fit. `shorten`: an earlier result whose lines were too long, to be rewritten shorter. Asks for
-    structured outputs first and falls back to plain JSON when the endpoint refuses the response format; an
-    invalid answer is sent back once to be repaired. Raises EnhancerError (not configured, unreachable, key
-    refused, timeout, invalid twice) and ValueError for bad arguments.
-    """
+    """A rough idea as a prompt, its lines fitting `seconds`. `shorten`: an earlier result to rewrite shorter. An
+    invalid answer is sent back once to be repaired."""
     config = config or EnhancerConfig.from_env()
     if not config.enabled:
         raise EnhancerError(HOW_TO_ENABLE)
@@ -340,7 +307,6 @@ def enhance(
 
 
 def _ask(config: EnhancerConfig, messages: list[dict], most_lines: int) -> Scene:
-    """The Scene from the endpoint: one call, plus one repair call when the answer does not parse."""
     with _client(config) as client:  # closes its connection pool when done
         content, structured = _complete(client, config, messages, structured=True)
         try:
@@ -377,8 +343,7 @@ def _client(config: EnhancerConfig):
 
 
 def _complete(client, config: EnhancerConfig, messages: list[dict], structured: bool) -> tuple[str | None, bool]:
-    """(the answer's text, whether structured outputs were used). Falls back to plain JSON mode when the
-    endpoint answers 400 to the json_schema response format (servers that do not support it)."""
+    """(the answer, whether structured outputs were used); plain JSON where json_schema gets a 400."""
     import openai
 
     schema_format = {"type": "json_schema", "json_schema": {"name": "scene", "schema": SCENE_SCHEMA, "strict": True}}
@@ -434,9 +399,7 @@ def _schema_hint() -> str:
     return "\n\nThe JSON object must match this JSON schema:\n" + json.dumps(SCENE_SCHEMA, ensure_ascii=False)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Command line: python -m magihuman enhance "idea"
-# ---------------------------------------------------------------------------------------------------------
+# --- Command line: python -m magihuman enhance "idea" ----------------------------------------------------
 
 
 def add_enhance_arguments(parser: argparse.ArgumentParser) -> None:

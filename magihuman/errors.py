@@ -23,6 +23,10 @@ class CheckpointError(MagiHumanError):
 class GenerationCancelled(MagiHumanError):
     """The caller's cancel event was set; the run stopped at the next step boundary."""
 
+    # A long take stopped after some of its windows were kept: its magihuman.take_state.TakeState, which
+    # Engine.finish_take completes (equal to an uninterrupted run); None otherwise.
+    take_state = None
+
     def __init__(self, stage: str, step: int, total: int) -> None:
         super().__init__(f"cancelled during {stage} after step {step} of {total}")
         self.stage, self.step, self.total = stage, step, total

@@ -1,13 +1,8 @@
 """`python -m magihuman.eval --prompts FILE.jsonl --out DIR`: generate every prompt at its seeds, score each
 take (magihuman.score) and write a table per language: mean WER (or CER), mouth-voice offset, DNSMOS.
 
-Each line of the prompts file is a JSON object: `prompt` (the official format; its Dialogue lines are what
-the take should say), `seeds` (a list, default [0]), and any other request field (`seconds`, `portrait`,
-`resolution`...; file paths are relative to the prompts file). `assets/eval/prompts.jsonl` covers the seven
-languages, one and two speakers, with and without a portrait.
-
-On a CPU this runs the tiny preview engine, whose takes are noise: the table then checks the plumbing only.
-With the real weights on a GPU it is the number to compare with the paper's WER.
+Each line of the prompts file is a JSON object: `prompt`, `seeds` (default [0]) and any other request field
+(file paths relative to the file). On a CPU the tiny engine's takes are noise: the table checks the plumbing.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from pathlib import Path
 
 from magihuman.engine import GenerationRequest
 from magihuman.errors import MagiHumanError
-from magihuman.fields import FIELD
+from magihuman.fields import FIELD, FILE_FIELDS
 from magihuman.options import EngineOptions
 from magihuman.parallel import start
 from magihuman.score import Scorecard, score_take
@@ -42,7 +37,7 @@ def read_prompts(path: Path) -> list[GenerationRequest]:
             unknown = set(entry) - set(FIELD) - {"seed"}
             if unknown or not isinstance(entry.get("prompt"), str) or not isinstance(seeds, list):
                 raise ValueError(f"needs a prompt string and a seeds list; unknown keys: {sorted(unknown)}")
-            for name in ("portrait", "audio"):
+            for name in FILE_FIELDS:
                 if entry.get(name):
                     entry[name] = str((path.parent / entry[name]).resolve())
             requests += [GenerationRequest(**{**entry, "seed": int(seed)}) for seed in seeds]

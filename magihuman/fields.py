@@ -1,9 +1,9 @@
 """The fields of a generation request, each declared once: name, kind, default, range, help.
 
 Everything that takes a request reads this table: `GenerationRequest` (its attributes have these names and
-defaults), `Engine.validate` (ranges, choices), the CLI (one flag per field), the studio (one control per field,
-and the API parameters of `/generate`, all optional except the prompt), the README's table and the tests'
-helpers. Adding a field means one `Field(...)` here and the code that uses its value.
+defaults), `Engine.validate` (`Field.check`: texts, ranges, choices), the CLI (one flag per field), the studio
+(one control per field, and the API parameters of `/generate`, optional unless `required`), the README's table
+and the tests' helpers. Adding a field means one `Field(...)` here and the code that uses its value.
 """
 
 from __future__ import annotations
@@ -18,21 +18,19 @@ from magihuman.config import (
     REQUEST_LIMITS,
     RESOLUTIONS,
     SAMPLING,
+    TEXT_ENCODER,
 )
 from magihuman.take_plan import MAX_TAKE_SECONDS
 
 Kind = Literal["text", "image", "audio", "choice", "int", "float"]
-
-# Encoder settings per quality choice: (x264 CRF, preset), measured by `python -m tests.encode_quality` (README,
-# "Output quality"). "high" keeps the reference's CRF 10 with a faster preset: within 1 dB of "reference" (CRF 10
-# medium) at the same size and about half the encode time, so encoding stays behind the decoder at 1080p.
-QUALITY = {"standard": (18, "veryfast"), "high": (10, "veryfast"), "reference": (10, "medium")}
+FILE_KINDS = ("image", "audio")  # sent as a file path
 
 
 @dataclass(frozen=True)
 class Field:
     """One request field. `default=None` means "decided later" (say so in `help`): a random seed, the base
-    model's own step count, the engine's own negative prompt. `noun` names the field in error messages."""
+    model's own step count, the engine's own negative prompt. `noun` names the field in error messages. A text
+    field's `maximum` counts characters; `tokens`: the text encoder's cap on what the model reads of it."""
 
     name: str
     kind: Kind
@@ -45,6 +43,13 @@ class Field:
     step: float = 1
     noun: str = ""
     advanced: bool = False  # the studio puts it in the Advanced panel
+    required: bool = False
+    missing: str = ""  # what the error for an empty required field asks for
+    tokens: int | None = None
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in FILE_KINDS
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -67,8 +72,11 @@ class Field:
         return ""
 
     def check(self, value: Any) -> Any:
-        """`value` if it is a valid value of this field (None where the default is None), else ValueError with
-        a message for the user. Whole-number fields take ints only; the UI converts what its sliders send."""
+        """`value` if it is a valid value of this field (None where the default is None; a text stripped, None
+        when empty), else ValueError with a message for the user. Whole-number fields take ints only; the UI
+        converts what its sliders send."""
+        if self.kind == "text":
+            return self._check_text(value)
         if value is None and self.default is None:
             return None
         if self.choices:
@@ -84,6 +92,17 @@ class Field:
                     f"{self.what} must be {kind} {bounds}" + (" (or empty)" if self.default is None else "")
                 )
         return value
+
+    def _check_text(self, value: Any) -> str | None:
+        text = value.strip() if isinstance(value, str) else ""
+        if not text:
+            if self.required:
+                raise ValueError(f"the {self.what} is empty: {self.missing}")
+            return None
+        if len(text) > self.maximum:
+            read = f" (the model reads at most {self.tokens} tokens of it)" if self.tokens else ""
+            raise ValueError(f"the {self.what} has {len(text)} characters; the limit is {_number(self.maximum)}{read}")
+        return text
 
 
 def _number(value: float | None) -> str:
@@ -104,6 +123,9 @@ FIELDS: tuple[Field, ...] = (
         "what the person looks like, says (and in which language) and the sound around them; the dialogue "
         "builder writes it in the model's format",
         maximum=REQUEST_LIMITS.max_prompt_chars,
+        required=True,
+        missing="describe the person, what they say, and in which language",
+        tokens=TEXT_ENCODER.max_tokens,
     ),
     Field(
         "portrait",
@@ -204,6 +226,7 @@ FIELDS: tuple[Field, ...] = (
         "what guidance steers away from; empty: the engine's own (blurry face, warped features, lips out of sync, "
         "flicker, ...)",
         maximum=REQUEST_LIMITS.max_prompt_chars,
+        tokens=TEXT_ENCODER.max_tokens,
         advanced=True,
     ),
     Field(
@@ -231,12 +254,13 @@ FIELDS: tuple[Field, ...] = (
     ),
 )
 FIELD = {f.name: f for f in FIELDS}
+FILE_FIELDS = tuple(f.name for f in FIELDS if f.is_file)
 
 
 def readme_table() -> str:
     """The Markdown table of the fields (the README holds a copy; a test keeps the two equal)."""
     rows = ["| field | CLI flag | default | range | what it is |", "|---|---|---|---|---|"]
     for f in FIELDS:
-        default = "required" if f.name == "prompt" else ("empty" if f.default is None else f"`{f.default}`")
+        default = "required" if f.required else ("empty" if f.default is None else f"`{f.default}`")
         rows.append(f"| `{f.name}` | `{f.flag}` | {default} | {f.range_text()} | {f.help} |")
     return "\n".join(rows)

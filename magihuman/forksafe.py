@@ -1,16 +1,10 @@
 """Forking safely while media libraries own threads.
 
-The studio's process forks: a ZeroGPU worker per GPU call, torchrun and Ray workers. A forked child has one
-thread, the one that forked. An object that owns native threads (an FFmpeg scaler's slice threads, an encoder's
-thread pool) and is *freed in the child* waits there forever for threads that did not come along (seen:
-`sws_freeContext` -> `pthread_cond_destroy` inside `os.fork()`, so the ZeroGPU call never started). The child frees
-such objects in two ways: as garbage its collector finds (PyAV's containers and streams reference each other, so
-their codec contexts are only freed by the collector), and through the per-thread state of the parent's other
-threads, which the child deletes right after the fork (PyAV caches one scaler per thread in a `threading.local`).
-
-So media work with threads is done inside a `MediaJob` (its objects are freed before the job ends, see
-magihuman.media), and the guard below runs in the parent before every fork, while those threads still exist:
-it waits (bounded) for media jobs in flight to end, drops PyAV's per-thread scaler cache and collects garbage.
+An object owning native threads (an FFmpeg scaler's slice threads) that is freed in a forked child waits there
+forever for threads that did not come along (seen: `sws_freeContext` hanging in `os.fork()`, so a ZeroGPU call
+never started). A child frees such objects as cyclic garbage (PyAV's containers) and with the parent's other
+threads' `threading.local` state (PyAV's per-thread scalers). So media work runs inside a `MediaJob`, and before
+every fork the parent waits (bounded) for jobs in flight, drops the scaler cache and collects garbage.
 """
 
 from __future__ import annotations
@@ -79,7 +73,6 @@ def _drop_pyav_scalers() -> None:
 
 
 def before_fork() -> None:
-    """Runs in the parent right before `os.fork()` (registered below)."""
     start = time.monotonic()
     busy = wait_for_media(FORK_WAIT_S)
     if busy:

@@ -1,10 +1,8 @@
 """Float8 transformer linears: row-wise scaled e4m3 weights and activations (the `--fp8` speed step).
 
-Every transformer `ExpertLinear` of a DiT (qkv, proj, up/gate, down) can become an `Fp8ExpertLinear`
-(`quantize_fp8_`): half the bytes of bf16, and on GPUs of compute capability ≥ 8.9 the fp8 tensor-core GEMM
-(`torch._scaled_mm` with row-wise scales). Elsewhere the same arithmetic runs exactly emulated in fp32, so the
-CPU tests check the real numerics. Relative RMS error of one linear ≈ 3.6 % (the e4m3 floor); of one velocity of
-the tiny random DiT 15-23 % (tests/test_optimize.py explains the gap).
+Half the bytes of bf16, and the fp8 tensor-core GEMM on GPUs of compute capability ≥ 8.9; elsewhere the same
+arithmetic is emulated exactly in fp32, so the CPU tests check the real numerics. Relative RMS error of one
+linear ≈ 3.6 % (the e4m3 floor); of one velocity of the tiny random DiT 15-23 % (tests/test_optimize.py).
 """
 
 from __future__ import annotations
@@ -41,13 +39,8 @@ def quantize_rows(x: torch.Tensor, padded_columns: int | None = None) -> tuple[t
 def scaled_matmul(
     x_q: torch.Tensor, x_scale: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, kernel: Fp8Kernel
 ) -> torch.Tensor:
-    """(x_q · x_scale) @ (w_q · w_scale)ᵀ in bf16: x_q (M, K) and w_q (N, K) fp8, x_scale (M, 1), w_scale (N,).
-
-    "scaled_mm" is the fp8 tensor-core GEMM (CUDA, compute capability ≥ 8.9): fp32 accumulation of the fp8
-    products, both scales applied to the accumulator, one rounding to bf16. "emulated" computes the same
-    thing with fp32 matmuls: products of two fp8 values are exact in fp32, so it differs from the kernel only
-    by fp32 summation order (far below the final bf16 rounding).
-    """
+    """(x_q · x_scale) @ (w_q · w_scale)ᵀ in bf16. "emulated" equals the "scaled_mm" kernel up to fp32 summation
+    order: products of two fp8 values are exact in fp32."""
     if kernel == "scaled_mm":
         return torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.unsqueeze(0), out_dtype=torch.bfloat16)
     accumulated = x_q.float() @ w_q.float().t()  # (M, N) fp32
@@ -75,14 +68,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 class Fp8ExpertLinear(nn.Module):
-    """Drop-in replacement of `ExpertLinear` holding a row-wise scaled float8_e4m3fn weight.
-
-    Same call contract: (N, in) and `segments` -> (N, out) bf16, one weight block per expert applied to its
-    contiguous segment of rows. Computes `scaled_matmul` of the per-token fp8-quantised activation (bf16 in,
-    then row-wise to fp8) and the fp8 weight. Buffers: `weight` (experts·out', in') fp8 and `weight_scale`
-    (experts·out',) fp32, where out' and in' are out and in rounded up to 16 (zero rows and columns, which
-    `_scaled_mm` needs; the 15B model pads 3 of its 6 shapes, by at most 0.12 %). Create with `from_linear`.
-    """
+    """`ExpertLinear` with a row-wise scaled fp8 weight (experts·out', in') and `weight_scale`; out' and in' are
+    padded to 16 for `_scaled_mm` (3 of the 15B model's 6 shapes, by at most 0.12 %)."""
 
     def __init__(self, in_features: int, out_features: int, experts: int, kernel: Fp8Kernel = "emulated") -> None:
         super().__init__()
@@ -128,14 +115,8 @@ class Fp8ExpertLinear(nn.Module):
 
 @torch.no_grad()
 def quantize_fp8_(model: DiT, kernel: Fp8Kernel | None = None) -> DiT:
-    """Replace every transformer `ExpertLinear` of `model` (qkv, proj, up/gate, down) by an `Fp8ExpertLinear`,
-    in place; returns `model`. Embedders, heads and norms stay fp32.
-
-    `kernel` defaults to `fp8_kernel` of the weights' device. Linears are swapped one at a time and the bf16
-    module is dropped right away, so the peak is the model plus one linear, and the transformer weights end
-    at about half their bf16 bytes. State-dict keys keep their names (`...linear_qkv.weight`, now float8) and
-    gain `...weight_scale`. Idempotent: already-quantised linears are left alone.
-    """
+    """Replace every transformer `ExpertLinear` of `model` by an `Fp8ExpertLinear` in place, one at a time (the
+    peak is the model plus one linear). Keys keep their names and gain `...weight_scale`. Idempotent."""
     if kernel is None:
         kernel = fp8_kernel(next(model.parameters()).device)
     targets = [name for name, module in model.block.named_modules() if isinstance(module, ExpertLinear)]
@@ -149,6 +130,5 @@ def quantize_fp8_(model: DiT, kernel: Fp8Kernel | None = None) -> DiT:
 
 
 def relative_rms(value: torch.Tensor, reference: torch.Tensor) -> float:
-    """‖value − reference‖₂ / ‖reference‖₂ in fp64 (the quality measure of the fp8 check)."""
     value, reference = value.detach().double(), reference.detach().double()
     return float((value - reference).norm() / reference.norm().clamp(min=1e-300))

@@ -1,15 +1,9 @@
 """Strict loading of the checkpoints in their official layouts, with one mismatch report (`check_keys`) that
 the VAE and text-encoder loaders share.
 
-A DiT folder holds either `model.safetensors.index.json` (whose `weight_map` names the shard of every
-key) with its shards, or one `model.safetensors`. Keys are bare module paths. The model is built on the
-meta device and every tensor is read memory-mapped straight onto the target device and converted there
-to the dtype the module declares (the distill and SR shards on the hub are fp32; the model wants bf16
-transformer linears), so the 15B model is never materialised twice.
-
-Unlike the reference loader, nothing is optional: a missing or unexpected key, a wrong shape, a missing,
-truncated or corrupt shard is a `CheckpointError` naming the key and the file. The Turbo VAE decoder comes from
-the official `.ckpt` (its EMA weights) and its JSON config, just as strictly.
+Models are built on meta and every tensor is read memory-mapped onto the target device in the module's dtype,
+so the 15B model is never materialised twice. Unlike the reference loader nothing is optional: any mismatch or
+damaged shard is a `CheckpointError` naming the key and the file.
 """
 
 from __future__ import annotations
@@ -34,7 +28,6 @@ SINGLE_NAME = "model.safetensors"
 
 
 def checkpoint_files(folder: str | Path) -> dict[str, Path]:
-    """Map every key of the checkpoint in `folder` to the file that holds it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
@@ -74,11 +67,7 @@ def load_state_dict_strict(
     device: torch.device | str = "cpu",
     on_tensor: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Fill every parameter and buffer of `model` (typically built on meta) from the checkpoint in `folder`.
-
-    Tensors are converted to the dtype the module declares and placed on `device`. `on_tensor(done, total)`
-    reports progress. Raises `CheckpointError` on any mismatch before touching the model.
-    """
+    """Fill every parameter and buffer of `model` from the checkpoint in `folder`; checks before touching it."""
     files = checkpoint_files(folder)
     expected = model.state_dict()
     unexpected = [f"{key} (in {files[key].name})" for key in set(files) - set(expected)]
@@ -152,7 +141,6 @@ def load_dit(
     device: torch.device | str = "cpu",
     on_tensor: Callable[[int, int], None] | None = None,
 ) -> DiT:
-    """Build the DiT on meta and load the checkpoint in `folder` strictly onto `device`."""
     model = build_dit(config, device="meta")
     load_state_dict_strict(model, folder, device, on_tensor)
     return model.eval().requires_grad_(False)
@@ -161,12 +149,8 @@ def load_dit(
 def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor], folder: str | Path, max_shard_bytes: int | None = None
 ) -> Path:
-    """Write `state_dict` in the official layout: one `model.safetensors`, or shards plus an index.
-
-    Shards are named `model-0000i-of-0000n.safetensors`, as on the hub. Tensors are copied to the CPU one
-    shard at a time, so saving a model that lives on a GPU needs host memory for one shard, not the model.
-    Used for the converted-weight cache (`magihuman.cache`) and by the tests.
-    """
+    """Write `state_dict` in the official layout, copied to the CPU one shard at a time (host memory for one
+    shard, not the model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if max_shard_bytes is None:
@@ -196,9 +180,7 @@ def _on_cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The Turbo VAE decoder: the official .ckpt
-# ---------------------------------------------------------------------------------------------------------
+# --- The Turbo VAE decoder: the official .ckpt -----------------------------------------------------------
 
 EMA_KEY = "ema_state_dict"
 
@@ -210,10 +192,6 @@ def turbo_vae_from_state_dict(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.bfloat16,
 ) -> TurboVAE:
-    """Build on the meta device and load `decoder.*` weights strictly (converted to `dtype` on `device`).
-
-    A missing key, an unexpected key or a wrong shape raises CheckpointError naming the keys and `source`.
-    """
     with torch.device("meta"):
         model = TurboVAE(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -231,10 +209,7 @@ def turbo_vae_from_state_dict(
 
 
 def read_decoder_state(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
-    """The `decoder.*` entries of an official `.ckpt`: `ema_state_dict`, a leading `module.` stripped.
-
-    Training-only entries (latents_mean/std placeholders, aligned_feature_projection_heads.*) are dropped.
-    """
+    """The `decoder.*` EMA entries of an official `.ckpt`, without training-only ones."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"{path}: Turbo VAE checkpoint not found")

@@ -13,7 +13,8 @@ SR (540p/1080p, now or later from the Take): the same windows, prefixes from the
 ```
 
 Memory stays bounded by one window of frames: the mp4 is written as each window decodes; what is kept per
-window are its latents (the SR stage and `upscale` need them: ~2 MB per 4-s window at 256p).
+window (its latents and seam frame, for the next window, SR, `upscale`, resume, re-roll and continuation) is
+written beside the take (magihuman.take_state), not held in memory.
 """
 
 from __future__ import annotations
@@ -30,19 +31,19 @@ import torch
 from magihuman.colour import LabStats, anchor_colour
 from magihuman.config import AUDIO, FPS, MAX_SECONDS, MEDIA_LIMITS, RESOLUTIONS, SR_SEED_OFFSET
 from magihuman.errors import GenerationCancelled, InputError
-from magihuman.fields import QUALITY
-from magihuman.media import OUTPUT_SAMPLE_RATE, Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
+from magihuman.media import QUALITY, Mp4Writer, crop_resize, image_to_tensor, load_audio, virtual_to_44k
 from magihuman.model.turbo_vae import to_uint8
 from magihuman.offload import resident
 from magihuman.sampling import denoise_sr, gaussian_noise
 from magihuman.take_plan import MAX_TAKE_SECONDS, WINDOW_FRAMES, Shot, TakePlan, Window, parse_shots, plan_take
 from magihuman.take_prompts import split_dialogue
+from magihuman.take_state import REROLLED, StoredWindows, TakeState, WindowLatents, load_window, save_window
 from magihuman.text import NEGATIVE_PROMPT
 from magihuman.threads import worker_thread
 
 ProgressFn = Callable[[str, int, int], None]
-# A finished window's own playable mp4 (path, window index, window count): the studio plays the first windows
-# while the others render.
+# A window just made, as a playable mp4 of its own (path, window index, window count): the studio plays the
+# first windows while the others render.
 PieceFn = Callable[[Path, int, int], None]
 # Decoding stops one second past the cap, so a longer recording is told apart (and refused) cheaply.
 LONG_TAKE_AUDIO = replace(MEDIA_LIMITS, max_audio_seconds=MAX_TAKE_SECONDS + 1)
@@ -57,16 +58,6 @@ class TakeSettings:
     window_frames: int = WINDOW_FRAMES
     overlap_latents: int = 1
     colour_strength: float = 0.5  # how far the carried frame's colour moves toward the portrait's (magihuman.colour)
-
-
-@dataclass(frozen=True)
-class WindowLatents:
-    """One window's final base latents (CPU), kept with the take for the SR stage."""
-
-    prompt: str
-    video: torch.Tensor  # (1, 48, L, h, w)
-    audio: torch.Tensor  # (1, N, 64)
-    colour_distance: float | None = None  # ΔE of the carried frame from the portrait, before anchoring
 
 
 @dataclass(frozen=True)
@@ -190,20 +181,57 @@ class _Carry:
     seam: torch.Tensor | None  # (1, 3, 1, H, W) in [−1, 1]; None after a shot's last window
 
 
-def run(
+def advance(
+    engine, state: TakeState, count: int, timer, progress: ProgressFn, cancel, on_piece: PieceFn | None = None
+) -> TakeState:
+    """Make the next `count` windows of `state` and store them beside the take, without writing the mp4 (one GPU
+    call of a take split into several); returns the state that goes on from there."""
+    if not 1 <= count <= len(state.todo):
+        raise ValueError(f"{count} windows asked for; {len(state.todo)} are left to make")
+    _run(engine, state, state.todo[:count], None, timer, progress, cancel, on_piece=on_piece)
+    return replace(state, todo=state.todo[count:])
+
+
+def finish(
     engine,
-    request,
-    long_take: LongTake,
-    folder: Path,
+    state: TakeState,
     timer,
     progress: ProgressFn,
     cancel,
+    wave: np.ndarray | None = None,
     on_piece: PieceFn | None = None,
 ) -> dict:
-    """Make the take's base windows, written to `base_256p.mp4` as they finish. Returns the fields of its
-    `Take` (the engine builds it, and runs SR on it when the resolution asks for one). With `on_piece`, each
-    window's kept frames are also written to a small mp4 of their own (with their sound), handed over when done."""
-    plan, models, device = long_take.plan, engine.models, engine.device
+    """Make what is left of `state` and write the take to `base_256p.mp4` window by window (the windows made
+    earlier are decoded again from their stored latents). `wave`: the recording, if the caller has decoded it.
+    Returns the fields of its `Take` (the engine builds it, and runs SR on it when the resolution asks for one).
+    `on_piece`: each window made now is also written to an mp4 of its own (its kept frames and sound) and handed
+    over as soon as it is done."""
+    plan, folder = state.plan, state.folder
+    path = folder / "base_256p.mp4"
+    image, output_audio = _run(engine, state, state.todo, path, timer, progress, cancel, wave, on_piece)
+    windows = StoredWindows(folder, len(plan.windows))
+    (folder / "plan.json").write_text(plan.to_json(colour_distance=[w.colour_distance for w in windows]))
+    first = windows[0]
+    return dict(
+        request=state.request,
+        text=engine._encode_text(first.prompt),
+        video=first.video,
+        audio=first.audio,
+        output_audio=output_audio,
+        portrait=image,
+        base_video_path=path,
+        folder=folder,
+        plan=plan,
+        windows=windows,
+    )
+
+
+def _run(
+    engine, state: TakeState, render, path: Path | None, timer, progress: ProgressFn, cancel, wave=None, on_piece=None
+):
+    """Make the windows `render` (in order), each stored as it finishes; with `path`, also write every window's
+    kept frames to it (made now or decoded from its stored latents). Returns (portrait, output audio)."""
+    request, plan, folder, device = state.request, state.plan, state.folder, engine.device
     portrait = request.aspect == "portrait"
     base_res = RESOLUTIONS["256p"]
     lat_h, lat_w = base_res.latent_hw(portrait)
@@ -214,94 +242,119 @@ def run(
 
     # The recording: one encoding for the whole take (padded with silence over the last window's surplus);
     # every window holds its exact slice fixed, and the mp4 carries the recording itself, trimmed to the take.
-    audio_all = output_audio = audio_generator = None
-    if long_take.wave is not None:
+    if wave is None and request.audio:
+        wave = load_audio(request.audio, sample_rate=AUDIO.virtual_sample_rate, limits=LONG_TAKE_AUDIO)
+    audio_all = output_audio = audio_generator = padded = None
+    if wave is not None:
         with timer("audio"):
             progress("audio", 0, 1)
             per = AUDIO.samples_per_latent
-            needed = max(w.start + w.frames for w in plan.windows) * per
-            wave = np.zeros(needed, np.float32)
-            wave[: min(needed, len(long_take.wave))] = long_take.wave[:needed]
-            audio_generator = torch.Generator(device=device).manual_seed(request.seed)
-            audio_all = encode_recording(models.audio_vae, wave, audio_generator).to(device, torch.float32)
-            output_audio = virtual_to_44k(np.repeat(wave[: plan.frames * per, None], 2, axis=1))
+            needed = plan.generated_frames * per
+            padded = np.zeros(needed, np.float32)
+            padded[: min(needed, len(wave))] = wave[:needed]
+            if render:
+                audio_generator = torch.Generator(device=device).manual_seed(request.seed)
+                audio_all = encode_recording(engine.models.audio_vae, padded, audio_generator).to(device, torch.float32)
+            if path is not None:
+                output_audio = virtual_to_44k(np.repeat(padded[: plan.frames * per, None], 2, axis=1))
             progress("audio", 1, 1)
 
     base_model = request.base_model
-    latent_channels = models.dits[base_model].config.latent_channels
-    negative = engine._encode_text(request.negative_prompt or NEGATIVE_PROMPT) if base_model == "base" else None
-    kept: list[WindowLatents] = []
+    latent_channels = engine.models.dits[base_model].config.latent_channels
+    negative = None
+    if base_model == "base" and render:
+        negative = engine._encode_text(request.negative_prompt or NEGATIVE_PROMPT)
+    todo, last = set(render), max(render, default=-1)
     generated_audio: list[torch.Tensor] = []  # rows of the stitched audio stream, window by window
     carry: _Carry | None = None
-    path = folder / "base_256p.mp4"
-    with _writer(engine, path, output_audio, request.quality) as writer:
-        for window in plan.windows:
-            report = _window_progress(progress, window, len(plan.windows))
-            prompt = window.prompt or request.prompt
-            with timer("text"):
-                text = engine._encode_text(prompt)
-            prefix, drift = image_latent, None
-            if window.overlap:
-                prefix, drift = _prefix(engine, carry, window, (lat_h, lat_w), reference, strength)
-            audio_latent = audio_shape = audio_prefix = None
-            if audio_all is not None:
-                audio_latent = audio_all[:, window.start : window.start + window.frames]
-            else:
-                audio_shape = (1, window.frames, AUDIO.latent_channels)
-                if window.overlap:
-                    audio_prefix = carry.audio[:, -window.overlap :]
-            video_shape = (1, latent_channels, window.latents, lat_h, lat_w)
-            generator = torch.Generator(device=device).manual_seed(window.seed)
-            if window.index == 0 and audio_generator is not None:
-                generator = audio_generator  # window 0 draws after the recording's encoding, as one clip does
-            noise = gaussian_noise(generator, device)
-            with timer("denoise"):
-                video, audio = engine._denoise(
-                    request,
-                    noise,
-                    text,
-                    negative,
-                    video_shape,
-                    audio_shape,
-                    audio_latent,
-                    prefix,
-                    report,
-                    cancel,
-                    audio_prefix=audio_prefix,
-                )
-            if audio_latent is not None:
-                audio = audio_latent
-            else:
-                generated_audio.append(audio[:, window.overlap : window.overlap + window.keep].cpu())
-            piece = None
-            if on_piece is not None:
-                piece = _piece_writer(engine, folder, window, output_audio, audio, request.quality)
-            with piece or nullcontext():
-                seam = _write_window(
-                    engine, video, window, _seam_index(plan, window), writer, timer, report, cancel, piece
-                )
-            if piece is not None:
-                on_piece(piece.path, window.index, len(plan.windows))
-            carry = _Carry(video, audio, seam)
-            kept.append(WindowLatents(prompt, video.cpu(), audio.cpu(), drift))
-        if output_audio is None:
-            with timer("decode"):
-                output_audio = engine._decode_audio(torch.cat(generated_audio, dim=1).to(device))
-            writer.add_audio(output_audio)
-    (folder / "plan.json").write_text(plan.to_json(colour_distance=[k.colour_distance for k in kept]))
-    first = kept[0]
-    return dict(
-        request=request,
-        text=engine._encode_text(first.prompt),
-        video=first.video,
-        audio=first.audio,
-        output_audio=output_audio,
-        portrait=image,
-        base_video_path=path,
-        folder=folder,
-        plan=plan,
-        windows=tuple(kept),
-    )
+    opened = _writer(engine, path, output_audio, request.quality) if path is not None else nullcontext()
+    try:
+        with opened as writer:
+            for window in plan.windows:
+                if path is None and window.index > last:
+                    break
+                report = _window_progress(progress, window, len(plan.windows))
+                if window.index in todo:
+                    prompt = window.prompt or request.prompt
+                    with timer("text"):
+                        text = engine._encode_text(prompt)
+                    prefix, drift = image_latent, None
+                    if window.overlap:
+                        prefix, drift = _prefix(engine, carry, window, (lat_h, lat_w), reference, strength)
+                    audio_latent = audio_shape = audio_prefix = None
+                    if audio_all is not None:
+                        audio_latent = audio_all[:, window.start : window.start + window.frames]
+                    else:
+                        audio_shape = (1, window.frames, AUDIO.latent_channels)
+                        if window.overlap:
+                            audio_prefix = carry.audio[:, -window.overlap :]
+                    video_shape = (1, latent_channels, window.latents, lat_h, lat_w)
+                    generator = torch.Generator(device=device).manual_seed(window.seed)
+                    if window.index == 0 and audio_generator is not None and window.seed == request.seed:
+                        generator = audio_generator  # window 0 draws after the recording's encoding, as one clip does
+                    with timer("denoise"):
+                        video, audio = engine._denoise(
+                            request,
+                            gaussian_noise(generator, device),
+                            text,
+                            negative,
+                            video_shape,
+                            audio_shape,
+                            audio_latent,
+                            prefix,
+                            report,
+                            cancel,
+                            audio_prefix=audio_prefix,
+                            ends=_ends(state, window, generated=audio_all is None),
+                        )
+                    if audio_latent is not None:
+                        audio = audio_latent
+                    own = None
+                    if on_piece is not None:
+                        own = _piece_writer(engine, folder, window, padded, audio, request.quality)
+                    with own or nullcontext():
+                        seam = _write_window(
+                            engine, video, window, _seam_index(plan, window), writer, timer, report, cancel, own
+                        )
+                    if own is not None:
+                        on_piece(own.path, window.index, len(plan.windows))
+                    save_window(
+                        folder, window.index, WindowLatents(prompt, video.cpu(), audio.cpu(), drift, seam.cpu())
+                    )
+                    todo.discard(window.index)
+                    carry = _Carry(video, audio, seam)
+                elif path is not None or window.index + 1 in todo:
+                    kept = load_window(folder, window.index)
+                    carry = _Carry(kept.video.to(device), kept.audio.to(device), kept.seam.to(device))
+                    if path is not None:
+                        _write_window(engine, carry.video, window, None, writer, timer, report, cancel)
+                else:
+                    continue
+                if path is not None and wave is None:
+                    generated_audio.append(carry.audio[:, window.overlap : window.overlap + window.keep].cpu())
+            if path is not None and output_audio is None:
+                with timer("decode"):
+                    output_audio = engine._decode_audio(torch.cat(generated_audio, dim=1).to(device))
+                writer.add_audio(output_audio)
+    except GenerationCancelled as exc:
+        left = tuple(i for i in state.todo if i in todo or i not in render)
+        if len(left) < len(plan.windows):  # some windows are kept: the take can be resumed (TakeState)
+            exc.take_state = replace(state, todo=left)
+        raise
+    return image, output_audio
+
+
+def _ends(state: TakeState, window: Window, generated: bool):
+    """(video, audio) pinned at the end of a re-rolled window: the latents (and generated audio rows) of the
+    window it replaces that the following, kept window started from; (None, None) for any other window."""
+    plan = state.plan
+    following = plan.windows[window.index + 1] if window.index + 1 < len(plan.windows) else None
+    if following is None or following.overlap == 0 or following.index in state.todo:
+        return None, None
+    before = load_window(state.folder, window.index, REROLLED)
+    video = before.video[:, :, before.video.shape[2] - following.pinned_latents :]
+    audio = before.audio[:, before.audio.shape[1] - following.overlap :] if generated else None
+    return video, audio
 
 
 def super_resolve(engine, take, resolution: str, timer, progress: ProgressFn, cancel) -> Path:
@@ -382,12 +435,10 @@ def _portrait_colour(image, size_hw: tuple[int, int]) -> LabStats | None:
     return None if image is None else LabStats.of(image_to_tensor(crop_resize(image, *size_hw)))
 
 
-def _seam_index(plan: TakePlan, window: Window) -> int | None:
-    """The local frame of `window` that the next window starts from (None: the next starts a shot, or none)."""
-    following = plan.windows[window.index + 1] if window.index + 1 < len(plan.windows) else None
-    if following is None or following.overlap == 0:
-        return None
-    return window.frames - following.overlap
+def _seam_index(plan: TakePlan, window: Window) -> int:
+    """The local frame of `window` that a window continuing it starts from (kept for every window: a take can be
+    continued after its last one)."""
+    return window.frames - (4 * (plan.overlap_latents - 1) + 1)
 
 
 def _write_window(
@@ -395,22 +446,22 @@ def _write_window(
     video,
     window: Window,
     seam_index: int | None,
-    writer: Mp4Writer,
+    writer: Mp4Writer | None,
     timer,
     report,
     cancel,
     own_writer: Mp4Writer | None = None,
 ) -> torch.Tensor | None:
-    """Decode one window and encode its kept frames on the mux thread while the next piece decodes (into the
-    take, and into the window's own mp4 when `own_writer` is given); returns the seam frame in float (no 8-bit
-    round trip before it is re-encoded)."""
+    """Decode one window and encode its kept frames on the mux thread (with a writer, and into the window's own
+    mp4 with `own_writer`) while the next piece decodes; returns the seam frame in float (no 8-bit round trip
+    before it is re-encoded)."""
     keep_from, keep_to = window.overlap, window.overlap + window.keep
     encoder = worker_thread("mux")
+    writers = [w for w in (writer, own_writer) if w is not None]
 
     def write(frames: np.ndarray) -> None:
-        writer.write(frames)
-        if own_writer is not None:
-            own_writer.write(frames)
+        for each in writers:
+            each.write(frames)
 
     seam, done_frames, pending = None, 0, None
     try:
@@ -421,7 +472,7 @@ def _write_window(
                     local = seam_index - done_frames
                     seam = piece[:, :, local : local + 1].float().clamp(-1.0, 1.0)
                 lo, hi = max(keep_from - done_frames, 0), min(keep_to - done_frames, count)
-                if lo < hi:
+                if lo < hi and writers:
                     frames = to_uint8(piece[:, :, lo:hi]).numpy()
                     if pending is not None:
                         pending.result()
@@ -441,12 +492,13 @@ def _write_window(
     return seam
 
 
-def _piece_writer(engine, folder: Path, window: Window, take_audio, latent_audio, quality: str) -> Mp4Writer:
-    """The writer of one window's own mp4: its kept frames with their slice of the recording, or (generated
-    speech, decoded for the take only at the end) its own kept audio rows decoded for this preview alone."""
-    if take_audio is not None:
-        per_frame = OUTPUT_SAMPLE_RATE // FPS
-        sound = take_audio[window.first_new * per_frame : (window.first_new + window.keep) * per_frame]
+def _piece_writer(engine, folder: Path, window: Window, recording, latent_audio, quality: str) -> Mp4Writer:
+    """The writer of one window's own mp4: its kept frames with their slice of the recording (51.2 kHz, padded),
+    or, for generated speech (decoded for the take only at the end), its own kept audio rows decoded for it."""
+    if recording is not None:
+        per = AUDIO.samples_per_latent
+        own = recording[window.first_new * per : (window.first_new + window.keep) * per]
+        sound = virtual_to_44k(np.repeat(own[:, None], 2, axis=1))
     else:
         sound = engine._decode_audio(latent_audio[:, window.overlap : window.overlap + window.keep])
     (folder / "pieces").mkdir(exist_ok=True)

@@ -1,13 +1,8 @@
-"""Media in and out: portrait and speech uploads, the audio rate change, MP4 muxing.
+"""Media in and out: portrait and speech uploads, the audio rate change, MP4 muxing, all with PyAV in-process.
 
-Inputs are user uploads, so every way they can be unusable (missing, empty, not media, damaged, too large,
-animated, silent, too short) is an `InputError` whose message says what is wrong and what to upload instead.
-Sizes are checked from headers before anything is decoded, and audio decoding stops at the clip length.
-
-Conventions of the reference pipeline: the portrait is centre-cropped and resized like the reference;
-audio runs at a virtual 51.2 kHz, 2048 samples per video frame, and is length-resampled to
-44.1 kHz with scipy's FFT method before muxing; the MP4 keeps audio that outlasts the video (the reference
-muxes without cutting it). Everything is done with PyAV's bundled FFmpeg in-process: no system ffmpeg, no temp files.
+Every way an upload can be unusable is an `InputError` saying what to upload instead; sizes are checked from
+headers before anything is decoded. The reference's conventions are kept: its crop and resize, audio at a
+virtual 51.2 kHz resampled to 44.1 kHz by FFT, and audio that outlasts the video kept in the MP4.
 """
 
 from __future__ import annotations
@@ -31,14 +26,16 @@ from magihuman.forksafe import MediaJob
 AUDIO_SAMPLES_PER_FRAME = AUDIO.samples_per_latent  # one audio latent per video frame
 VIRTUAL_SAMPLE_RATE = AUDIO.virtual_sample_rate  # 51 200 Hz, the rate the model hears
 OUTPUT_SAMPLE_RATE = AUDIO.output_sample_rate  # the audio VAE's training rate, and what the MP4 carries
-DEFAULT_CRF = 10  # the reference's imageio `quality=8`
-# Still-image formats Pillow decodes natively. The rest (EPS shells out to Ghostscript, PSD, ICO...) are refused.
+# (x264 CRF, preset) per `quality` choice, measured by `python -m tests.encode_quality` (README, "Output quality").
+# "reference" is the reference's imageio `quality=8`; "high" keeps its CRF 10 with a faster preset: within 1 dB at
+# the same size and about half the encode time, so encoding stays behind the decoder at 1080p.
+QUALITY = {"standard": (18, "veryfast"), "high": (10, "veryfast"), "reference": (10, "medium")}
+# Formats Pillow decodes natively; the rest (EPS shells out to Ghostscript, PSD, ICO...) are refused.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _WHITE = (255, 255, 255, 255)
 
 
 def _existing_file(path: str | Path, max_bytes: int, what: str) -> Path:
-    """The upload as a Path, after the checks that need no decoding: it exists, is not empty, is not huge."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"the {what} file {path.name} was not found; upload it again")
@@ -53,18 +50,11 @@ def _existing_file(path: str | Path, max_bytes: int, what: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Portraits (TI2V reference image)
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Portraits (TI2V reference image) -----------------------------------------------------------------
 
 
 def load_portrait(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -> Image.Image:
-    """Open an uploaded still image as an upright RGB picture.
-
-    EXIF orientation is applied; CMYK, palette, greyscale and 16-bit images become RGB; transparency is
-    flattened onto white. Pixel count, minimum size and animation are checked from the header, before the
-    pixels are decoded. Raises `InputError` for anything unusable.
-    """
+    """An uploaded still image as an upright RGB picture (EXIF orientation applied, transparency on white)."""
     path = _existing_file(path, limits.max_image_bytes, "image")
     try:
         with Image.open(path, formats=IMAGE_FORMATS) as img:
@@ -107,26 +97,20 @@ def _check_image_header(img: Image.Image, name: str, limits: MediaLimits) -> Non
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any still-image mode to 8-bit RGB."""
     if img.mode.startswith("I"):
-        # 16/32-bit greyscale: Pillow's own conversion clips at 255 (a mostly white picture), so map the
-        # 16-bit range 0..65535 onto 0..255 instead.
+        # Pillow's own conversion of 16-bit greyscale clips at 255 (a mostly white picture).
         grey = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257
         img = Image.fromarray(np.round(grey).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        # Flatten onto white, as an image viewer shows it; dropping alpha would expose arbitrary colours.
+        # As a viewer shows it; dropping alpha would expose arbitrary colours.
         background = Image.new("RGBA", img.size, _WHITE)
         return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def crop_resize(img: Image.Image, height: int, width: int) -> Image.Image:
-    """Centre-crop to the target aspect ratio keeping one full side, then LANCZOS-resize to width×height.
-
-    Exactly the reference's `resizecrop`: an image already of the target size is returned
-    unchanged; the crop box is computed in floats and rounded by Pillow (half to even), so 1280×720 → 448×256
-    keeps x ∈ [10, 1270) and 720×1280 → 448×256 keeps y ∈ [434, 846).
-    """
+    """The reference's `resizecrop`: centre-crop to the aspect keeping one full side (float box, rounded by
+    Pillow half to even: 1280×720 → 448×256 keeps x ∈ [10, 1270)), then LANCZOS-resize."""
     w, h = img.size
     if (w, h) == (width, height):
         return img
@@ -139,8 +123,7 @@ def crop_resize(img: Image.Image, height: int, width: int) -> Image.Image:
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image → (1, 3, 1, H, W) float32 in [−1, 1], computed as x/255·2 − 1 in float32 like diffusers'
-    `VaeImageProcessor` (the reference's preprocessing), so the values match it bit for bit."""
+    """RGB → (1, 3, 1, H, W) float32 in [−1, 1], x/255·2 − 1 in float32 like diffusers (bit for bit)."""
     if img.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {img.mode!r} (load it with load_portrait)")
     unit = np.asarray(img).astype(np.float32) / 255.0  # (H, W, 3)
@@ -148,9 +131,7 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     return (2.0 * chw - 1.0)[None, :, None].contiguous()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Audio input (A2V)
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Audio input (A2V) --------------------------------------------------------------------------------
 
 
 def load_audio(
@@ -160,14 +141,8 @@ def load_audio(
     sample_rate: int = VIRTUAL_SAMPLE_RATE,
     limits: MediaLimits = MEDIA_LIMITS,
 ) -> np.ndarray:
-    """Decode the first `seconds` of the first audio track of any file FFmpeg reads.
-
-    Returns (N,) float32 mono, int16 / 32768 like the reference's whisper loader: the track is downmixed and
-    resampled by FFmpeg to 16-bit mono at `sample_rate`. N = seconds·sample_rate, or less when the track is
-    shorter. `seconds` defaults to `limits.max_audio_seconds`; decoding stops there, so a long recording
-    costs no more than a short one. Raises `InputError` for a file with no usable audio: missing, empty,
-    unreadable, damaged, without an audio track, shorter than one video frame, or silent.
-    """
+    """The first `seconds` of the first audio track as (N,) float32 mono, int16 / 32768 like the reference's
+    whisper loader. Decoding stops there, so a long recording costs no more than a short one."""
     seconds = limits.max_audio_seconds if seconds is None else seconds
     if not 0 < seconds <= limits.max_audio_seconds:
         raise ValueError(f"seconds must be in (0, {limits.max_audio_seconds}], got {seconds}")
@@ -179,17 +154,12 @@ def load_audio(
 
 
 def usable_audio_seconds(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -> float:
-    """How many seconds of the upload a clip can follow: whole video frames, at most `limits.max_audio_seconds`.
-
-    The model turns every 2048 virtual samples into one audio latent (⌊N/2048⌋ of them), one per
-    video frame. Raises the same `InputError`s as `load_audio`.
-    """
+    """Seconds of the upload a clip can follow: whole video frames (one per 2048 virtual samples)."""
     wave = load_audio(path, limits=limits)
     return len(wave) // AUDIO_SAMPLES_PER_FRAME / FPS
 
 
 def _decode_mono_s16(path: Path, sample_rate: int, wanted: int) -> np.ndarray:
-    """(n,) int16: at least `wanted` samples, or the whole track when it is shorter."""
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
@@ -221,7 +191,6 @@ def _decode_mono_s16(path: Path, sample_rate: int, wanted: int) -> np.ndarray:
 def _resampled(
     container: av.container.InputContainer, stream: av.AudioStream, resampler: av.AudioResampler
 ) -> Iterator[np.ndarray]:
-    """Yield (n,) int16 chunks of the track as FFmpeg decodes and resamples it, then the resampler's tail."""
     for frame in container.decode(stream):
         for out in resampler.resample(frame):
             yield out.to_ndarray()[0]  # packed mono: (1, n)
@@ -244,27 +213,19 @@ def _check_usable(wave: np.ndarray, name: str, sample_rate: int, limits: MediaLi
         )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Audio output
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Audio output -------------------------------------------------------------------------------------
 
 
 def virtual_to_44k(wave: np.ndarray) -> np.ndarray:
-    """(N, C) decoded audio at the virtual 51.2 kHz → (⌊N·441/512⌋, C) float32 at 44.1 kHz.
-
-    The reference changes the length with `scipy.signal.resample` (FFT method, periodic assumption) along
-    time, not a polyphase filter; F·2048 samples become exactly F·1764. No clamp: values outside [−1, 1]
-    are kept, as upstream writes them.
-    """
+    """(N, C) at the virtual 51.2 kHz → (⌊N·441/512⌋, C) float32 at 44.1 kHz by FFT, like the reference
+    (not a polyphase filter), unclamped as upstream writes it."""
     if wave.ndim != 2:
         raise ValueError(f"expected (samples, channels) audio, got shape {wave.shape}")
     length = wave.shape[0] * OUTPUT_SAMPLE_RATE // VIRTUAL_SAMPLE_RATE
     return signal.resample(wave, length, axis=0).astype(np.float32, copy=False)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Muxing
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Muxing -------------------------------------------------------------------------------------------
 
 
 def write_mp4(
@@ -274,31 +235,20 @@ def write_mp4(
     *,
     fps: int = FPS,
     sample_rate: int = OUTPUT_SAMPLE_RATE,
-    crf: int = DEFAULT_CRF,
-    preset: str = "medium",
+    crf: int = QUALITY["reference"][0],
+    preset: str = QUALITY["reference"][1],
 ) -> Path:
-    """Encode (F, H, W, 3) uint8 RGB frames and optional (N, 2) float audio into a web-playable MP4.
-
-    One pass, in-process: H.264 (libx264, yuv420p, `crf`, `preset`) at `fps`, AAC stereo at `sample_rate`,
-    `moov` before `mdat` (faststart) so a browser starts playing before the download ends. Audio is
-    interleaved with the frames. Audio longer than the video is kept whole (the reference muxes without
-    `-shortest`). A failed write leaves no partial file. Returns `path`. `Mp4Writer` does the same with the
-    frames arriving in pieces.
-    """
+    """(F, H, W, 3) uint8 frames and optional (N, 2) audio → an H.264 + AAC MP4 with faststart (a browser plays
+    it before the download ends). Audio longer than the video is kept, as in the reference."""
     with Mp4Writer(path, audio, fps=fps, sample_rate=sample_rate, crf=crf, preset=preset) as writer:
         writer.write(frames)
     return writer.path
 
 
 class Mp4Writer:
-    """`write_mp4` with the frames given in consecutive pieces, e.g. one decoder window at a time, so that
-    encoding overlaps the decoding of the next window. Use as a context manager: leaving it normally
-    finishes the file, leaving it by an exception removes the partial file.
-
-    The audio is known from the start and is interleaved as the frames arrive; the size of the first piece
-    fixes the video's size. With `audio_later` it is given by `add_audio` once the frames are written (a long
-    take's generated speech is decoded in one pass at the end); the muxer then writes it after the video.
-    """
+    """`write_mp4` with the frames in pieces, so that encoding overlaps decoding; a context manager that removes
+    the partial file on an exception. With `audio_later` the audio comes by `add_audio` after the frames (a long
+    take decodes its speech at the end)."""
 
     def __init__(
         self,
@@ -307,8 +257,8 @@ class Mp4Writer:
         *,
         fps: int = FPS,
         sample_rate: int = OUTPUT_SAMPLE_RATE,
-        crf: int = DEFAULT_CRF,
-        preset: str = "medium",
+        crf: int = QUALITY["reference"][0],
+        preset: str = QUALITY["reference"][1],
         audio_later: bool = False,
     ) -> None:
         self.path = Path(path)
@@ -333,7 +283,6 @@ class Mp4Writer:
             self.abort()
 
     def write(self, frames: np.ndarray) -> None:
-        """Encode (f, H, W, 3) uint8 frames, the next ones of the clip."""
         _check_frames(frames)
         if self._container is None:
             self._open(*frames.shape[1:3])
@@ -353,13 +302,11 @@ class Mp4Writer:
             self._send_audio(round(self.frames_written * self.sample_rate / self.fps))
 
     def add_audio(self, audio: np.ndarray) -> None:
-        """The audio of a writer made with `audio_later`, once, before `close`."""
         if not self.audio_later or self.audio is not None:
             raise ValueError("add_audio is for a writer made with audio_later, once")
         self.audio = _checked_audio(audio)
 
     def close(self) -> Path:
-        """Flush the encoders (and the audio that outlasts the video) and finish the file."""
         if self._container is None:
             raise ValueError("an MP4 needs at least one frame")
         if self._sound is not None and self.audio is None:
@@ -378,7 +325,6 @@ class Mp4Writer:
         return self.path
 
     def abort(self) -> None:
-        """Stop and remove the partial file."""
         if self._container is not None:
             try:
                 self._container.close()
@@ -442,18 +388,12 @@ def _mux_audio(
     container.mux(stream.encode(frame))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Reading clips back
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Reading clips back -------------------------------------------------------------------------------
 
 
 def read_video_frames(path: str | Path, max_frames: int | None = None, pixel_format: str = "rgb24") -> np.ndarray:
-    """(F, H, W, 3) uint8 RGB frames of a clip's video track (the first `max_frames` of them, if given);
-    (F, H, W) for `pixel_format="gray"`.
-
-    Decoded and converted on this thread only, with a scaler freed before returning: `frame.to_ndarray(format=...)`
-    would keep a threaded scaler in a per-thread cache for the thread's lifetime (magihuman.forksafe).
-    """
+    """(F, H, W, 3) uint8 frames of a clip ((F, H, W) for "gray"), decoded on this thread with a scaler freed
+    before returning: `to_ndarray(format=...)` would cache a threaded one for the thread's life (forksafe)."""
     path = Path(path)
     scaler = VideoReformatter()
     frames = []

@@ -1,12 +1,8 @@
 """Fitting the full engine on one GPU: which DiTs get fp8 linears when `--fp8` is left unset ("auto").
 
-The resident set is the DiTs, the T5Gemma encoder (18.5 GB in bf16), the two VAEs and the Turbo decoder
-(2.2 GB), plus room for activations. In bf16 the default studio set (distill + sr-540p + encoder, 83 GB) does
-not fit an 80 GB H100; with the super-resolution DiT in fp8 it does (67 GB), with everything in bf16 on an
-H200. So "auto" quantises DiTs one at a time, super-resolution models first (their output is refined from an
-already-formed picture, so they are the least sensitive) and base models last, until the set fits the card.
-An explicit `--fp8` or `--no-fp8` is obeyed as given. DiT sizes are exact (built on the meta device); the
-other components and the activation headroom are estimates from parameter counts, stated below.
+In bf16 the default studio set (distill + sr-540p + encoder, 83 GB) does not fit an 80 GB H100; with the SR DiT
+in fp8 it does (67 GB). So "auto" quantises DiTs one at a time until the set fits, SR models first: they refine
+an already-formed picture, so they are the least sensitive. DiT sizes are exact; the rest are estimates.
 """
 
 from __future__ import annotations
@@ -29,15 +25,12 @@ GPU_MEMORY_ENV = "MAGIHUMAN_GPU_MEMORY_GB"
 # bf16; Oobleck 156,112,514 fp32; Turbo VAE decoder 107,122,892 bf16.
 TEXT_ENCODER_BYTES = 9_241_705_984 * 2
 VAE_BYTES = 704_688_668 * 2 + 156_112_514 * 4 + 107_122_892 * 2
-# Activations of the largest stage plus allocator slack (estimates: 1080p SR attends over ~65k tokens).
-HEADROOM_BYTES = {"sr-1080p": 16 * 2**30}
-DEFAULT_HEADROOM_BYTES = 8 * 2**30
-QUANTISE_FIRST = ("sr-1080p", "sr-540p", "base", "distill")
+QUANTISE_FIRST = tuple(sorted(dit_presets(), key=lambda name: dit_presets()[name].quantise_rank))
 
 
 @lru_cache(maxsize=16)
 def dit_bytes(config: DiTConfig, fp8: bool) -> int:
-    """Exact bytes of one DiT's weights, bf16 linears or fp8 ones (built on meta: no memory, about a second)."""
+    """Exact bytes of one DiT's weights (built on meta: no memory, about a second)."""
     model = build_dit(config, "meta")
     if fp8:
         quantize_fp8_(model, "emulated")  # the kernel choice does not change the stored bytes
@@ -53,7 +46,6 @@ class Fp8Plan:
     automatic: bool
 
     def describe(self) -> str | None:
-        """A status line when "auto" chose fp8 for some DiT (None otherwise)."""
         if not self.automatic or not self.quantised:
             return None
         fits = "fits" if self.needed_bytes <= (self.available_bytes or 0) else "may still not fit: try --offload"
@@ -69,7 +61,7 @@ def peak_bytes(dits: dict[str, DiTConfig], quantised: Iterable[str], offload: bo
     resident, and the largest offloaded model (a DiT or the text encoder) joins it while it runs."""
     quantised = set(quantised)
     sizes = {name: dit_bytes(config, name in quantised) for name, config in dits.items()}
-    headroom = max((HEADROOM_BYTES.get(name, DEFAULT_HEADROOM_BYTES) for name in dits), default=0)
+    headroom = max((dit_presets()[name].headroom_bytes for name in dits), default=0)
     if not offload:
         return sum(sizes.values()) + TEXT_ENCODER_BYTES + VAE_BYTES + headroom
     kept = next((name for name in ("distill", "base") if name in sizes), None)
@@ -85,9 +77,8 @@ def plan_fp8(
     offload: bool = False,
     available_bytes: int | None = None,
 ) -> Fp8Plan:
-    """Which of `dits` to quantise. `fp8` True/False: all or none, as asked. None ("auto"): none off CUDA or
-    for the tiny preset; on a GPU, the fewest DiTs (in `QUANTISE_FIRST` order) that make the estimated peak
-    fit `available_bytes` (default: $MAGIHUMAN_GPU_MEMORY_GB, else the card's total memory)."""
+    """Which of `dits` to quantise: all or none as `fp8` says; for None ("auto") on a GPU, the fewest in
+    `QUANTISE_FIRST` order that make the estimated peak fit."""
     names = list(dits)
     if fp8 is not None:
         return Fp8Plan(frozenset(names) if fp8 else frozenset(), 0, 0, None, automatic=False)

@@ -12,19 +12,9 @@ from torch import nn
 
 
 class Offload:
-    """Keeps a module's weights in CPU memory (pinned when the device is CUDA) and puts them on `device` only
-    while it is used; made by `offload_`.
-
-    The CPU copy is the master and is never written back: the module must be frozen (inference only). Using
-    it: a forward pre-hook loads the weights (and moves tensor arguments to `device`), a forward hook drops
-    the device copies again. Inside `with handle.resident():` (or `resident(module)`) the weights stay on
-    the device across calls, so a denoising loop pays one copy per stage instead of one per step.
-
-    Cost: one host-to-device copy of the weights per load, at the PCIe link's pinned bandwidth (about
-    25 GB/s on PCIe 4, 50 GB/s on PCIe 5): the bf16 SR DiT (30.6 GB) takes about 0.6-1.2 s, its fp8 form
-    half that, the T5Gemma encoder (18.5 GB bf16) 0.4-0.8 s per prompt not already in the text cache. Host
-    memory holds the whole module, pinned. Dropping the device copy is free.
-    """
+    """A frozen module's weights in (pinned) CPU memory, on `device` only around each forward; `resident()` keeps
+    them there across a denoising loop (one copy per stage, not per step). A load costs one copy at PCIe speed:
+    0.6-1.2 s for the bf16 SR DiT (30.6 GB)."""
 
     def __init__(self, module: nn.Module, device: torch.device | str) -> None:
         self.module, self.device = module, torch.device(device)
@@ -79,7 +69,6 @@ class Offload:
         return self._depth > 0
 
     def remove(self) -> nn.Module:
-        """Undo: hooks off, every weight back on the device it was on before `offload_`."""
         for hook in self._hooks:
             hook.remove()
         for t, master, home in zip(self._tensors, self._masters, self._home, strict=True):

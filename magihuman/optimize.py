@@ -1,28 +1,9 @@
-"""Speed steps applied to loaded models from outside (the model files stay eager and readable).
+"""Speed steps applied to loaded models from outside (the model files stay eager and readable), each behind one
+flag shared by the CLI, the app and the benchmark: regional compile, fp8 linears (`magihuman.fp8`), offload
+(`magihuman.offload`), the attention backend, warm-start caches, and oneDNN 3-D convolutions on a CPU.
 
-Each step is switchable by one flag shared by the CLI, the app and the benchmark (`add_speed_arguments`):
-
-- regional compile, `--compile/--no-compile` (default: on with CUDA): `torch.compile` of each DiT
-  `TransformerLayer` and of each resnet block of the Turbo VAE decoder. Bit-identical to eager on a CPU;
-  matmul/reduction-order rounding on CUDA.
-- fp8 linears, `--fp8/--no-fp8` (default: auto, see `magihuman.memory`: on a GPU the DiTs that must shrink
-  for the engine to fit): the transformer `ExpertLinear`s become row-wise scaled float8 (`magihuman.fp8`).
-- offload, `--offload`: the text encoder and the extra DiTs live in pinned CPU memory and are copied to
-  the GPU per use (`magihuman.offload`). Identical results.
-- attention, `--attention`: force a backend of `magihuman.model.attention`.
-- warm-start caches, `--cache/--no-cache` and `--cache-dir` (default: on, `~/.cache/magihuman`): converted
-  weights (`magihuman.cache`) and compiled kernels (`use_compile_cache`) kept on disk for the next start.
-- oneDNN 3-D convolutions on CPU (always, no flag: same results to fp32 rounding): `onednn_conv3d_`.
-
-Order when several are on (`optimize_dit`, `apply_speed_flags`): attention, fp8, offload, compile. Quantising
-needs the bf16 weights on the GPU (fast, and the bf16 copy is freed linear by linear); offloading moves the
-already-halved fp8 weights; compile is lazy and traces whatever modules are in place at the first call.
-
-1. Flags
-2. Regional compile
-3. Applying the flags to an engine's models, and warm-up
-
-The fp8 linears live in `magihuman.fp8`, offloading in `magihuman.offload`.
+Order: attention, fp8, offload, compile. Quantising needs the bf16 weights on the GPU (fast, freed linear by
+linear); offloading then moves the halved fp8 weights; compile is lazy and traces whatever is in place.
 """
 
 from __future__ import annotations
@@ -53,18 +34,12 @@ if TYPE_CHECKING:  # engine imports the samplers and media stack; only its types
     from magihuman.engine import Engine, Models
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Flags
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Flags --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SpeedFlags:
-    """Which speed steps to apply. `attention=None` keeps the backend chosen at load (the fastest available).
-
-    Use `SpeedFlags.default(device)` for the defaults (compile on CUDA only, fp8 auto, offload off), or
-    `from_args` / `from_env` to read the shared command-line flags or their environment equivalents.
-    """
+    """Which speed steps to apply. `attention=None` keeps the backend chosen at load (the fastest available)."""
 
     compile: bool = False
     fp8: bool | None = False  # None: auto (magihuman.memory.plan_fp8), resolved per DiT when an engine loads
@@ -95,9 +70,7 @@ class SpeedFlags:
 
     @classmethod
     def from_env(cls, device: torch.device | str, environ: Mapping[str, str] | None = None) -> SpeedFlags:
-        """For launches without a command line (Spaces): MAGIHUMAN_COMPILE, MAGIHUMAN_FP8, MAGIHUMAN_OFFLOAD,
-        MAGIHUMAN_CACHE (1/0, true/false, yes/no, on/off), MAGIHUMAN_ATTENTION and MAGIHUMAN_CACHE_DIR; unset
-        variables keep the defaults."""
+        """The flags from MAGIHUMAN_* variables, for launches without a command line (Spaces)."""
         env = os.environ if environ is None else environ
         default = cls.default(device)
         return cls(
@@ -109,8 +82,6 @@ class SpeedFlags:
         )
 
     def describe(self) -> str:
-        """One line for logs and the benchmark header, e.g.
-        `compile on · fp8 off · offload off · attention auto · cache /root/.cache/magihuman`."""
         on = {True: "on", False: "off", None: "auto"}
         return (
             f"compile {on[self.compile]} · fp8 {on[self.fp8]} · offload {on[self.offload]} · "
@@ -157,9 +128,7 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool | None) -> bool |
     raise ValueError(f"${name} must be 1/0, true/false, yes/no or on/off, not {value!r}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Regional compile
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Regional compile ---------------------------------------------------------------------------------
 
 # Distinct layer graphs share one code object (TransformerLayer.forward), and dynamo's recompile limit counts
 # per code object: (sandwich gelu, shared swiglu, sandwich swiglu) x (global, frame-local) = 6 graphs, close to
@@ -169,25 +138,13 @@ _RECOMPILE_LIMIT = 64
 
 
 def compile_dit(model: DiT, *, dynamic: bool = True, exact_casts: bool = True) -> DiT:
-    """Compile every `TransformerLayer` of `model` in place (`layer.compile()`); returns `model`.
+    """Compile every `TransformerLayer` of `model` in place ("regional": layers of one structure share a graph,
+    so the 40-layer model compiles three to six graphs in seconds, and its state-dict keys stay as they were).
 
-    Only the repeated block is compiled ("regional" compile): the layers of one structure share one graph
-    (dynamo guards on the module's structure, not its identity), so the full 40-layer model compiles three
-    graphs (four to six with the 1080p window), in seconds rather than minutes, and the model object, its
-    attributes and its state-dict keys stay exactly as they were. Compilation happens at the first call
-    (`warm_up` runs it at start-up).
-
-    `dynamic=True` makes every input size symbolic from the first compile. The layer's varying inputs are
-    the token count (x and the RoPE table are (N, ...)) and the three segment lengths (video, audio, text),
-    which change with the prompt length, the clip length and the tier; with static shapes each new prompt
-    length would recompile (~20 s on a CPU, seconds to minutes on a GPU). `mark_dynamic` would have to tag
-    the tensors at every call from a hook, and still specialise the segment ints on their first values
-    (a second compile); `dynamic=True` compiles once and covers all of them. Weights stay static shapes
-    (dynamo's default for parameters and buffers), so the matmul shapes stay known to the compiler.
-
-    `exact_casts=True` makes Inductor round where the eager code rounds (bf16 after each linear and before
-    attention) instead of keeping fused intermediates in fp32, so compiled and eager agree bit for bit on a
-    CPU (and up to matmul/reduction order on CUDA); the extra conversions are free inside fused kernels.
+    `dynamic=True`: the token count and segment lengths change with every prompt, clip length and resolution;
+    static shapes would recompile for each (~20 s on a CPU), and `mark_dynamic` would still specialise the
+    segment ints once. Weights stay static, so matmul shapes stay known. `exact_casts` rounds where eager
+    rounds, so compiled and eager agree bit for bit on a CPU.
     """
     _raise_recompile_limit(_RECOMPILE_LIMIT)
     options = {"emulate_precision_casts": True} if exact_casts else None
@@ -198,15 +155,9 @@ def compile_dit(model: DiT, *, dynamic: bool = True, exact_casts: bool = True) -
 
 
 def compile_decoder(vae: TurboVAE) -> TurboVAE:
-    """Compile every `ResnetBlock3d` of the Turbo VAE decoder in place (dynamic shapes); returns `vae`.
-
-    The decoder's time goes to 3-D convolutions at up to 1080p and to what surrounds them: each weightless
-    RMSNorm, activation and residual add runs eagerly as about seven full passes over the activations (fp32
-    statistics, scale, cast, activation, add). Inductor fuses them into one or two passes around the
-    convolution kernels, which it leaves to cuDNN/oneDNN. `emulate_precision_casts` keeps eager's roundings,
-    so the decode is bit-identical to eager on a CPU. Window lengths and tiers change the shapes; the channel
-    widths (static with the weights) give one graph per block structure, about ten in all.
-    """
+    """Compile every `ResnetBlock3d` of the Turbo VAE decoder in place (dynamic shapes): eagerly, each norm,
+    activation and residual add is about seven passes over the activations; Inductor fuses them into one or
+    two around the convolutions, with eager's roundings (bit-identical on a CPU)."""
     _raise_recompile_limit(_RECOMPILE_LIMIT)
     for block in vae.modules():
         if isinstance(block, ResnetBlock3d) and block._compiled_call_impl is None:
@@ -215,14 +166,8 @@ def compile_decoder(vae: TurboVAE) -> TurboVAE:
 
 
 def onednn_conv3d_(module: nn.Module) -> int:
-    """Run every fp32 `nn.Conv3d` in `module` through oneDNN's convolution; returns how many it switched (the
-    ones already switched are left as they are).
-
-    For an fp32 Conv3d with a batch of one PyTorch's CPU dispatcher picks its generic im2col kernel
-    (`slow_conv3d`), which on the preview decoder's narrow layers (3-8 channels over whole 256p-1080p frames)
-    reaches about 1 GFLOP/s: 90 % of a preview clip's decode. oneDNN computes the same convolution 5-8× faster
-    (fp32 accumulation in another order: results agree to ~1e-6). bf16 convolutions already take oneDNN.
-    """
+    """Run every fp32 `nn.Conv3d` in `module` through oneDNN; returns how many it switched. PyTorch's generic
+    batch-1 kernel is 5-8× slower on the preview decoder (docs/numerics.md, "CPU convolutions")."""
     if not torch.backends.mkldnn.is_available():
         return 0
     switched = 0
@@ -256,13 +201,8 @@ def _onednn_forward(conv: nn.Conv3d):
 
 
 def use_compile_cache(cache_dir: str | Path) -> Path:
-    """Keep Inductor's FX-graph and AOTAutograd caches and Triton's kernel cache under `cache_dir`, so that a
-    restart skips code generation and autotuning (dynamo still traces: seconds). Returns the Inductor folder.
-
-    The defaults live in /tmp, which a container restart (a Space) wipes. Inductor reads
-    TORCHINDUCTOR_CACHE_DIR at every cache lookup and Triton reads TRITON_CACHE_DIR when it compiles a kernel,
-    so this works until the first compile; variables the user set are respected.
-    """
+    """Keep Inductor's and Triton's caches under `cache_dir` (their /tmp defaults do not survive a Space
+    restart), so a restart skips code generation. Returns the Inductor folder; the user's variables win."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(Path(cache_dir) / "triton"))
     torch._inductor.config.fx_graph_cache = True
@@ -276,16 +216,13 @@ def _raise_recompile_limit(limit: int) -> None:
     setattr(config, name, max(getattr(config, name), limit))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Applying the flags to an engine's models, and warm-up
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Applying the flags to an engine's models, and warm-up --------------------------------------------
 
 WARM_UP_PROMPT = "A person looks into the camera and says hello."
 
 
 def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, offload: bool = False) -> list[str]:
-    """Apply the DiT steps of `flags` to one model (attention, fp8, then `offload` if asked, then compile).
-    Returns what was applied, one short phrase per step."""
+    """Apply the DiT steps of `flags` to one model; returns one short phrase per step applied."""
     device = torch.device(device)
     applied = []
     model.set_attention_backend(select_backend(device, flags.attention))  # None: the fastest available
@@ -311,15 +248,9 @@ def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, o
 def apply_speed_flags(
     models: Models, flags: SpeedFlags, device: torch.device | str, fp8: Collection[str] | None = None
 ) -> list[str]:
-    """Apply `flags` to a loaded engine's models in place; returns one status line per step taken.
-
-    DiTs: attention backend, fp8 (for the DiTs named in `fp8`; by default all of them if `flags.fp8` is True,
-    none otherwise: `magihuman.memory.plan_fp8` resolves "auto"), compile. Offload keeps the first base
-    model (distill, else base) resident and offloads the text encoder and every other DiT (the SR models, and
-    the CFG base model when both base models are loaded): with fp8 the resident set is the 15 GB DiT plus the
-    VAEs, and the peak adds the largest offloaded model while it runs (about 34 GB with the text encoder in
-    bf16: a 48 GB card).
-    """
+    """Apply `flags` to a loaded engine's models in place; returns one status line per step taken. `fp8`: the
+    DiTs to quantise ("auto" resolved by `magihuman.memory.plan_fp8`). Offload keeps the first base model
+    resident: with fp8 the peak is about 34 GB (a 48 GB card)."""
     device = torch.device(device)
     keep = next((name for name in ("distill", "base") if name in models.dits), None)
     if fp8 is None:
@@ -341,13 +272,9 @@ def apply_speed_flags(
 
 
 def warm_up(engine: Engine, resolutions: Iterable[str] | None = None, seconds: int = 1) -> float:
-    """Run one short generation (1 step, `seconds` long) per resolution tier so that compilation, kernel
-    selection and allocator growth happen now rather than in the first user request; returns the seconds
-    spent. Default tiers: every tier the engine serves. The outputs are deleted.
-
-    With dynamic shapes one clip length covers the others; the CFG base model reuses the compiled layer
-    graphs of the distilled one (same layer structure), so one base model is enough.
-    """
+    """One 1-step generation per resolution (default: every one served), so that compiling and allocator growth
+    happen now, not in the first request; returns the seconds. Dynamic shapes cover other clip lengths, and
+    the CFG base model reuses the distilled one's graphs."""
     from magihuman.engine import GenerationRequest  # engine imports the media stack; keep this module light
 
     start = time.perf_counter()

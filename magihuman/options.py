@@ -1,6 +1,5 @@
-"""What an entry point asks of the engine, declared once for `python -m magihuman`, the benchmark and the studio:
-which models (size, weights folder, DiTs), where (device), the speed steps, and how many GPUs per clip (`--cp`,
-`--cfg-parallel`). `magihuman.parallel.start(options)` turns them into an engine."""
+"""What an entry point asks of the engine, declared once for the CLI, the benchmark and the studio;
+`magihuman.parallel.start(options)` turns it into an engine."""
 
 from __future__ import annotations
 
@@ -42,7 +41,6 @@ class EngineOptions:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """--model, --weights-dir, --cp, --cfg-parallel and the speed steps (read back with `from_args`)."""
         parser.add_argument(
             "--model", choices=["full", "tiny"], help=f"default: ${MODEL_ENV}, else full on CUDA, tiny elsewhere"
         )
@@ -80,7 +78,6 @@ class EngineOptions:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EngineOptions:
-        """For launches without a command line (Spaces): $MAGIHUMAN_MODEL and the speed variables of
-        `SpeedFlags.from_env`; one process."""
+        """For launches without a command line (Spaces)."""
         device = default_device()
         return cls(size=default_model_size(environ), device=device, speed=SpeedFlags.from_env(device, environ))

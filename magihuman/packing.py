@@ -55,9 +55,7 @@ class TokenLayout:
         return sum(self.segments)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Video patches
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Video patches ------------------------------------------------------------------------------------
 
 
 def patchify_video(latent: torch.Tensor, patch_size_thw: tuple[int, int, int] = (1, 2, 2)) -> torch.Tensor:
@@ -78,9 +76,7 @@ def unpatchify_video(tokens: torch.Tensor, layout: TokenLayout, channels: int) -
     return x.reshape(1, channels, tp * pt, hp * ph, wp * pw)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Coordinates: per token (t, h, w, size T, H, W, reference T, H, W)
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Coordinates: per token (t, h, w, size T, H, W, reference T, H, W) --------------------------------
 
 
 def token_coords(

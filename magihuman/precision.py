@@ -1,10 +1,7 @@
 """Which floating-point dtype computes fastest on this machine, and what the CPU offers.
 
-The full model computes in bf16 on CUDA (the reference's rounding). On a CPU the answer depends on the
-chip: with AVX-512 BF16 or AMX a bf16 convolution is several times faster than fp32, while on CPUs without
-bf16 units (AVX2-only laptops and cloud cores) oneDNN emulates it and a bf16 `Conv3d` was measured 77× slower
-than fp32. The preview engine therefore measures both once per process and takes the faster one.
-`MAGIHUMAN_CPU_DTYPE=float32|bfloat16` overrides the measurement (for tests and for comparing the two).
+On a CPU without bf16 units oneDNN emulates bf16 (a `Conv3d` ran 77× slower than fp32), so the preview engine
+measures both once per process (docs/numerics.md); `MAGIHUMAN_CPU_DTYPE` overrides it.
 """
 
 from __future__ import annotations
@@ -64,8 +61,6 @@ class ModelDtypes:
 
 
 def model_dtypes(size: str, device: torch.device | str) -> ModelDtypes:
-    """The full model follows the reference (bf16 on CUDA; the VAEs and the decoder fp32 on a CPU); the tiny
-    preview computes its DiTs and decoder in the fastest dtype of `device` and the rest in fp32."""
     device = torch.device(device)
     if size == "full":
         on_gpu = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -88,8 +83,7 @@ def compute_dtype(device: torch.device | str) -> torch.dtype:
 
 @lru_cache(maxsize=1)
 def measured_cpu_dtype() -> torch.dtype:
-    """Time the preview's two kinds of work (a 3-D convolution and a matrix product) in fp32 and bf16 and
-    return the faster dtype. Costs ~10 ms on a CPU with bf16 units, ~0.3 s on one without."""
+    """The faster of fp32 and bf16 for a 3-D convolution and a matrix product (~10 ms to ~0.3 s)."""
     return min(_DTYPES.values(), key=_seconds_for)
 
 

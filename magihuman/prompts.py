@@ -9,14 +9,7 @@ The format is an English main body that quotes every spoken line inline, then
     Background Sound:
     <description> | <No prominent background sound>
 
-with every spoken line appearing exactly twice (inline and in the Dialogue block) and CJK text written with a
-space between every character, in both places.
-
-1. Languages
-2. Text clean-up and CJK spacing
-3. Assembling and splitting prompts
-4. Length warnings (speech vs. clip duration, prompt vs. the encoder's token cap)
-5. Example prompts
+with every spoken line appearing exactly twice and CJK text written with a space between every character.
 """
 
 from __future__ import annotations
@@ -30,19 +23,14 @@ from dataclasses import dataclass
 from magihuman.config import REQUEST_LIMITS, TEXT_ENCODER
 from magihuman.take_plan import MAX_TAKE_SECONDS
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Languages
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Languages ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Language:
-    """A spoken language the model was trained on, named as the Dialogue tag writes it."""
-
     name: str
-    cjk_spaced: bool  # lines are written with a space between every character
-    # Comfortable speaking rate: characters/s for CJK languages (one character is one syllable, roughly), else
-    # syllables/s. Rough heuristics chosen for a friendly length warning, not facts about the model.
+    cjk_spaced: bool
+    # characters/s for CJK, else syllables/s: rough rates for a friendly warning, not facts about the model
     units_per_second: float
     silent_final_e: bool = False  # "make", "livre": a final e adds no syllable when estimating
 
@@ -61,7 +49,6 @@ LANGUAGE_NAMES: tuple[str, ...] = tuple(lang.name for lang in LANGUAGES)
 
 
 def get_language(name: str) -> Language:
-    """The language called `name` (case-insensitive); ValueError listing the options otherwise."""
     wanted = name.strip().lower()
     for lang in LANGUAGES:
         if lang.name.lower() == wanted:
@@ -69,9 +56,7 @@ def get_language(name: str) -> Language:
     raise ValueError(f"unknown language {name!r}; choose one of {', '.join(LANGUAGE_NAMES)}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Text clean-up and CJK spacing
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Text clean-up and CJK spacing --------------------------------------------------------------------
 
 # Invisible format characters that only confuse the tokenizer: zero-width space, LRM/RLM, bidi embeddings,
 # overrides and isolates, word joiner, BOM, soft hyphen. The zero-width joiner stays (emoji sequences).
@@ -92,7 +77,6 @@ _CJK_RANGES = (
 
 
 def is_cjk(char: str) -> bool:
-    """Whether `char` is a CJK letter (Han, kana, Hangul syllable): the characters the format spaces apart."""
     if unicodedata.category(char).startswith("P"):
         return False
     code = ord(char)
@@ -100,8 +84,7 @@ def is_cjk(char: str) -> bool:
 
 
 def clean_text(text: str) -> str:
-    """NFC-normalise, drop control and invisible format characters, collapse every whitespace run (newlines
-    and the ideographic space included) to one space, and strip the ends."""
+    """NFC, without control and invisible characters, every whitespace run one space."""
     # NFC so that decomposed Hangul (as some keyboards and macOS file names produce) becomes syllables.
     text = unicodedata.normalize("NFC", text)
     kept = []
@@ -114,12 +97,8 @@ def clean_text(text: str) -> str:
 
 
 def space_cjk(text: str) -> str:
-    """Put one space between every pair of adjacent characters where either is a CJK letter.
-
-    Punctuation attaches to its neighbours, as in the official examples (`一 辈 子，还 带`); Latin words, digits
-    and emoji stay whole but are separated from CJK letters (`我 用 iPhone 拍 的`). The result is `clean_text`-ed,
-    so it never has double spaces, and the function is idempotent.
-    """
+    """One space between adjacent characters where either is a CJK letter, punctuation attached as in the
+    official examples (`一 辈 子，还 带`, `我 用 iPhone 拍 的`). Idempotent."""
     text = clean_text(text)
     out: list[str] = []
     for char in text:
@@ -141,9 +120,7 @@ def _needs_space(prev: str, char: str) -> bool:
     return unicodedata.category(char)[0] not in ("M", "C")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Assembling and splitting prompts
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Assembling and splitting prompts -----------------------------------------------------------------
 
 NO_BACKGROUND = "No prominent background sound"
 DEFAULT_SPEAKER = "Speaker"
@@ -156,23 +133,15 @@ _DOUBLE_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"'})
 
 @dataclass(frozen=True)
 class DialogueLine:
-    """One utterance: who says it (a ≈5-word description or a name), in which of LANGUAGES, and what."""
-
     speaker: str
     language: str
     text: str
 
 
 def build_prompt(description: str, lines: list[DialogueLine], background: str | None) -> str:
-    """Assemble a prompt in the official format.
-
-    The description becomes the main body (one paragraph). A line it does not already quote (`"line"`) is
-    quoted inline by an appended sentence (`The woman says: "..."`), so each line appears exactly twice: in the
-    body and in the Dialogue block. Lines with empty text are skipped; with no lines there is no Dialogue block.
-    CJK is spaced everywhere, control characters are stripped and whitespace is normalised; nothing is
-    escaped (this is model text, not HTML). `background` None or blank gives `<No prominent background sound>`.
-    Raises ValueError for a language outside LANGUAGES.
-    """
+    """A prompt in the official format. A line the description does not already quote is quoted by an appended
+    sentence (`The woman says: "..."`), so each line appears exactly twice. Nothing is escaped: this is model
+    text, not HTML."""
     body = space_cjk(description).translate(_DOUBLE_QUOTES)
     tagged: list[tuple[str, Language, str]] = []
     for line in lines:
@@ -211,7 +180,6 @@ def _clean_line(text: str) -> str:
 
 
 def speaker_subject(speaker: str) -> str:
-    """A speaker tag as the subject of a sentence: "The young woman", "Marie Curie" (names keep no article)."""
     return _subject(speaker)
 
 
@@ -221,7 +189,7 @@ def _subject(speaker: str) -> str:
     if first in ("a", "an", "the"):
         return speaker[0].upper() + speaker[1:]
     if all(not w[:1].islower() for w in words) and first not in _COMMON_NOUNS:
-        return speaker  # a name ("Marie Curie", or written in a script without case)
+        return speaker  # a name
     return "The " + speaker[0].lower() + speaker[1:]
 
 
@@ -230,10 +198,8 @@ _HEADER = re.compile(r"^\s*(Dialogue|Background Sound)\s*:\s*$", re.MULTILINE)
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[DialogueLine], str | None]:
-    """Split a prompt in the official format into (description, lines, background) such that `build_prompt`
-    rebuilds it. Lenient: a prompt without blocks is all description; languages are returned as written (not
-    validated); rows that do not match `<speaker, Language>: "line"` are ignored; background is None when
-    absent or "no prominent background sound"."""
+    """(description, lines, background) that `build_prompt` rebuilds the prompt from. Lenient: rows that do not
+    match are ignored, languages are not validated."""
     parts = _HEADER.split(prompt)  # [body, name, content, name, content, ...]
     description = parts[0].strip()
     lines: list[DialogueLine] = []
@@ -251,9 +217,7 @@ def parse_prompt(prompt: str) -> tuple[str, list[DialogueLine], str | None]:
     return description, lines, background
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Length warnings
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Length warnings ----------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
 _VOWEL_GROUP = re.compile(r"[aeiouyàâäáãåæéèêëíìîïóòôöõøœúùûüÿ]+")
@@ -264,11 +228,8 @@ WARNING_SLACK_S = 0.5  # the rates are rough: only warn when the overshoot is cl
 
 
 def estimate_speech_seconds(text: str, language: str) -> float:
-    """Rough seconds needed to say `text` comfortably in `language` (0.0 for an empty line).
-
-    Counts CJK characters, syllables of letter words (vowel groups), and digits (one each), divides by the
-    language's rate, and adds short pauses for sentence and clause breaks inside the line.
-    """
+    """Rough seconds to say `text` comfortably: CJK characters, vowel groups and digits over the language's rate,
+    plus pauses at breaks."""
     lang = get_language(language)
     text = clean_text(text)
     units = 0
@@ -292,11 +253,7 @@ def _syllables(word: str, silent_final_e: bool) -> int:
 
 
 def line_length_warning(lines: list[DialogueLine], seconds: float) -> str | None:
-    """A friendly warning when the spoken lines likely need more time than a clip of `seconds`, else None.
-
-    Lines are spoken one after another with a short gap between turns; empty lines are ignored. Raises
-    ValueError for a language outside LANGUAGES.
-    """
+    """A friendly warning when the lines likely need more time than a clip of `seconds`, else None."""
     spoken = [line for line in lines if clean_text(line.text)]
     needed = sum(estimate_speech_seconds(line.text, line.language) for line in spoken)
     needed += TURN_GAP_S * max(len(spoken) - 1, 0)
@@ -311,12 +268,8 @@ def line_length_warning(lines: list[DialogueLine], seconds: float) -> str | None
 
 
 def prompt_length_warning(prompt: str, count_tokens: Callable[[str], int] | None = None) -> str | None:
-    """A warning when the prompt is over the request limit or past the encoder's token cap, else None.
-
-    `count_tokens` is `TextEncoder.count_tokens` when an encoder is loaded (this module stays torch-free).
-    The cap matters more than it looks: the Dialogue and Background Sound blocks come last, so they are the
-    first text the model never sees.
-    """
+    """A warning when the prompt is over the request limit or the encoder's token cap, else None. The cap
+    matters: the Dialogue and Background Sound blocks come last, so they are the first text cut."""
     if len(prompt) > REQUEST_LIMITS.max_prompt_chars:
         return f"The prompt has {len(prompt)} characters; the limit is {REQUEST_LIMITS.max_prompt_chars}."
     if count_tokens is not None:
@@ -329,15 +282,12 @@ def prompt_length_warning(prompt: str, count_tokens: Callable[[str], int] | None
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Example prompts
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Example prompts ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PromptExample:
-    """A complete example in structured form, so the UI's dialogue builder can be filled from it. The
-    description already quotes the line, so `prompt()` adds it only to the Dialogue block."""
+    """An example in structured form, for the dialogue builder; its description already quotes the line."""
 
     title: str
     description: str

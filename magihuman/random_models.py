@@ -1,9 +1,6 @@
-"""Seeded random models: the tiny preview engine (tests, CI, a machine without a GPU) and the full-size models
-of the benchmarks (speed does not depend on weight values). The networks and their loaders live elsewhere;
-this module only fills them with reproducible random weights.
-
-The text encoder and the VAEs need transformers and diffusers, which the GPU hosts of the acceptance run do not
-have: their builders import them when called, so the DiT and Turbo VAE builders stay importable there.
+"""Seeded random weights for the networks: the tiny preview engine and the benchmarks' full-size models (speed
+does not depend on weight values). transformers and diffusers are imported only when called: the acceptance
+run's GPU hosts lack them.
 """
 
 from __future__ import annotations
@@ -31,19 +28,12 @@ if TYPE_CHECKING:
 
 ALL_DITS = ("distill", "base", "sr-540p", "sr-1080p")  # random_dits seeds by this order
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Whole model sets
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Whole model sets ---------------------------------------------------------------------------------
 
 
 def tiny_models(seed: int = 0, device: torch.device | str = "cpu") -> Models:
-    """Every component with a tiny random configuration; the same seed gives the same weights.
-
-    The DiT transformers and the Turbo VAE decoder (where the preview spends its time) compute in the
-    fastest dtype of `device` (`magihuman.precision`): bf16 on CUDA and on CPUs with bf16 units, fp32 on
-    the others. The weights are the same either way (drawn in bf16 first), only the arithmetic differs.
-    The tiny text encoder and the Wan and audio VAEs are fp32 everywhere.
-    """
+    """Every component with a tiny random configuration; the same seed gives the same weights, whatever dtype
+    `magihuman.precision` picks for the arithmetic."""
     return random_models("tiny", seed, device)
 
 
@@ -54,14 +44,8 @@ def random_models(
     dits: Iterable[str] = ALL_DITS,
     fp8: Collection[str] = (),
 ) -> Models:
-    """Every component with seeded random weights: the tiny preview engine, or the full-size models of the
-    benchmark (speed does not depend on weight values; the text encoder gets the byte-level tokenizer).
-
-    Full size is built directly on `device`, in the dtypes the loaders give there (bf16 on CUDA). The DiTs
-    named in `fp8` are quantised as soon as they are built, so the peak is the final footprint plus one bf16
-    DiT. Dtypes per component: `magihuman.precision.model_dtypes` (the tiny DiTs and decoder compute in the
-    fastest dtype of `device`).
-    """
+    """Every component with seeded random weights, tiny or full size. Full size is built on `device`; the DiTs in
+    `fp8` are quantised as soon as built, so the peak is the final footprint plus one bf16 DiT."""
     from magihuman.engine import Models
     from magihuman.vae import SAO_VAE_CONFIG, WAN22_VAE_CONFIG
 
@@ -88,8 +72,7 @@ def random_dits(
     dits: Iterable[str] = ALL_DITS,
     fp8: Collection[str] = (),
 ) -> dict[str, DiT]:
-    """The DiTs of `random_models` alone (the same weights and compute dtype): what a benchmark's worker rank
-    holds."""
+    """The DiTs of `random_models` alone: what a benchmark's worker rank holds."""
     device = torch.device(device)
     compute = model_dtypes(size, device).transformer
     presets = dit_presets(size)
@@ -103,18 +86,13 @@ def random_dits(
     return built
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The DiT and the Turbo VAE decoder
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The DiT and the Turbo VAE decoder ----------------------------------------------------------------
 
 
 @torch.no_grad()
 def init_random_(model: DiT, seed: int) -> DiT:
-    """Seeded random weights with the spread of the golden fixtures (for the preview engine and benchmarks).
-
-    Matrices: normal(0, 1/sqrt(fan_in)) (3/sqrt(fan_in) for `up_gate_proj`, so that a few activations reach
-    the ±7 clamps); norm weights and biases: normal(0, 0.1); the RoPE bands get their exact values.
-    """
+    """Seeded weights with the golden fixtures' spread (`up_gate_proj` wider, so that a few activations reach
+    the ±7 clamps)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
@@ -135,8 +113,6 @@ def build_random_turbo_vae(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> TurboVAE:
-    """Seeded random weights (for the tiny preview engine): conv weights normal(0, 1/sqrt(fan_in)), biases
-    normal(0, 0.1), fan_in = input channels × kernel volume."""
     model = TurboVAE(config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -146,9 +122,7 @@ def build_random_turbo_vae(
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The text encoder: the tiny one (tests, preview engine) and the full-size one (benchmark)
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The text encoder: the tiny one (tests, preview engine) and the full-size one (benchmark) ---------
 
 
 # Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3), then the 256 byte symbols: any text tokenises.
@@ -156,12 +130,7 @@ _SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with Gemma's conventions: `<bos>` prepended, no `<eos>`, 260 ids.
-
-    Every string is split into its UTF-8 bytes (no merges), so CJK, emoji, RTL and control characters all
-    tokenise without unknown tokens. Built in memory in about a millisecond; `save_pretrained` writes a
-    `tokenizer.json` that `AutoTokenizer` reads back.
-    """
+    """A byte-level tokenizer with Gemma's conventions (`<bos>` prepended, no `<eos>`): any text tokenises."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -187,8 +156,6 @@ def t5gemma_config(
     sliding_window: int,
     vocab_size: int = len(_SPECIAL_TOKENS) + 256,
 ) -> T5GemmaConfig:
-    """Encoder-only T5Gemma config with Gemma's special-token ids; layers alternate sliding-window and full
-    attention, as in T5Gemma."""
     from transformers import T5GemmaConfig
 
     from magihuman.text import encoder_only
@@ -212,25 +179,20 @@ def t5gemma_config(
 
 
 def tiny_t5gemma_config(hidden_size: int = TINY_DIT.text_in_channels) -> T5GemmaConfig:
-    """2 layers (one sliding-window, one full attention), GQA 4:2 heads; a short window, so that long test
-    prompts exercise the sliding-window mask."""
+    """A short window, so that long test prompts exercise the sliding-window mask."""
     return t5gemma_config(hidden_size, 2 * hidden_size, 2, 4, 2, hidden_size // 4, sliding_window=32)
 
 
 def t5gemma_9b_config() -> T5GemmaConfig:
-    """The encoder shape of google/t5gemma-9b-9b-ul2: 9,241,705,984 parameters. For
-    the benchmark's random full-size encoder; real loading reads the repository's own config."""
+    """The encoder shape of google/t5gemma-9b-9b-ul2 (9,241,705,984 parameters), for the benchmark."""
     return t5gemma_config(3584, 14336, 42, 16, 8, 256, sliding_window=4096, vocab_size=256_000)
 
 
 def build_random_text_encoder(
     config: T5GemmaConfig, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> TextEncoder:
-    """A T5Gemma encoder with transformers' own seeded random initialisation, built directly on `device` in
-    `dtype`, and the byte-level tokenizer (so a prompt of n bytes is n + 1 tokens). The global RNGs are
-    forked, so building one does not disturb the caller's streams; the same seed gives the same weights on
-    the same kind of device.
-    """
+    """A seeded random T5Gemma encoder on `device` with the byte-level tokenizer (n bytes: n + 1 tokens). The
+    global RNGs are forked, so the caller's streams are not disturbed."""
     from transformers import T5GemmaEncoderModel
 
     from magihuman.text import TextEncoder
@@ -244,13 +206,10 @@ def build_random_text_encoder(
 def build_tiny_text_encoder(
     seed: int = 0, hidden_size: int = TINY_DIT.text_in_channels, device: torch.device | str = "cpu"
 ) -> TextEncoder:
-    """The tiny random encoder (fp32) of the preview engine."""
     return build_random_text_encoder(tiny_t5gemma_config(hidden_size), seed, device)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. The video and audio VAEs
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. The video and audio VAEs -------------------------------------------------------------------------
 
 
 def build_random_video_vae(
@@ -260,9 +219,7 @@ def build_random_video_vae(
     dtype: torch.dtype = torch.float32,
     build_on_device: bool = False,
 ) -> VideoVAE:
-    """A Wan2.2 VAE of `config` (tiny widths by default, `WAN22_VAE_CONFIG` for the benchmark) with diffusers'
-    seeded random initialisation. Built on the CPU and moved (the same seed gives the same weights on any
-    device), or directly on `device` with `build_on_device` (fast for the full size)."""
+    """A seeded random Wan2.2 VAE, built on the CPU (the same weights on any device) unless `build_on_device`."""
     from diffusers import AutoencoderKLWan
 
     from magihuman.vae import TINY_WAN_VAE_CONFIG, VideoVAE
@@ -278,8 +235,7 @@ def build_tiny_video_vae(seed: int = 0, device: torch.device | str = "cpu") -> V
 def build_random_audio_vae(
     config: Mapping | None = None, seed: int = 0, device: torch.device | str = "cpu", build_on_device=False
 ) -> AudioVAE:
-    """An Oobleck VAE of `config` (by default the real strides and latent width with tiny decoder widths; the
-    benchmark uses `SAO_VAE_CONFIG`) with seeded random weights, fp32; see `build_random_video_vae`."""
+    """A seeded random Oobleck VAE, fp32; see `build_random_video_vae`."""
     from diffusers import AutoencoderOobleck
 
     from magihuman.vae import TINY_SAO_VAE_CONFIG, AudioVAE

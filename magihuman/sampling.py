@@ -1,22 +1,9 @@
-"""Sampling: the sigma grid, the flow UniPC solver, guidance, super-resolution preparation and the three
-denoising loops.
+"""Sampling: the sigma grid, the flow UniPC solver, guidance, SR preparation and the three denoising loops.
 
-Flow convention: x_σ = (1 − σ)·x0 + σ·ε. The DiT returns the velocity v ≈ ε − x0, so x0 = x_σ − σ·v.
-
-Bit-level parity. The reference solver keeps its sigmas as a float32 CPU tensor and evaluates every scalar
-coefficient (logs, expm1, ratios, a 2×2 linear system) in float32, one at a time. This module does the same
-with the same operations in the same order, but makes the three machine-dependent pieces portable: ln and
-expm1 are evaluated in float64 and rounded to float32 (i.e. correctly rounded), and the 2×2 system is solved
-by an explicit LU with partial pivoting in LAPACK's rounding order instead of the platform's LAPACK (whose
-vector kernels differ between CPUs by an ulp). With that, the golden trajectories are reproduced bit for bit
-on any machine. The scalars stay on the CPU; PyTorch accepts 0-dim CPU tensors as operands of GPU tensors.
-
-The loops are plain functions. The DiT, the noise source, progress reporting and cancellation are passed in:
-
-- `velocity(video, audio, text) -> (v_video, v_audio)`: one DiT forward;
-- `noise(shape) -> Tensor`: the next Gaussian tensor; the loops draw in the reference order (initial audio,
-  initial video, then per stage as documented on each loop), so recorded noise can be replayed;
-- `on_step(StepEvent)` after every step, and `cancel` (a `magihuman.errors.Cancel`) checked before every step.
+Flow convention: x_σ = (1 − σ)·x0 + σ·ε, and the DiT returns v ≈ ε − x0. Scalars are float32 on the CPU, computed
+so that the golden trajectories match bit for bit on any machine (docs/numerics.md, "The sampler's scalars").
+The loops take the DiT (`velocity`), the noise source (drawn in the reference order, so recorded noise can be
+replayed), `on_step` and `cancel` as arguments.
 """
 
 from __future__ import annotations
@@ -34,26 +21,19 @@ from magihuman.timing import seconds_since
 
 Tensor = torch.Tensor
 VelocityFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-# (video, audio, text, negative text) -> (conditional velocity, unconditional velocity), e.g. on two GPU groups
 VelocityPairFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]
 NoiseFn = Callable[[tuple[int, ...]], Tensor]
 
-# Zero-terminal-SNR DDPM table used to re-noise the upsampled latent in the SR stage:
-# β linearly spaced in sqrt space between these two values.
+# The zero-terminal-SNR table that re-noises the upsampled latent: β linear in sqrt space between these.
 ZSNR_BETA_START = 0.00085
 ZSNR_BETA_END = 0.012
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Sigma grid
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Sigma grid ---------------------------------------------------------------------------------------
 
 
 def _linspace64(start: float, stop: float, num: int) -> Tensor:
-    """float64 linspace with numpy's rounding (start + i·step, last point = stop), as the reference uses.
-
-    torch.linspace evaluates the upper half from the end and can differ in the last bit.
-    """
+    """numpy's float64 linspace (start + i·step, last = stop): torch.linspace can differ in the last bit."""
     if num == 1:
         return torch.tensor([start], dtype=torch.float64)
     step = (stop - start) / (num - 1)
@@ -63,27 +43,19 @@ def _linspace64(start: float, stop: float, num: int) -> Tensor:
 
 
 def sigma_schedule(steps: int, shift: float = SAMPLING.shift) -> tuple[Tensor, Tensor]:
-    """The shifted flow grid of an N-step run.
-
-    Returns sigmas (N + 1,) float32 from ≈0.9998 down to a final 0, and timesteps (N,) int64 = σ·1000
-    truncated (used only for the video-guidance switch). Every stage (base, distill, SR) uses this grid.
-    """
+    """Sigmas (N + 1,) float32 from ≈0.9998 to a final 0, and timesteps (N,) int64 = ⌊σ·1000⌋ (for the
+    video-guidance switch). Every stage uses this grid."""
     if steps < 1:
         raise ValueError(f"need at least one sampling step, got {steps}")
-    # 1. σ_max is the float32 value of the scheduler's training grid start (0.999), taken as a double.
     sigma_max = torch.tensor(SAMPLING.sigma_max, dtype=torch.float32).item()
-    # 2. N + 1 points from σ_max to 0 in float64, drop the last, apply the shift.
     grid = _linspace64(sigma_max, 0.0, steps + 1)[:-1]
     grid = shift * grid / (1 + (shift - 1) * grid)
-    # 3. Timesteps come from the float64 grid; the sigmas gain a final 0 and are stored as float32.
     timesteps = (grid * SAMPLING.num_train_timesteps).to(torch.int64)
     sigmas = torch.cat([grid, grid.new_zeros(1)]).to(torch.float32)
     return sigmas, timesteps
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Flow UniPC solver
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Flow UniPC solver --------------------------------------------------------------------------------
 
 
 def _ln(x: Tensor) -> Tensor:
@@ -97,27 +69,19 @@ def _expm1(x: Tensor) -> Tensor:
 
 
 def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """a·b + c as a fused multiply-add gives it: the float64 product of two float32 values is exact, the sum
-    is rounded to float32 (via float64, which differs from one rounding only on astronomically rare ties)."""
+    """a·b + c rounded once, like a fused multiply-add (the float64 product of two float32 values is exact)."""
     return (a.double() * b.double() + c.double()).float()
 
 
 def _solve_corrector_system(r: Tensor, b1: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
-    """Solve [[1, 1], [r, 1]]·ρ = (b1, b2) in float32 like LAPACK's getrf + getrs.
-
-    Partial pivoting (rows swap when |r| > 1), the multiplier scaled by the pivot's reciprocal, fused
-    multiply-add updates, and divisions by the diagonal done as multiplications by its reciprocal.
-    """
+    """Solve [[1, 1], [r, 1]]·ρ = (b1, b2) in float32 in LAPACK getrf + getrs rounding order."""
     one = torch.ones((), dtype=torch.float32)
-    # 1. Pivot row first: (a11, a12 | c1) over (a21, a22 | c2).
     if r.abs() > one:
         a11, a12, c1, a21, a22, c2 = r, one, b2, one, one, b1
     else:
         a11, a12, c1, a21, a22, c2 = one, one, b1, r, one, b2
-    # 2. Factorise: l = a21 / a11, u22 = a22 − l·a12.
     l21 = a21 * (one / a11)
     u22 = _fma(-l21, a12, a22)
-    # 3. Forward then back substitution.
     y2 = _fma(-l21, c1, c2)
     rho2 = y2 * (one / u22)
     rho1 = _fma(-a12, rho2, c1) * (one / a11)
@@ -125,16 +89,10 @@ def _solve_corrector_system(r: Tensor, b1: Tensor, b2: Tensor) -> tuple[Tensor, 
 
 
 class FlowUniPC:
-    """Flow-matching UniPC, x0-prediction, B(h) = expm1(h) ("bh2"), order 2, lower order at the last step,
-    corrector on every step after the first. Bit-identical to the Wan2.1-style scheduler of the reference.
-
-    One instance per latent (video and audio use separate instances on the same grid) and per run: the
-    solver keeps the last two x0 predictions and the last corrected sample. Call `step` exactly once per
-    sigma interval with the model output for the current sample.
-
-    After each step the diagnostics of that step are available: `last_corrected` (the input after the
-    corrector), `last_x0_pred` (x0 from the uncorrected input) and `last_order` (the predictor order).
-    """
+    """Flow-matching UniPC (x0-prediction, "bh2", order 2, lower order at the last step, corrector after the
+    first step), bit-identical to the reference's Wan2.1-style scheduler. One instance per latent and run;
+    call `step` once per sigma interval. `last_corrected`, `last_x0_pred`, `last_order`: the last step's
+    diagnostics."""
 
     solver_order = 2
 
@@ -146,37 +104,31 @@ class FlowUniPC:
         self.sigmas = sigmas.detach().to("cpu", torch.float32)
         self.num_steps = self.sigmas.numel() - 1
         self.step_index = 0
-        self._x0_history: list[Tensor] = []  # m_{i-1}, m_i: x0 predictions of the last two steps
-        self._prev_sample: Tensor | None = None  # corrected sample of the previous step
-        self._prev_order = 0  # predictor order of the previous step
+        self._x0_history: list[Tensor] = []  # m_{i-1}, m_i
+        self._prev_sample: Tensor | None = None  # corrected
+        self._prev_order = 0
         self.last_corrected: Tensor | None = None
         self.last_x0_pred: Tensor | None = None
         self.last_order = 0
 
     def _lambda(self, index: int) -> Tensor:
-        """λ = ln α − ln σ with α = 1 − σ, a 0-dim float32 tensor (inf where σ = 0)."""
+        """λ = ln(1 − σ) − ln σ (inf where σ = 0)."""
         sigma = self.sigmas[index]
         return _ln(1 - sigma) - _ln(sigma)
 
     def _order(self, index: int) -> int:
-        """1 at the first step (warm-up) and at the last step (lower_order_final), else solver_order."""
         return min(self.solver_order, self.num_steps - index, index + 1)
 
     def step(self, model_output: Tensor, sample: Tensor) -> Tensor:
-        """Advance `sample` (at sigma[i]) to sigma[i+1] given the model's velocity for `sample`."""
         i = self.step_index
         if i >= self.num_steps:
             raise RuntimeError(f"FlowUniPC: all {self.num_steps} steps are done; make a new solver per run")
-        # 1. x0 prediction from the uncorrected sample.
         x0_pred = sample - self.sigmas[i] * model_output
-        # 2. Corrector (UniC): refine this step's input with the new x0 prediction.
-        if i > 0:
+        if i > 0:  # UniC: refine this step's input with the new x0 prediction
             sample = self._correct(x0_pred, sample)
-        # 3. History: the x0 prediction of the uncorrected sample, and the corrected sample.
         self._x0_history = [*self._x0_history[-1:], x0_pred]
         order = self._order(i)
         self._prev_sample, self._prev_order = sample, order
-        # 4. Predictor (UniP) to the next sigma.
         prev_sample = self._predict(sample, order)
         self.last_corrected, self.last_x0_pred, self.last_order = sample, x0_pred, order
         self.step_index += 1
@@ -213,7 +165,6 @@ class FlowUniPC:
         if order == 1:
             correction = 0.5 * d1_t
         else:
-            # ρ from [[1, 1], [r, 1]]·ρ = b, b_k from the φ-functions of h (all float32).
             rk = (self._lambda(i - 2) - lambda_s0) / h
             d1 = (self._x0_history[-2] - m0) / rk
             h_phi_k = phi / hh - 1
@@ -225,40 +176,30 @@ class FlowUniPC:
         return x_t - alpha_t * phi * correction
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Distilled step and guidance
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Distilled step and guidance ----------------------------------------------------------------------
 
 
 def renoise_step(sample: Tensor, velocity: Tensor, noise: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    """The distilled model's step: x0 = x − σ·v, then re-noise to σ_next with fresh noise (fp32 scalars)."""
+    """The distilled model's step: x0 = x − σ·v, re-noised to σ_next with fresh noise."""
     return sigma_next * noise + (1 - sigma_next) * (sample - sigma * velocity)
 
 
 def guided(v_uncond: Tensor, v_cond: Tensor, scale: float) -> Tensor:
-    """Classifier-free guidance: v_uncond + scale·(v_cond − v_uncond)."""
     return v_uncond + scale * (v_cond - v_uncond)
 
 
 def video_guidance_scale(timestep: int | Tensor, high: float = SAMPLING.video_guidance_high) -> float:
-    """Base-model video guidance: `high` (5.0) while the integer timestep is above the switch (500), then the
-    low scale (2.0). A user-chosen `high` below the low scale is used throughout."""
+    """`high` (5.0) while the timestep is above 500, then 2.0 (or `high` if lower)."""
     if int(timestep) > SAMPLING.guidance_switch_timestep:
         return high
     return min(high, SAMPLING.video_guidance_low)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Super-resolution preparation
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Super-resolution preparation ---------------------------------------------------------------------
 
 
 def zsnr_signal_table(num_train_timesteps: int = SAMPLING.num_train_timesteps) -> Tensor:
-    """sqrt(ᾱ) of a zero-terminal-SNR DDPM schedule, float32 (num_train_timesteps,): [0] cleanest, [-1] = 0.
-
-    β linear in sqrt space (float64), ᾱ = cumprod(1 − β); then in float32 s = sqrt(ᾱ), rescaled so that the
-    last entry becomes 0 and the first is unchanged.
-    """
+    """sqrt(ᾱ) (num_train_timesteps,) float32, rescaled so that the last entry is 0 and the first unchanged."""
     betas = _linspace64(ZSNR_BETA_START**0.5, ZSNR_BETA_END**0.5, num_train_timesteps) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, dim=0)
     signal = alphas_cumprod.to(torch.float32).sqrt()
@@ -273,32 +214,26 @@ def sr_renoise_coefficients(index: int = SAMPLING.sr_zsnr_index) -> tuple[Tensor
 
 
 def upsample_latent(base_video: Tensor, size_thw: Sequence[int]) -> Tensor:
-    """Trilinear resize of a (1, C, T, h, w) latent to (1, C, *size_thw), align_corners=True."""
     if base_video.ndim != 5:
         raise ValueError(f"expected a (1, C, T, H, W) latent, got shape {tuple(base_video.shape)}")
     return F.interpolate(base_video, size=tuple(size_thw), mode="trilinear", align_corners=True)
 
 
 def renoise_for_sr(upsampled: Tensor, noise: Tensor, index: int = SAMPLING.sr_zsnr_index) -> Tensor:
-    """x = a·up + sqrt(1 − a²)·ε with a from the zero-terminal-SNR table."""
     signal, noise_coeff = sr_renoise_coefficients(index)
     return upsampled * signal + noise * noise_coeff
 
 
 def sr_audio_input(noise: Tensor, base_audio: Tensor, noise_scale: float = SAMPLING.sr_audio_noise_scale) -> Tensor:
-    """The fixed audio the SR model reads: noise·0.7 + base·(1 − 0.7) (not variance preserving)."""
+    """The fixed audio the SR model reads (not variance preserving, as in the reference)."""
     return noise * noise_scale + base_audio * (1 - noise_scale)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. Loop plumbing: noise, frame-0 overwrite, progress and cancellation
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. Loop plumbing: noise, frame-0 overwrite, progress and cancellation -------------------------------
 
 
 @dataclass(frozen=True)
 class StepEvent:
-    """Progress of one finished step: `step` is 1-based, `seconds` is the wall time of that step."""
-
     stage: str
     step: int
     total: int
@@ -306,7 +241,6 @@ class StepEvent:
 
 
 def gaussian_noise(generator: torch.Generator, device: torch.device | str | None = None) -> NoiseFn:
-    """A noise source drawing float32 standard normals from `generator` (on the generator's device)."""
     target = torch.device(device) if device is not None else generator.device
 
     def draw(shape: tuple[int, ...]) -> Tensor:
@@ -316,8 +250,8 @@ def gaussian_noise(generator: torch.Generator, device: torch.device | str | None
 
 
 def overwrite_first_frame(video: Tensor, image_latent: Tensor | None) -> Tensor:
-    """Latent frames 0..K−1 := a clean prefix (1, C, K, H, W): the image latent (K = 1, TI2V) or, in a long
-    take, the frames carried from the previous window. Returns a new tensor; no-op if None."""
+    """Frames 0..K−1 := a clean prefix (1, C, K, H, W): the image latent (K = 1) or a long take's carried
+    frames."""
     if image_latent is None:
         return video
     expected = (*video.shape[:2], image_latent.shape[2], *video.shape[3:])
@@ -329,7 +263,7 @@ def overwrite_first_frame(video: Tensor, image_latent: Tensor | None) -> Tensor:
 
 
 def overwrite_audio_prefix(audio: Tensor, prefix: Tensor | None) -> Tensor:
-    """Audio rows 0..F−1 := a clean prefix (1, F, 64) carried from the previous window of a long take."""
+    """Audio rows 0..F−1 := a long take's carried prefix (1, F, 64)."""
     if prefix is None:
         return audio
     if prefix.shape[0] != audio.shape[0] or prefix.shape[2] != audio.shape[2] or prefix.shape[1] > audio.shape[1]:
@@ -339,6 +273,22 @@ def overwrite_audio_prefix(audio: Tensor, prefix: Tensor | None) -> Tensor:
     return audio
 
 
+def overwrite_ends(video: Tensor, audio: Tensor, video_end: Tensor | None, audio_end: Tensor | None):
+    """The last K latent frames (1, C, K, H, W) and last F audio rows (1, F, 64) := clean ones: a re-rolled
+    window of a long take ends on the latents the next window started from (magihuman.take_state). No-op if None."""
+    if video_end is not None:
+        if tuple(video_end.shape) != (*video.shape[:2], video_end.shape[2], *video.shape[3:]):
+            raise ValueError(f"end latents have shape {tuple(video_end.shape)}, video {tuple(video.shape)}")
+        video = video.clone()
+        video[:, :, video.shape[2] - video_end.shape[2] :] = video_end
+    if audio_end is not None:
+        if audio_end.shape[2] != audio.shape[2] or audio_end.shape[1] > audio.shape[1]:
+            raise ValueError(f"end audio rows have shape {tuple(audio_end.shape)}, audio {tuple(audio.shape)}")
+        audio = audio.clone()
+        audio[:, audio.shape[1] - audio_end.shape[1] :] = audio_end
+    return video, audio
+
+
 def _step_clock(
     stage: str,
     total: int,
@@ -346,10 +296,7 @@ def _step_clock(
     cancel: Cancel | None,
     device: torch.device,
 ) -> Iterator[int]:
-    """Yields step indices 0..total-1: checks `cancel` before each step, reports to `on_step` after it.
-
-    The step time waits for the device (`seconds_since`), so it is honest on GPUs as well.
-    """
+    """Step indices; `cancel` is checked before each step, `on_step` gets its device-synchronised time."""
     for i in range(total):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled(stage, i, total)
@@ -362,7 +309,7 @@ def _step_clock(
 def _initial_latents(
     noise: NoiseFn, video_shape: Sequence[int], audio_shape: Sequence[int] | None, audio_latent: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Initial (video, audio): audio noise is drawn first, then video noise; a given audio is not drawn."""
+    """Audio noise first (unless given), then video noise: the reference order."""
     if (audio_shape is None) == (audio_latent is None):
         raise ValueError("pass exactly one of audio_shape (audio is generated) and audio_latent (audio is given)")
     audio = noise(tuple(audio_shape)) if audio_latent is None else audio_latent
@@ -370,9 +317,7 @@ def _initial_latents(
     return video, audio
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 6. Denoising loops, one per stage
-# ---------------------------------------------------------------------------------------------------------
+# --- 6. Denoising loops, one per stage -------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -386,40 +331,35 @@ def denoise_distill(
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
     audio_prefix: Tensor | None = None,
+    video_end: Tensor | None = None,
+    audio_end: Tensor | None = None,
     steps: int = SAMPLING.distill_steps,
     shift: float = SAMPLING.shift,
     on_step: Callable[[StepEvent], None] | None = None,
     cancel: Cancel | None = None,
     stage: str = "distill",
 ) -> tuple[Tensor, Tensor]:
-    """Distilled model: one conditional DiT call and one re-noising step per sigma.
+    """Distilled model: one conditional DiT call and one re-noising step per sigma. video_shape (1, 48, T, H, W),
+    audio (1, A, 64), text (L, C). Per step it draws video- then audio-shaped noise (also at σ_next = 0).
 
-    video_shape (1, 48, T, H, W); audio_shape (1, A, 64), or audio_latent of that shape when the audio is
-    given. text (L, C): real prompt rows. Noise draws: initial audio (unless given), initial video, then per
-    step video-shaped and audio-shaped (also at the last step, where σ_next = 0). Returns (video, audio).
-
-    A given audio latent is held fixed, as in the base stage, so the DiT hears the user's speech at every
-    step. (The reference re-noises a given audio in this stage, which looks like an oversight: its audio
-    input then drifts away from the speech the video is meant to follow.) The per-step audio noise is still
-    drawn, in the reference order.
-
-    `image_latent` may be a prefix of K latent frames and `audio_prefix` (1, F, 64) the first audio rows of a
-    generated audio: both are held clean like the portrait (a long take's continuation).
-    """
-    # 1. Initial latents and the sigma grid.
+    A given audio latent is held fixed, so the DiT hears the user's speech at every step; the reference
+    re-noises it here, which looks like an oversight (its input drifts from the speech the video follows). The
+    audio noise is still drawn, to keep the reference order. `image_latent` (K frames) and `audio_prefix` are
+    held clean; `video_end`/`audio_end` hold the last latent frames and audio rows (a re-rolled window ends
+    where the next one starts)."""
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
     sigmas, _ = sigma_schedule(steps, shift)
-    # 2. Steps: frame-0 overwrite, DiT, re-noise video then audio with fresh noise.
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         audio = overwrite_audio_prefix(audio, audio_prefix)
+        video, audio = overwrite_ends(video, audio, video_end, audio_end)
         v_video, v_audio = velocity(video, audio, text)
         video = renoise_step(video, v_video, noise(tuple(video.shape)), sigmas[i], sigmas[i + 1])
         audio_noise = noise(tuple(audio.shape))
         if audio_latent is None:
             audio = renoise_step(audio, v_audio, audio_noise, sigmas[i], sigmas[i + 1])
-    # 3. The solver's frame 0 is replaced one last time.
-    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    video, audio = overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    return overwrite_ends(video, audio, video_end, audio_end)
 
 
 @torch.no_grad()
@@ -434,6 +374,8 @@ def denoise_base(
     audio_latent: Tensor | None = None,
     image_latent: Tensor | None = None,
     audio_prefix: Tensor | None = None,
+    video_end: Tensor | None = None,
+    audio_end: Tensor | None = None,
     steps: int = SAMPLING.base_steps,
     shift: float = SAMPLING.shift,
     guidance: float | None = None,
@@ -442,28 +384,20 @@ def denoise_base(
     stage: str = "base",
     velocity_pair: VelocityPairFn | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Base model: UniPC with classifier-free guidance against the negative text.
-
-    Per step: conditional then unconditional DiT call on the same latents; video guidance 5.0 while the
-    timestep is > 500, else 2.0; audio guidance 5.0. `guidance` (None: the reference's 5.0) replaces the
-    5.0 of both video and audio; the late video scale stays 2.0 (or `guidance` if lower). With
-    `audio_latent` (A2V) the audio is fed unchanged at every step and returned as given; otherwise audio
-    noise of `audio_shape` is drawn before the video noise and stepped by its own solver. Returns the final
-    (video, audio). `velocity_pair`, when given, computes both DiT calls of a step at once (CFG-parallel on
-    two GPU groups) and must return what the two `velocity` calls would. `image_latent` and `audio_prefix`
-    are clean prefixes, as in `denoise_distill`.
-    """
-    # 1. Initial latents, the grid, one solver per stepped latent.
+    """Base model: UniPC with classifier-free guidance against the negative text (`video_guidance_scale`; audio
+    5.0). `guidance` replaces both 5.0s. A given `audio_latent` is fed unchanged. `velocity_pair` computes a
+    step's two DiT calls at once (CFG-parallel on two GPU groups). Prefixes and ends as in
+    `denoise_distill`."""
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
     sigmas, timesteps = sigma_schedule(steps, shift)
     video_solver = FlowUniPC(sigmas)
     audio_solver = FlowUniPC(sigmas) if audio_latent is None else None
     video_high = SAMPLING.video_guidance_high if guidance is None else guidance
     audio_scale = SAMPLING.audio_guidance if guidance is None else guidance
-    # 2. Steps: frame-0 overwrite, two DiT calls, guidance, solver updates.
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         audio = overwrite_audio_prefix(audio, audio_prefix)
+        video, audio = overwrite_ends(video, audio, video_end, audio_end)
         if velocity_pair is None:
             vc_video, vc_audio = velocity(video, audio, text)
             vu_video, vu_audio = velocity(video, audio, text_negative)
@@ -472,24 +406,19 @@ def denoise_base(
         video = video_solver.step(guided(vu_video, vc_video, video_guidance_scale(timesteps[i], video_high)), video)
         if audio_solver is not None:
             audio = audio_solver.step(guided(vu_audio, vc_audio, audio_scale), audio)
-    # 3. Final overwrite.
-    return overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    video, audio = overwrite_first_frame(video, image_latent), overwrite_audio_prefix(audio, audio_prefix)
+    return overwrite_ends(video, audio, video_end, audio_end)
 
 
 @dataclass(frozen=True)
 class SRStart:
-    """Inputs of the SR loop: the upsampled base latent, its re-noised version and the fixed audio input."""
-
     upsampled: Tensor
     video: Tensor
     audio: Tensor
 
 
 def prepare_sr(noise: NoiseFn, base_video: Tensor, base_audio: Tensor, latent_hw: Sequence[int]) -> SRStart:
-    """Upsample (1, C, T, h, w) → (1, C, T, *latent_hw), re-noise it, mix the fixed audio input.
-
-    Noise draws: SR-size video noise, then audio-shaped noise.
-    """
+    """Upsample (1, C, T, h, w) → (1, C, T, *latent_hw) and re-noise it; draws video then audio noise."""
     upsampled = upsample_latent(base_video, (base_video.shape[2], *latent_hw))
     video = renoise_for_sr(upsampled, noise(tuple(upsampled.shape)))
     audio = sr_audio_input(noise(tuple(base_audio.shape)), base_audio)
@@ -512,22 +441,14 @@ def denoise_sr(
     cancel: Cancel | None = None,
     stage: str = "sr",
 ) -> tuple[Tensor, Tensor]:
-    """Super-resolution stage: conditional-only UniPC on the video; the audio input stays fixed.
-
-    base_video (1, C, T, h, w) and base_audio (1, A, 64) are the base stage's final latents; latent_hw is
-    the SR latent size (H, W); image_latent, for TI2V, is the image encoded at SR size (1, C, 1, H, W) (in a
-    long take, the K latent frames carried from the previous window at SR size). The
-    SR DiT's audio output is discarded. Returns (SR video latent, the clean base audio).
-    """
-    # 1. Upsample, re-noise, fixed audio mix.
+    """Super-resolution: conditional-only UniPC on the video; the SR DiT's audio output is discarded and the
+    base audio returned. `image_latent` is encoded at SR size."""
     start = prepare_sr(noise, base_video, base_audio, latent_hw)
     video, audio_in = start.video, start.audio
     sigmas, _ = sigma_schedule(steps, shift)
     video_solver = FlowUniPC(sigmas)
-    # 2. Steps: frame-0 overwrite, one DiT call, video update only.
     for _ in _step_clock(stage, steps, on_step, cancel, video.device):
         video = overwrite_first_frame(video, image_latent)
         v_video, _ = velocity(video, audio_in, text)
         video = video_solver.step(v_video, video)
-    # 3. Final overwrite; the output audio is the base stage's.
     return overwrite_first_frame(video, image_latent), base_audio

@@ -17,6 +17,11 @@ The store keeps the takes (so any replica can upscale any take, for an hour, acr
 global job queue (admission tickets, so several front-ends share one bound), the replicas' own job records
 and the names of replicas whose engine failed to load.
 
+A replica of `--cp P` is a context-parallel group of P processes on one host: Serve places the replica in a
+STRICT_PACK placement group of P bundles (one GPU each on CUDA); the replica is rank 0 (it runs the engine, as
+rank 0 of a torchrun job does) and starts P − 1 `ContextParallelRank` actors in the other bundles, which serve
+its DiT forwards (`magihuman.parallel`). They rendezvous on a free port of the replica's node and die with it.
+
 Only imported with `--replicas` / `--ray`: the one-process studio never imports Ray.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -55,6 +61,9 @@ TAKE_CAPACITY = 256  # and at most this many (a full-size take holds ≈ 20 MB o
 TICKET_TTL_S = 1800  # a ticket whose front-end died without releasing it stops counting after this
 RECORD_CAPACITY = 1000
 STOP_WAIT_S = 120  # how long a cancelled job may take to reach its next step boundary (a 1080p SR step: ~7 s)
+GROUP_START_S = 900  # a context-parallel group: its ranks start, rendezvous and load (the full model: minutes)
+STORE_LOOKUP_S = 30  # finding (or creating) the store actor and its first answer
+FAULTS = ("before_stream", "after_stream")  # fault drills: where an armed replica exits (SharedStore.arm_fault)
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,10 @@ class ReplicaSpec:
     model: str = "tiny"
     weights_dir: str | None = None
     dits: tuple[str, ...] = DEFAULT_DITS
-    speed: SpeedFlags | None = None
-    gpus: float = 0.0  # per replica: 1 on a CUDA cluster, 0 for CPU preview replicas
+    speed: SpeedFlags | None = None  # None: the defaults of the replica's device (compile on CUDA)
+    gpus: float = 0.0  # per process: 1 on a CUDA cluster, 0 for CPU preview replicas
+    cp: int = 1  # processes (GPUs) per replica: a context-parallel group of `cp` on one host
+    cfg_parallel: bool = True  # with cp ≥ 2: the base model's two CFG forwards on two halves of the group
 
 
 @dataclass(frozen=True)
@@ -97,19 +108,32 @@ class SharedStore:
     """Takes, the global queue, job records and load failures, shared by every replica and front-end."""
 
     def __init__(self) -> None:
-        self._takes: OrderedDict[str, tuple[float, Take]] = OrderedDict()
+        self._takes: OrderedDict[str, tuple[float, Finished]] = OrderedDict()
         self._tickets: OrderedDict[str, list] = OrderedDict()  # job id -> [admitted at, started]
         self._records: OrderedDict[str, dict] = OrderedDict()
         self._failures: dict[str, str] = {}
+        self._fault: str | None = None
+
+    def ping(self) -> bool:
+        return True
 
     # --- takes ---
-    def put_take(self, key: str, take: Take) -> None:
+    def put_take(self, key: str, finished: Finished) -> None:
+        """Keep a generated take: `finished` holds the Result (its take on the CPU) and the base mp4's bytes, so
+        a front-end that restarted can show the take again and have it upscaled."""
         self._expire_takes()
-        self._takes[key] = (time.time(), take)
+        self._takes[key] = (time.time(), finished)
         while len(self._takes) > TAKE_CAPACITY:
             self._takes.popitem(last=False)
 
     def get_take(self, key: str) -> Take | None:
+        entry = self.get_finished(key)
+        return entry.result.take if entry is not None else None
+
+    def drop_take(self, key: str) -> None:
+        self._takes.pop(key, None)
+
+    def get_finished(self, key: str) -> Finished | None:
         self._expire_takes()
         entry = self._takes.get(key)
         return entry[1] if entry is not None else None
@@ -164,14 +188,33 @@ class SharedStore:
     def failures(self) -> dict[str, str]:
         return dict(self._failures)
 
+    # --- fault drills ---
+    def arm_fault(self, point: str) -> None:
+        """The next job on any replica exits that replica's process at `point` (one of FAULTS): a drill of
+        the front-end's retry on a real cluster, and how the tests kill a replica at an exact moment."""
+        if point not in FAULTS:
+            raise ValueError(f"unknown fault point {point!r}; choose from {', '.join(FAULTS)}")
+        self._fault = point
 
-def shared_store():
-    """The cluster's store actor, created on first use; detached, so it outlives a restarting front-end."""
-    return (
+    def claim_fault(self) -> str | None:
+        fault, self._fault = self._fault, None
+        return fault
+
+
+def shared_store(timeout_s: float = STORE_LOOKUP_S):
+    """The cluster's store actor: the running one (a new front-end finds the takes an earlier one left), or a
+    new one. Detached, so it outlives the front-end that created it. Raises TimeoutError when it does not
+    answer within `timeout_s`."""
+    store = (
         ray.remote(SharedStore)
         .options(name=STORE_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
         .remote()
     )
+    try:
+        ray.get(store.ping.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"the shared store actor {STORE_NAME!r} did not answer within {timeout_s:.0f} s") from None
+    return store
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,8 +230,9 @@ class EngineReplica:
         self.name = _replica_name()
         self.store = shared_store()
         self.root = Path(tempfile.mkdtemp(prefix=f"magihuman-replica-{os.getpid()}-"))
+        self.ranks: list = []  # the other ranks' `serve` calls (a context-parallel replica): done = ended
         try:
-            self.engine = _load(spec, self.root)
+            self.engine, self.ranks = _load(spec, self.root)
         except Exception as exc:  # reported by name; Ray Serve then stops this replica and tries a new one
             traceback.print_exc()
             shutil.rmtree(self.root, ignore_errors=True)
@@ -199,6 +243,10 @@ class EngineReplica:
         """Ray Serve's periodic health check: a replica whose engine went away is replaced."""
         if self.engine is None:
             raise RuntimeError(f"replica {self.name} has no engine")
+        ended, _ = ray.wait(self.ranks, timeout=0) if self.ranks else ([], [])
+        broken = getattr(self.engine.parallel, "broken", None)
+        if ended or broken:  # a rank of its context-parallel group is gone: the group cannot serve
+            raise RuntimeError(f"replica {self.name}: {broken or 'a rank of its context-parallel group ended'}")
 
     async def generate(self, job: str, request: GenerationRequest) -> AsyncIterator:
         def work(report, cancel) -> Result:
@@ -241,12 +289,17 @@ class EngineReplica:
             finally:
                 loop.call_soon_threadsafe(items.put_nowait, None)
 
+        fault = await self.store.claim_fault.remote()
         self._record(job, kind=kind, replica=self.name, pid=os.getpid(), started=time.time(), outcome="running")
+        if fault == "before_stream":
+            await self._exit_for_drill(job, fault)
         future = loop.run_in_executor(worker_thread("replica-job"), run)
         outcome: dict = {"outcome": "failed"}
         try:
             while (item := await items.get()) is not None:
                 yield item
+                if fault == "after_stream":
+                    await self._exit_for_drill(job, fault)
             try:
                 result = await future
             except BaseException as exc:  # the engine's error, for the front-end to word
@@ -270,24 +323,32 @@ class EngineReplica:
                 outcome["stopped_at"] = last[0][:2]
             self._record(job, ended=time.time(), **outcome)
 
+    async def _exit_for_drill(self, job: str, fault: str) -> None:
+        """An armed fault drill: end this process as a crash would (its record written first)."""
+        await self.store.record.remote(job, {"fault": fault})
+        os._exit(1)
+
     def _finished(self, result: Result, kind: str) -> Finished:
-        """The result with its take on the CPU and its files read into bytes (then removed here)."""
+        """The result with its take on the CPU and its files read into bytes (then removed here). A generated
+        take is also kept in the store with its base mp4, under a new key (the front-end's take id)."""
         take = _take_to(result.take, "cpu")
         paths = [p for p in (result.video_path, result.sr_video_path) if p is not None]
         if kind == "upscale":
             paths = [result.sr_video_path]
         files = {p.name: p.read_bytes() for p in paths}
         shutil.rmtree(take.folder, ignore_errors=True)
-        take_key = None
-        if kind == "generate":
-            take_key = uuid.uuid4().hex
-            self.store.put_take.remote(take_key, take)
         named = replace(
             result,
             video_path=Path(result.video_path.name),
             sr_video_path=Path(result.sr_video_path.name) if result.sr_video_path else None,
             take=replace(take, base_video_path=Path(take.base_video_path.name), folder=Path(".")),
         )
+        take_key = None
+        if kind == "generate":
+            take_key = uuid.uuid4().hex
+            base = replace(named, sr_video_path=None, sr_resolution=None)
+            base_files = {named.video_path.name: files[named.video_path.name]}
+            self.store.put_take.remote(take_key, Finished(base, base_files, take_key, self.name))
         return Finished(named, files, take_key, self.name)
 
     def _record(self, job: str, **fields) -> None:
@@ -301,16 +362,93 @@ def _replica_name() -> str:
         return f"pid-{os.getpid()}"
 
 
-def _load(spec: ReplicaSpec, root: Path) -> Engine:
-    """The replica's engine through the one start-up path (`magihuman.parallel.start`), warmed up when compiled."""
+def _load(spec: ReplicaSpec, root: Path) -> tuple[Engine, list]:
+    """The replica's engine through the one start-up path (`magihuman.parallel.start`), warmed up when compiled;
+    with `spec.cp > 1` also the other ranks' `serve` calls (see `_start_group`)."""
     device = "cuda" if spec.gpus and torch.cuda.is_available() else "cpu"
     speed = spec.speed or SpeedFlags.default(torch.device(device))
     weights = Path(spec.weights_dir) if spec.weights_dir else None
-    options = EngineOptions(size=spec.model, weights_dir=weights, device=device, dits=spec.dits, speed=speed, cp=1)
-    engine = start(options, output_root=root)
+    options = EngineOptions(
+        size=spec.model,
+        weights_dir=weights,
+        device=device,
+        dits=spec.dits,
+        speed=speed,
+        cp=spec.cp,
+        cfg_parallel=spec.cfg_parallel,
+    )
+    ranks: list = []
+    if spec.cp > 1:
+        engine, ranks = _start_group(options, spec.gpus, root)
+    else:
+        engine = start(options, output_root=root)
     if speed.compile:
         warm_up(engine)
-    return engine
+    return engine, ranks
+
+
+@ray.remote
+class ContextParallelRank:
+    """Rank 1 … P − 1 of a replica's context-parallel group: loads the DiTs and serves rank 0's forwards until
+    rank 0 stops (then `serve` returns its rank). Owned by its replica, so it dies with it."""
+
+    def serve(self, rank: int, address: str, port: int, options: EngineOptions) -> int:
+        _join_group(rank, options.cp, address, port)
+        start(options)  # a worker rank: serve_forever, then leave the group
+        return rank
+
+
+def _start_group(options: EngineOptions, gpus: float, root: Path) -> tuple[Engine, list]:
+    """Rank 0 of a `options.cp`-process group: start the other ranks in this replica's placement group (bundle
+    r for rank r, STRICT_PACK: one host), rendezvous on a free port of this node, load as every entry point
+    does (`start`). Raises RuntimeError naming the rank that failed, or TimeoutError after GROUP_START_S."""
+    from ray.util import get_current_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = get_current_placement_group()  # None outside Serve: the ranks go wherever Ray puts them
+    address, port = ray.util.get_node_ip_address(), _free_port()
+    serving = []
+    for rank in range(1, options.cp):
+        placement = {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, rank)} if group else {}
+        actor = ContextParallelRank.options(num_cpus=1, num_gpus=gpus, **placement).remote()
+        serving.append(actor.serve.remote(rank, address, port, options))
+    _join_group(0, options.cp, address, port)
+    loading = worker_thread("replica-group-start").submit(start, options, output_root=root)
+    deadline = time.monotonic() + GROUP_START_S
+    while not loading.done():
+        ended, _ = ray.wait(serving, timeout=1.0)
+        if ended:  # a rank ended before the group started: it failed (its error says why)
+            rank = serving.index(ended[0]) + 1
+            try:
+                ray.get(ended[0])
+            except Exception as exc:  # noqa: BLE001  (named and re-raised)
+                raise RuntimeError(f"rank {rank} of the CP {options.cp} group failed: {first_line(exc)}") from exc
+            raise RuntimeError(f"rank {rank} of the CP {options.cp} group ended before the group started")
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the CP {options.cp} group did not start within {GROUP_START_S} s (rendezvous at "
+                f"{address}:{port}, then loading the DiTs on every rank)"
+            )
+    return loading.result(), serving
+
+
+def _join_group(rank: int, world: int, address: str, port: int) -> None:
+    """torchrun's environment for `magihuman.parallel` (each rank is its own Ray worker process; joining the
+    group also gives every rank rank 0's CPU dtype)."""
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "MASTER_ADDR": address, "MASTER_PORT": port}
+    os.environ.update({name: str(value) for name, value in env.items()})
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's class and first line (Ray's errors carry the whole remote traceback after it)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
 
 
 def _take_to(take: Take, device) -> Take:
@@ -357,19 +495,26 @@ class Scaling:
 
 
 def engine_app(spec: ReplicaSpec, scaling: Scaling):
-    """The Serve application: the replica deployment with its resources and scaling."""
+    """The Serve application: the replica deployment with its resources and scaling. A replica of `spec.cp`
+    processes gets a placement group of that many bundles on one host (the replica actor takes the first)."""
     actor = {"num_cpus": 1, "num_gpus": spec.gpus}
     options = scaling.deployment_options()
+    if spec.cp > 1:
+        bundle = {"CPU": 1, "GPU": spec.gpus} if spec.gpus else {"CPU": 1}
+        options.update(placement_group_bundles=[bundle] * spec.cp, placement_group_strategy="STRICT_PACK")
     deployment = serve.deployment(EngineReplica, name=DEPLOYMENT, ray_actor_options=actor, **options)
     return deployment.bind(spec)
 
 
 def app_builder(args: dict):
     """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a KubeRay RayService's
-    serveConfigV2): args model, weights_dir, gpus (per replica), min_replicas, max_replicas,
-    target_ongoing_requests. The studio then joins with `--ray` and uses this application as it is."""
+    serveConfigV2): args model, weights_dir, gpus (per process), cp (processes per replica), min_replicas,
+    max_replicas, target_ongoing_requests. The studio then joins with `--ray` and uses this application as it is."""
     spec = ReplicaSpec(
-        model=args.get("model", "full"), weights_dir=args.get("weights_dir"), gpus=float(args.get("gpus", 1))
+        model=args.get("model", "full"),
+        weights_dir=args.get("weights_dir"),
+        gpus=float(args.get("gpus", 1)),
+        cp=int(args.get("cp", 1)),
     )
     low = int(args.get("min_replicas", 1))
     scaling = Scaling(low, int(args.get("max_replicas", low)), float(args.get("target_ongoing_requests", 1.0)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from magihuman.config import FPS, MAX_SECONDS, decoded_frames, latent_frames, latents_for_frames
 
@@ -135,6 +135,59 @@ def plan_take(
         shot_start += shot.frames
     windows = [Window(**{**asdict(w), "seed": window_seed(seed, w.index)}) for w in windows]
     return TakePlan(shot_start, tuple(windows), overlap_latents)
+
+
+def extend_plan(
+    plan: TakePlan, shot: Shot, *, seed: int, new_shot: bool, window_frames: int = WINDOW_FRAMES
+) -> TakePlan:
+    """`plan` continued by `shot`: its windows unchanged, except that the last one gets back the surplus frames it
+    trimmed (they are made already) when the take goes on in the same shot; then windows that continue from it
+    (or, with `new_shot`, a fresh shot from the portrait), as `plan_take` would cut them."""
+    if shot.frames < 1:
+        raise ValueError(f"an extension needs at least one frame, not {shot.frames}")
+    if new_shot:
+        more = plan_take([shot], seed=seed, window_frames=window_frames, overlap_latents=plan.overlap_latents)
+        shot_index, count = plan.windows[-1].shot + 1, len(plan.windows)
+        added = [
+            replace(
+                w,
+                index=w.index + count,
+                shot=shot_index,
+                start=w.start + plan.frames,
+                seed=window_seed(seed, w.index + count),
+            )
+            for w in more.windows
+        ]
+        return TakePlan(plan.frames + shot.frames, plan.windows + tuple(added), plan.overlap_latents)
+    pinned = plan.overlap_latents
+    overlap = 4 * (pinned - 1) + 1
+    last = plan.windows[-1]
+    last = replace(last, keep=last.frames - last.overlap)
+    made = last.start + last.frames  # frames the take has once the last window's surplus is back
+    total = plan.frames + shot.frames
+    units = max(math.ceil((total - made) / 4), 0)
+    per_window = (window_frames - 1) // 4 - (pinned - 1)
+    windows = [*plan.windows[:-1], last]
+    count = math.ceil(units / per_window)
+    for j in range(count):
+        prev = windows[-1]
+        adds = units // count + (1 if j < units % count else 0)
+        frames = overlap + 4 * adds
+        windows.append(
+            Window(
+                len(windows),
+                last.shot,
+                prev.start + prev.frames - overlap,
+                frames,
+                overlap,
+                frames - overlap,
+                window_seed(seed, len(windows)),
+                shot.prompt,
+            )
+        )
+    end = windows[-1]
+    windows[-1] = replace(end, keep=end.keep - (end.start + end.frames - total))
+    return TakePlan(total, tuple(windows), pinned)
 
 
 def _balanced_units(frames: int, units_max: int, overlap_latents: int) -> list[int]:

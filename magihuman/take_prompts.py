@@ -1,11 +1,8 @@
 """Per-window prompts of a long take with generated speech.
 
-A shot's prompt quotes everything the person says. Given whole to every window, each window would start the
-speech again; so the description and background stay the same across the shot's windows (the appearance must
-not change), and the dialogue is split at sentence ends: each sentence goes to the windows its estimated time
-falls in (speech rate per language, `magihuman.prompts.estimate_speech_seconds`), laid end to end from the
-shot's start. A window after the last sentence has no dialogue. Prompts not in the official format, or in a
-language the estimate does not know, are left whole.
+Given whole to every window, a shot's prompt would start the speech again in each. So the description stays
+(the appearance must not change) and the dialogue is split at sentence ends, each sentence going to the windows
+its estimated time falls in. Prompts the estimate cannot read are left whole.
 """
 
 from __future__ import annotations

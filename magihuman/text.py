@@ -1,16 +1,8 @@
-"""Prompt -> text embedding for the DiT, with the T5Gemma encoder.
+"""Prompt -> text embedding for the DiT with the T5Gemma encoder, as the reference computes it: default
+tokenisation, the last hidden state through fp16, at most `TEXT_ENCODER.max_tokens` rows.
 
-The reference tokenises with the tokenizer's defaults (`<bos>` prepended, no padding, no truncation), runs the
-whole sequence through the encoder, casts the last hidden state to fp16, keeps at most 640 rows and casts to
-fp32. Only those real rows reach the DiT.
-
-transformers 5.x changed T5Gemma's default attention from SDPA (which silently ignored the attention-logit
-softcap) to eager (which applies it). The reference ran with the SDPA default, so the softcap is switched off
-here to reproduce its embeddings.
-
-1. The embedding and the encoder wrapper (cache, device handling)
-2. Loading the official checkpoint (encoder weights only)
-3. The negative prompt
+The attention-logit softcap is off: the reference ran transformers' old SDPA default, which ignored it
+(transformers 5.x made eager, which applies it, the default).
 """
 
 from __future__ import annotations
@@ -31,19 +23,12 @@ from magihuman.errors import CheckpointError
 from magihuman.loading import ModelWrapper, check_keys
 from magihuman.weights import COMPONENTS, T5GEMMA_REPO
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. The embedding and the encoder wrapper
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. The embedding and the encoder wrapper ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TextEmbedding:
-    """One encoded prompt.
-
-    `tokens` is (L, C) fp32 with L = min(num_tokens_before_cap, 640): only real rows, no padding. Its values
-    are fp16-representable (the reference's fp16 round trip). It lives on the encoder's device and may be
-    shared through the cache: treat it as read-only.
-    """
+    """One encoded prompt: `tokens` (L, C) fp32, real rows only; shared through the cache, so read-only."""
 
     tokens: torch.Tensor
     num_tokens_before_cap: int
@@ -59,11 +44,8 @@ class TextEmbedding:
 
 
 class TextEncoder(ModelWrapper):
-    """A tokenizer and a `T5GemmaEncoderModel`, with a small LRU cache keyed by the prompt string.
-
-    The negative prompt and repeated prompts are encoded once. The cache is guarded by a lock because UI
-    handlers run on worker threads; the forward itself is not serialised here.
-    """
+    """A tokenizer and a `T5GemmaEncoderModel`, with an LRU cache by prompt (locked: UI handlers run on worker
+    threads)."""
 
     def __init__(
         self,
@@ -82,11 +64,10 @@ class TextEncoder(ModelWrapper):
         return self.model.config.encoder.hidden_size
 
     def count_tokens(self, prompt: str) -> int:
-        """Tokens the encoder would see, `<bos>` included (tokenizer only, cheap; before the 640 cap)."""
+        """Tokens the encoder would see, `<bos>` included, before the cap (tokenizer only, cheap)."""
         return len(self.tokenizer(_valid_text(prompt))["input_ids"])
 
     def encode(self, prompt: str) -> TextEmbedding:
-        """Encode one prompt: (L, hidden) fp32 on the encoder's device, L ≤ 640; cached by prompt string."""
         with self._lock:
             if prompt in self._cache:
                 self._cache.move_to_end(prompt)
@@ -105,13 +86,12 @@ class TextEncoder(ModelWrapper):
         input_ids = batch["input_ids"].to(self.device)  # (1, n)
         attention_mask = batch["attention_mask"].to(self.device)  # all ones: a single unpadded prompt
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (1, n, C)
-        tokens = hidden[0, : self.max_tokens].half().float()  # (L, C), L = min(n, 640)
+        tokens = hidden[0, : self.max_tokens].half().float()  # (L, C), L = min(n, max_tokens)
         return TextEmbedding(tokens=tokens, num_tokens_before_cap=input_ids.shape[1])
 
 
 def _valid_text(prompt: str) -> str:
-    """The prompt as valid UTF-8. Lone surrogates (not text, but JSON can carry them) become '?' instead of
-    making the tokenizer raise; every real string passes unchanged."""
+    """Lone surrogates (JSON can carry them) as '?', instead of making the tokenizer raise."""
     return prompt.encode("utf-8", errors="replace").decode("utf-8")
 
 
@@ -122,9 +102,7 @@ def encoder_only(config: T5GemmaConfig) -> T5GemmaConfig:
     return config
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Loading the official checkpoint
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Loading the official checkpoint ------------------------------------------------------------------
 
 
 def load_text_encoder(
@@ -134,13 +112,8 @@ def load_text_encoder(
     *,
     hidden_size: int | None = None,
 ) -> TextEncoder:
-    """Load a local copy of `google/t5gemma-9b-9b-ul2` (or any T5Gemma folder of the same layout).
-
-    Only the encoder is built; the checkpoint's decoder and LM-head keys are ignored. Attention is eager with
-    the softcap off (see the module docstring). Raises `CheckpointError` for a missing folder or file, a
-    missing or wrongly shaped encoder weight, or (when `hidden_size` is given, e.g. the DiT's
-    `text_in_channels`) an encoder of another width.
-    """
+    """The encoder of a local `google/t5gemma-9b-9b-ul2` (or the same layout); `CheckpointError` when it is
+    missing, does not fit, or is not `hidden_size` wide."""
     folder = Path(folder)
     get_it = f"download the whole {T5GEMMA_REPO.repo_id} repository (gated: request access on its page) into it"
     if not folder.is_dir():
@@ -176,7 +149,6 @@ def load_text_encoder(
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report for one call; real problems are raised by the caller instead."""
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -186,9 +158,7 @@ def _quiet_transformers() -> Iterator[None]:
         logger.setLevel(level)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The negative prompt (the unconditional text of the 32-step base model's CFG)
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The negative prompt (the unconditional text of the 32-step base model's CFG) ---------------------
 
 _VISUAL_DEFECTS = (
     "blurry face", "out-of-focus eyes", "warped facial features", "asymmetric eyes", "melted teeth",

@@ -1,10 +1,7 @@
 """Long-lived worker threads, one per purpose and process.
 
-The engine hands work to a helper thread (the mp4 encoder beside the decoder; the studio's engine job).
-Starting a fresh thread per job gives each one its own malloc arena, OpenMP thread team and encoder thread
-pool, and the process's resident memory creeps up job after job. One thread per purpose is reused instead.
-It is keyed by process id as well: threads do not survive a fork (a ZeroGPU worker), so a forked process
-starts its own instead of submitting to a thread that does not exist there.
+A fresh thread per job gets its own malloc arena, OpenMP team and encoder pool, and resident memory creeps up
+job after job; so one thread per purpose is reused, keyed by process id too (threads do not survive a fork).
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""The two encoder-decoders around the DiT, both diffusers modules.
-
-- `VideoVAE`: Wan2.2 VAE (`AutoencoderKLWan`, Wan2.2-TI2V-5B config). Encodes the portrait of TI2V into
-  frame 0 of the latent; its decoder is the fallback when the Turbo VAE is not used.
-- `AudioVAE`: Stable Audio Open VAE (`AutoencoderOobleck`). Encodes the user's speech (A2V) and decodes the
-  generated audio latent. It is fed and read at a virtual 51.2 kHz (config `AUDIO`), so that one latent of
-  2048 samples lasts one video frame.
-
-Both were checked against the reference modules: architecturally identical (Wan) and bit-identical (Oobleck).
-
-1. Video VAE: config, wrapper, loading, tiny model
-2. Audio VAE: config, wrapper, loading, tiny model
-3. Helpers shared by both: random construction, strict loading
+"""The two diffusers encoder-decoders around the DiT: the Wan2.2 VAE (the portrait into frame 0 of the latent)
+and the Stable Audio Open VAE (the user's speech in, the generated audio out, at a virtual 51.2 kHz so that one
+2048-sample latent lasts one video frame). Both match the reference modules (Oobleck bit for bit).
 """
 
 from __future__ import annotations
@@ -28,9 +18,7 @@ from magihuman.loading import ModelWrapper, check_keys
 from magihuman.model.turbo_vae import LATENT_MEAN, LATENT_STD
 from magihuman.weights import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS, STABLE_AUDIO_REPO, WAN_VAE_REPO
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Video VAE
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Video VAE ----------------------------------------------------------------------------------------
 
 # `vae/config.json` of Wan2.2-TI2V-5B-Diffusers. Its obsolete `clip_output` key is left out:
 # current diffusers ignores it and always clamps the decoded pixels.
@@ -55,19 +43,13 @@ WAN22_VAE_CONFIG = MappingProxyType(
     )
 )
 
-# Same strides (patch 2 × three 2× downsamples = 16 spatial, two temporal 2× = 4) and 48 latent channels,
-# tiny widths; the decoder stays wider than the encoder, as in the real model.
+# The real strides (16 spatial, 4 temporal) and 48 latent channels with tiny widths.
 TINY_WAN_VAE_CONFIG = MappingProxyType({**WAN22_VAE_CONFIG, "base_dim": 8, "decoder_base_dim": 16})
 
 
 class VideoVAE(ModelWrapper):
-    """Wan2.2 VAE with the latent normalisation of the pipeline.
-
-    Normalised latent = (μ − mean) · (1/std) per channel, μ the posterior mean (encoding is deterministic),
-    mean/std the model config's `latents_mean`/`latents_std`. The normalisation runs in fp32 whatever the
-    model dtype (the reference used bf16 statistics; a bf16 model rounds its own activations, so its results
-    differ slightly anyway). Tiling stays off: the reference never tiles and tiles change the pixels.
-    """
+    """Wan2.2 VAE with the pipeline's latent normalisation, (μ − mean)·(1/std), in fp32 whatever the model dtype.
+    Tiling stays off: the reference never tiles, and tiles change the pixels."""
 
     def __init__(self, model: AutoencoderKLWan) -> None:
         self.model = model.eval().requires_grad_(False)
@@ -88,10 +70,7 @@ class VideoVAE(ModelWrapper):
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """(1, 48, T, h, w) normalised latent -> (1, 3, 4(T−1)+1, 16h, 16w) fp32 pixels in [−1, 1].
-
-        Frame by frame with the causal feature cache, as the reference decodes.
-        """
+        """(1, 48, T, h, w) normalised latent -> (1, 3, 4(T−1)+1, 16h, 16w) fp32 pixels in [−1, 1]."""
         latent = latent.to(self.device, torch.float32)
         # Inverse of encode_image; dividing by the fp32 reciprocal, as the reference does.
         raw = latent / self._inv_std.to(latent.device) + self._mean.to(latent.device)
@@ -99,8 +78,7 @@ class VideoVAE(ModelWrapper):
 
 
 def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> VideoVAE:
-    """Load the diffusers-format Wan2.2 VAE from `folder` (the repository's `vae/` folder, or the repository
-    folder holding it). Raises `CheckpointError` for missing files or weights that do not fit."""
+    """The diffusers-format Wan2.2 VAE from `folder` (or its `vae/`); `CheckpointError` if it does not fit."""
     folder = _model_folder(folder, f"download `vae/` of {WAN_VAE_REPO.repo_id}")
     model = _load_strict(AutoencoderKLWan, folder, dtype)
     config = model.config
@@ -111,9 +89,7 @@ def load_video_vae(folder: str | Path, device: torch.device | str, dtype: torch.
     return VideoVAE(model.to(device))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Audio VAE
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Audio VAE ----------------------------------------------------------------------------------------
 
 # `vae/config.json` of stable-audio-open-1.0. Its `sampling_rate` plays no role: see AUDIO.
 SAO_VAE_CONFIG = MappingProxyType(
@@ -128,17 +104,13 @@ SAO_VAE_CONFIG = MappingProxyType(
     )
 )
 
-# Same 2048× downsampling and 64 latent channels. The encoder's width stays 128 because its last conv
-# outputs `encoder_hidden_size` channels, split into 64 means and 64 scales; all other widths shrink.
+# The real 2048× downsampling; the encoder's output width stays 128 (64 means and 64 scales).
 TINY_SAO_VAE_CONFIG = MappingProxyType({**SAO_VAE_CONFIG, "channel_multiples": [1, 1, 1, 1, 1], "decoder_channels": 8})
 
 
 class AudioVAE(ModelWrapper):
-    """Stable Audio Open VAE on mono speech at the virtual 51.2 kHz; always fp32 (the reference never casts it).
-
-    Encoding is sampled (mean + std·ε), as in the reference; ε comes from the caller's generator so that a
-    seed reproduces the latent. Decoding gives exactly F·2048 stereo samples, with no clamp and no tanh.
-    """
+    """Stable Audio Open VAE, always fp32 (the reference never casts it). Encoding is sampled, as in the
+    reference, from the caller's generator so that a seed reproduces the latent."""
 
     def __init__(self, model: AutoencoderOobleck) -> None:
         self.model = model.eval().requires_grad_(False)
@@ -146,11 +118,8 @@ class AudioVAE(ModelWrapper):
 
     @torch.no_grad()
     def encode(self, wave: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(N,) mono float32 at 51.2 kHz -> (1, N // 2048, 64) fp32 latent, sampled with `generator`.
-
-        Trailing samples that do not fill a whole latent are dropped (as the reference's strided convs do).
-        The reference encodes audio over 29 s in cross-faded windows; clips here are far shorter: one pass.
-        """
+        """(N,) mono float32 at 51.2 kHz -> (1, N // 2048, 64) fp32 latent, in one pass (the reference's windows
+        start past 29 s)."""
         wave = torch.as_tensor(wave, dtype=torch.float32)
         if wave.ndim != 1 or wave.shape[0] < AUDIO.samples_per_latent:
             raise ValueError(f"expected mono audio of at least 2048 samples, got shape {tuple(wave.shape)}")
@@ -167,8 +136,7 @@ class AudioVAE(ModelWrapper):
 
 
 def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
-    """Load the diffusers-format Oobleck VAE (fp32) from `folder` (`vae/` of stable-audio-open-1.0, or the
-    repository folder holding it). Raises `CheckpointError` for missing files or weights that do not fit."""
+    """The diffusers-format Oobleck VAE (fp32) from `folder` (or its `vae/`); `CheckpointError` if it does not fit."""
     folder = _model_folder(
         folder, f"download `vae/` of {STABLE_AUDIO_REPO.repo_id} (accept its licence on the model page first)"
     )
@@ -181,13 +149,10 @@ def load_audio_vae(folder: str | Path, device: torch.device | str) -> AudioVAE:
     return AudioVAE(model.to(device))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Loading helpers
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Loading helpers ----------------------------------------------------------------------------------
 
 
 def _model_folder(folder: str | Path, get_it: str) -> Path:
-    """The folder holding config.json and the weights: `folder` itself or its `vae/` subfolder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"VAE folder {folder} does not exist: {get_it} into it")

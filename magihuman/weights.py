@@ -1,8 +1,7 @@
 """Where every weight file comes from, which tiers need which, and how they get onto the disk.
 
-Four Hugging Face repositories hold everything; each is mirrored into its own folder
-under one weights directory (`--weights-dir`, else `$MAGIHUMAN_WEIGHTS`, else `./weights`), keeping the
-repository's own layout, so a copy made elsewhere with `huggingface-cli download` works as well:
+Each of the four Hugging Face repositories is mirrored, in its own layout (so `huggingface-cli download` copies
+work too), under one weights directory:
 
     weights/daVinci-MagiHuman/{distill,base,540p_sr,1080p_sr,turbo_vae}/
     weights/t5gemma-9b-9b-ul2/                  config, tokenizer, 9 shards + index
@@ -47,22 +46,17 @@ TURBO_VAE_CHECKPOINT = "checkpoint-340000.ckpt"
 DIFFUSERS_CONFIG = "config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Sources: repositories and the components taken from them
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Sources: repositories and the components taken from them -----------------------------------------
 
 
 @dataclass(frozen=True)
 class HubRepo:
-    """A Hugging Face model repository and the folder it is mirrored into under the weights directory."""
-
     repo_id: str
     gate: Gate  # auto: accepting the licence grants access at once; manual: the authors review each request
     folder: str
 
     @property
     def url(self) -> str:
-        """The repository page, which is also where a gated repository's terms are accepted."""
         return f"https://huggingface.co/{self.repo_id}"
 
 
@@ -78,8 +72,6 @@ SAFETENSORS: Requirement = (INDEX_NAME, SINGLE_NAME)  # an index (whose shards a
 
 @dataclass(frozen=True)
 class Component:
-    """One piece of the model: a folder inside a repository, what to fetch there and what must then exist."""
-
     name: str
     description: str
     repo: HubRepo
@@ -142,9 +134,7 @@ COMPONENTS: dict[str, Component] = {
     )
 }
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Tiers: which components each one needs
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Tiers: which components each one needs -----------------------------------------------------------
 
 SHARED_COMPONENTS = ("text-encoder", "video-vae", "audio-vae", "turbo-vae")
 STAGE1_TIERS = ("distill", "base")  # named after the DiT that makes the base clip
@@ -157,7 +147,6 @@ DEFAULT_TIERS = ("distill",)
 
 
 def parse_tiers(tiers: str | Iterable[str]) -> tuple[str, ...]:
-    """Normalise "distill,540p" or ["distill", "540p"] to known tier names, without duplicates."""
     names = tiers.split(",") if isinstance(tiers, str) else list(tiers)
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in TIERS]
@@ -169,8 +158,6 @@ def parse_tiers(tiers: str | Iterable[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Plan:
-    """The components a set of tiers needs, with the approximate download size."""
-
     tiers: tuple[str, ...]
     components: tuple[Component, ...]
 
@@ -186,7 +173,6 @@ class Plan:
         return {repo: list(dict.fromkeys(patterns)) for repo, patterns in merged.items()}
 
     def table(self) -> str:
-        """A Markdown table of the components, their sources, gates and sizes (printed by the CLI and README)."""
         rows = ["| component | repository | gate | ≈ GiB |", "|---|---|---|---:|"]
         for c in self.components:
             where = f"{c.repo.repo_id}/{c.subdir}" if c.subdir else c.repo.repo_id
@@ -205,15 +191,11 @@ def plan_for(tiers: str | Iterable[str] = DEFAULT_TIERS) -> Plan:
     return Plan(tiers, tuple(c for c in COMPONENTS.values() if c.name in needed))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Local folders: where things are and whether they are complete
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Local folders: where things are and whether they are complete ------------------------------------
 
 
 @dataclass(frozen=True)
 class WeightPaths:
-    """Local paths of everything the requested tiers need, all checked to exist."""
-
     root: Path
     tiers: tuple[str, ...]
     dits: dict[str, Path]  # DiT preset name -> folder with an index + shards or one model.safetensors
@@ -233,7 +215,6 @@ class WeightPaths:
 
 
 def weights_root(weights_dir: str | Path | None = None) -> Path:
-    """The weights directory: the argument, else $MAGIHUMAN_WEIGHTS, else ./weights."""
     if weights_dir is not None:
         return Path(weights_dir)
     return Path(os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR)
@@ -299,14 +280,11 @@ def resolve_weights(weights_dir: str | Path | None = None, tiers: str | Iterable
     return _paths(root, plan)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Downloading
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Downloading --------------------------------------------------------------------------------------
 
 
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
-    """Silence huggingface_hub's progress bars for the block when not `enabled`, restoring them after."""
     silence = not enabled and not are_progress_bars_disabled()
     if silence:
         disable_progress_bars()
@@ -349,11 +327,8 @@ def download(
     progress: bool = True,
     fetch: Callable[..., str] = snapshot_download,
 ) -> WeightPaths:
-    """Fetch what `tiers` need into `weights_dir`, one `fetch` (snapshot_download) call per repository.
-
-    Files already there are not fetched again (snapshot_download compares them with the hub). Every failure
-    is a `DownloadError` saying what to do; afterwards each required file is checked to exist.
-    """
+    """Fetch what `tiers` need, one snapshot_download per repository (files already there are kept). Every
+    failure is a `DownloadError` saying what to do."""
     root, plan = weights_root(weights_dir), plan_for(tiers)
     token = token or os.environ.get("HF_TOKEN")
     with _progress_bars(progress):
@@ -391,7 +366,6 @@ def download(
 
 
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `python -m magihuman download`."""
 
     def tiers_argument(text: str) -> tuple[str, ...]:
         try:
@@ -412,7 +386,6 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> WeightPaths:
-    """Print what will be downloaded and how much, then download it."""
     root, plan = weights_root(args.weights_dir), plan_for(args.tiers)
     print(f"tiers {','.join(plan.tiers)} need (sizes are approximate):\n\n{plan.table()}\n")
     for repo in dict.fromkeys(c.repo for c in plan.components if c.repo.gate != "none"):

@@ -21,9 +21,8 @@ def elem_id(f: Field) -> str:
 
 
 def control(f: Field) -> gr.components.Component:
-    """The control for `f`. A field whose default is None ("decided later") is an empty number box, so the UI,
-    the API and the CLI share that default. (Number boxes keep no precision: Gradio would round 1.5 steps to 2
-    silently; the handler refuses it instead.)"""
+    """The control for `f`; a number field whose default is None is an empty number box, so the UI, the API and
+    the CLI share that default."""
     common = {"label": f.label, "elem_id": elem_id(f)}
     info = {"info": f.help} if f.advanced else {}
     if f.name == "prompt":
@@ -40,8 +39,7 @@ def control(f: Field) -> gr.components.Component:
     if f.default is None:  # the page shows 0 for "empty" (see empty_values_js)
         if f.advanced and (f.minimum or 0) > 0:
             info = {"info": f.help.replace("empty: ", "0 or empty: ")}
-        # The duration also feeds the dialogue builder, the audio hint and the enhancer, which get the box's 0 for
-        # "empty" without empty_values_js: its box takes 0 (the engine checks the range of what /generate gets).
+        # Other events read the duration's 0 for "empty" without empty_values_js; the engine checks the range.
         minimum = 0 if f.name in READ_BY_HELPERS else f.minimum
         number = gr.Number(value=None, minimum=minimum, maximum=f.maximum, step=f.step, **common, **info)
     else:
@@ -50,19 +48,16 @@ def control(f: Field) -> gr.components.Component:
 
 
 def _typed(number: gr.components.Component, f: Field) -> gr.components.Component:
-    """Tell API and MCP clients the field's own type and range (an integer for whole-number fields) without
-    Gradio's precision rounding, which would turn 1.5 steps into 2 instead of refusing them."""
+    """The field's own type and range for API and MCP clients, without Gradio's precision rounding (which would
+    turn 1.5 steps into 2 instead of refusing them)."""
     schema = {"type": "integer" if f.kind == "int" else "number", "minimum": f.minimum, "maximum": f.maximum}
     number.api_info = lambda: dict(schema)
     return number
 
 
 def empty_values_js(fields: tuple[Field, ...]) -> str:
-    """The page's own step before it sends the request fields (an event's `js`; API calls never run it).
-
-    Gradio's number box shows and sends 0 where its value is empty, so for fields whose default is None it
-    sends None ("decided later") instead: when the "Random seed" box is ticked for the seed, and for a 0 below
-    a field's minimum (steps, guidance). Built from the field declarations: positions follow `fields`."""
+    """An event's `js`: Gradio's number box sends 0 for empty, so fields whose default is None send None instead
+    (the seed when "Random seed" is ticked, a 0 below the minimum). API calls never run it."""
     zero_means_empty = [i for i, f in enumerate(fields) if f.default is None and (f.minimum or 0) > 0]
     seed = next(i for i, f in enumerate(fields) if f.name == "seed")
     return (
@@ -75,13 +70,9 @@ def empty_values_js(fields: tuple[Field, ...]) -> str:
 
 
 def upload_as_is(image: gr.Image) -> gr.Image:
-    """Hand the handler the uploaded file itself, for `magihuman.media.load_portrait` to check and convert.
-
-    Gradio's own image preprocessing opens every upload with Pillow and converts it to RGB first: a text file,
-    an empty file or a 20000×20000 header then fails there with a technical message naming the server path, a
-    16-bit PNG is clipped to white and transparency turns black. (An instance attribute, not a subclass: Gradio
-    writes a `.pyi` stub next to any module that defines a component class.)
-    """
+    """Hand the handler the upload itself for `load_portrait`: Gradio's own preprocessing fails on bad files with
+    a message naming the server path, clips 16-bit PNGs and blackens transparency. (Not a subclass: Gradio
+    writes a `.pyi` stub beside any module defining a component class.)"""
     convert = image.preprocess
 
     def preprocess(payload):

@@ -1,9 +1,6 @@
-"""The studio's prompt enhancer: an "Enhance" button beside the prompt, and a panel with the rewrite (editable),
-its changes against the idea, the duration warning, and buttons to use it, shorten its lines or discard it.
-
-The prompt box keeps the user's own text until they press "Use this prompt": an error, a discarded rewrite or
-a slow endpoint never touches it. The engine side is `magihuman.enhance`; its configuration is read from the
-environment at each call (`--enhancer-model` sets it at start-up), so the panel needs no restart to notice it.
+"""The studio's prompt enhancer: an "Enhance" button and a review panel (the rewrite, its changes, the duration
+warning). The prompt box keeps the user's text until "Use this prompt", so an error or a slow endpoint never
+touches it.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ MIN_KEPT_WORDS = 3
 
 
 def layout() -> SimpleNamespace:
-    """The button (under the prompt) and the hidden review panel it opens."""
     ui = SimpleNamespace()
     with gr.Row():
         ui.button = gr.Button("Enhance the prompt with your LLM", size="sm", elem_id="enhance", scale=0)
@@ -118,10 +114,8 @@ def review_panel(idea: str, rewrite: str):
 
 
 def diff_tokens(before: str, after: str) -> list[tuple[str, str | None]]:
-    """(text, "added" | "removed" | None) pieces that read as `after`, with what `before` had and `after` lost
-    shown in place. Whitespace is its own token, so the pieces keep the rewrite's line breaks. Unchanged runs of
-    fewer than MIN_KEPT_WORDS words between changes count as changed: a rewrite shares "a" and "the" with any
-    idea, and marking those as kept would chop the diff into confetti."""
+    """(text, "added" | "removed" | None) pieces reading as `after`. Unchanged runs shorter than MIN_KEPT_WORDS
+    count as changed: a rewrite shares "a" and "the" with any idea, which would chop the diff into confetti."""
     old, new = _TOKEN.findall(before), _TOKEN.findall(after)
     opcodes = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
     pieces: list[tuple[str, str | None]] = []

@@ -5,7 +5,8 @@ The studio runs in two settings with one code path:
 - **A machine with its own GPU (or the CPU preview)**: `spaces.GPU` returns the functions unchanged; the engine
   loads on a background thread (`EngineSlot`) so the page is up at once.
 - **A ZeroGPU Space**: each call of a `spaces.GPU` function runs in a forked worker that holds a GPU for the
-  call, with its arguments and every yielded item pickled across. So the engine is loaded at
+  call, with its arguments and every yielded item pickled across (a long take is made over several calls, its
+  windows kept on disk between them). So the engine is loaded at
   import in the main thread on "cuda" (spaces packs whatever is on "cuda" at `launch()` and copies it into each
   worker), is a module global here (a fork inherits it, nothing pickles it), and the functions take only
   picklable values: a `GenerationRequest`, or a `Take` on the CPU and a resolution name.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import gradio as gr
@@ -30,10 +32,21 @@ import spaces
 import torch
 
 from magihuman.engine import Engine, GenerationRequest, Result, Take
+from magihuman.errors import MagiHumanError
 from magihuman.memory import GB, GPU_MEMORY_ENV
-from studio.jobs import Piece, Progress, stream, take_to
+from magihuman.take_state import TakeState
+from studio.jobs import Piece, Progress, stream, take_to, user_error
 from studio.runtime import EngineSlot
-from studio.space import GPU_SIZE, ON_ZEROGPU, PLAN, StatusFn, gpu_duration, with_space_weights
+from studio.space import (
+    GPU_SIZE,
+    ON_ZEROGPU,
+    PLAN,
+    StatusFn,
+    gpu_duration,
+    take_call_seconds,
+    take_calls,
+    with_space_weights,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. The engine slot
@@ -112,13 +125,70 @@ def _upscale_seconds(take: Take, resolution: str) -> int:
     return gpu_duration(resolution, request.seconds, 0, request.base_model, request.sr_steps)
 
 
-@spaces.GPU(duration=_generate_seconds, size=GPU_SIZE)
+# On ZeroGPU a long take is made over several calls (studio.space.take_calls), each within MAX_CALL_S.
+SPLIT_LONG_TAKES = ON_ZEROGPU
+
+
 def gpu_generate(request: GenerationRequest) -> Iterator[Progress | Piece | Result]:
-    """Generate a clip: Progress items (and a long take's finished windows, as Piece items), then the Result
-    (every tensor of its Take on the CPU)."""
+    """Generate a clip: Progress items (and a long take's finished windows as Piece items), then the Result
+    (every tensor of its Take on the CPU). On ZeroGPU a long take is planned here (no GPU) and made over several
+    GPU calls, its windows kept on disk between them."""
+    if SPLIT_LONG_TAKES:
+        try:
+            state = _engine().plan_take(request)
+        except MagiHumanError as exc:
+            raise user_error(exc) from None
+        if state is not None:
+            yield from _take_in_calls(state)
+            return
+    yield from _gpu_generate(request)
+
+
+def _take_in_calls(state: TakeState) -> Iterator[Progress | Result]:
+    calls = take_calls(state.plan, state.request)  # the quota counts the whole take, before any call
+    for count in calls[:-1]:
+        with closing(_gpu_advance_take(state, count)) as call:  # a Stop closes the running call too
+            for item in call:
+                if isinstance(item, TakeState):
+                    state = item
+                else:
+                    yield item
+    yield from _gpu_finish_take(state)
+
+
+def _advance_seconds(state: TakeState, count: int) -> int:
+    return take_call_seconds(state.plan, state.request, state.todo[:count], False)
+
+
+def _finish_seconds(state: TakeState) -> int:
+    return take_call_seconds(state.plan, state.request, state.todo, True)
+
+
+@spaces.GPU(duration=_generate_seconds, size=GPU_SIZE)
+def _gpu_generate(request: GenerationRequest) -> Iterator[Progress | Result]:
     engine = _engine()
     yield from stream(
         lambda report, cancel: engine.generate(request, on_progress=report, cancel=cancel, on_piece=report.piece)
+    )
+
+
+@spaces.GPU(duration=_advance_seconds, size=GPU_SIZE)
+def _gpu_advance_take(state: TakeState, count: int) -> Iterator[Progress | TakeState]:
+    """One call of a long take: `count` more windows, stored beside it; Progress items, then the new state."""
+    engine = _engine()
+    yield from stream(
+        lambda report, cancel: engine.advance_take(
+            state, count, on_progress=report, cancel=cancel, on_piece=report.piece
+        )
+    )
+
+
+@spaces.GPU(duration=_finish_seconds, size=GPU_SIZE)
+def _gpu_finish_take(state: TakeState) -> Iterator[Progress | Result]:
+    """The last call of a long take: its last windows, the mp4 and SR; Progress items, then the Result."""
+    engine = _engine()
+    yield from stream(
+        lambda report, cancel: engine.finish_take(state, on_progress=report, cancel=cancel, on_piece=report.piece)
     )
 
 

@@ -18,7 +18,7 @@ import gradio as gr
 
 from magihuman.config import DEFAULT_SECONDS, RESOLUTIONS, SR_RESOLUTIONS
 from magihuman.engine import GenerationRequest, Result
-from magihuman.fields import FIELDS, Field
+from magihuman.fields import FIELDS, FILE_FIELDS, Field
 from magihuman.long_take import LONG_TAKE_AUDIO, plan_table
 from magihuman.media import usable_audio_seconds
 from magihuman.prompts import DialogueLine, build_prompt, line_length_warning, parse_prompt, prompt_length_warning
@@ -61,7 +61,7 @@ class Studio:
         self.slot = slot
         self.gpu_functions = gpu_functions
         self.jobs_at_once: int | None = getattr(gpu_functions, "jobs_at_once", 1)  # the events' concurrency limit
-        self.takes = TakeStore()
+        self.takes = gpu_functions.take_store() if hasattr(gpu_functions, "take_store") else TakeStore()
         self.stops: dict[str, bool] = {}
         self.live = LivePieces(_session)  # long takes' finished windows, per session (studio.live)
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
@@ -212,7 +212,7 @@ class Studio:
     # --- helpers for the inputs -------------------------------------------------------------------------
 
     def prompt_warning(self, prompt: str) -> str:
-        """The prompt's length against the request limit and the text encoder's 640-token cap (when loaded)."""
+        """The prompt's length against the request limit and the text encoder's token cap (when loaded)."""
         engine = self.slot.engine
         counter = engine.models.text.count_tokens if getattr(engine, "models", None) else None  # none: replicas
         warning = prompt_length_warning(prompt or "", counter)
@@ -232,7 +232,7 @@ GENERATE_DOC = "\n".join(
 
 
 def _field_function(body: Callable, name: str, doc: str) -> Callable:
-    """A function taking one argument per request field (`prompt` required, the others defaulting as declared),
+    """A function taking one argument per request field (the required ones without a default),
     then the gr.Request and the gr.Progress; it calls `body(values, request, progress)`. Gradio reads its
     signature for the API's parameter names and defaults, its docstring for their descriptions (the API page,
     the MCP tool)."""
@@ -240,7 +240,7 @@ def _field_function(body: Callable, name: str, doc: str) -> Callable:
         inspect.Parameter(
             f.name,
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=inspect.Parameter.empty if f.name == "prompt" else f.default,
+            default=inspect.Parameter.empty if f.required else f.default,
             annotation=ANNOTATIONS[f.kind],
         )
         for f in FIELDS
@@ -273,13 +273,13 @@ def request_from_values(values: dict[str, Any]) -> GenerationRequest:
     clean = {}
     for f in FIELDS:
         value = values.get(f.name, f.default)
-        if f.kind in ("image", "audio") or (f.kind == "text" and f.name != "prompt"):
+        if f.is_file or (f.kind == "text" and not f.required):
             value = value or None
         elif f.kind == "int":
             value = _whole(value, f)
         elif f.kind == "float" and value is not None:
             value = _number(value, f)
-        elif f.name == "prompt":
+        elif f.required:
             value = value if isinstance(value, str) else ""
         clean[f.name] = value
     return GenerationRequest(**clean)
@@ -288,7 +288,7 @@ def request_from_values(values: dict[str, Any]) -> GenerationRequest:
 def request_to_values(request: GenerationRequest) -> dict[str, Any]:
     """The control values that make `request` again (files only where they still exist)."""
     values = {f.name: getattr(request, f.name) for f in FIELDS}
-    for name in ("portrait", "audio"):
+    for name in FILE_FIELDS:
         path = values[name]
         values[name] = str(path) if path and Path(path).is_file() else None
     values["negative_prompt"] = values["negative_prompt"] or ""

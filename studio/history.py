@@ -68,8 +68,9 @@ class TakeStore:
         self._lock = threading.Lock()
         self._made = 0
 
-    def add(self, result: Result) -> str:
-        take_id = secrets.token_urlsafe(12)
+    def add(self, result: Result, take_id: str | None = None) -> str:
+        """Keep the take under `take_id` (None: a new unguessable id); returns the id."""
+        take_id = take_id or secrets.token_urlsafe(12)
         stored = StoredTake(result.take, 0, dict(result.timings), poster_frame(result.video_path))
         if result.sr_video_path is not None and result.sr_resolution is not None:
             stored.sr_videos[result.sr_resolution] = result.sr_video_path

@@ -187,7 +187,7 @@ def stream(work: Callable[[JobReport, StopFlag], Result]) -> Iterator[Progress |
             ) from None
     (value,) = outcome
     outcome.clear()
-    if isinstance(value, Result):
+    if not isinstance(value, BaseException):  # a Result (or the TakeState of one call of a long take)
         yield value
         return
     raise user_error(value)
@@ -225,5 +225,8 @@ def take_to(take: Take, device: torch.device | str) -> Take:
 
 
 def on_cpu(result: Result) -> Result:
-    """The result with its take's tensors on the CPU: a ZeroGPU worker may not hand CUDA tensors back."""
+    """The result with its take's tensors on the CPU: a ZeroGPU worker may not hand CUDA tensors back. (A long
+    take's TakeState holds no tensors: its windows are on disk.)"""
+    if not isinstance(result, Result):
+        return result
     return replace(result, take=take_to(result.take, "cpu"))

@@ -5,8 +5,10 @@ one pool of GPUs.
 `ReplicaPool` is a drop-in for the GPU functions of `studio.gpu`: `gpu_generate(request)` and
 `gpu_upscale(take, resolution)` return generators of `Progress` items, then the `Result`, which
 `studio.jobs.run_job` consumes exactly as it consumes the local ones (closing the generator cancels the job on
-its replica). The replicas and the shared store are `magihuman.serve_ray`. Ray is imported only when a pool
-starts: the flags and options here are Ray-free, so the default studio never imports it.
+its replica). Its `take_store()` gives the studio a `SharedTakes`: take ids are keys of the shared store, so
+a restarted front-end finds the takes of the last hour again. The replicas and the shared store are
+`magihuman.serve_ray`. Ray is imported only when a pool starts: the flags and options here are Ray-free, so
+the default studio never imports it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import atexit
 import concurrent.futures
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -28,8 +31,12 @@ from pathlib import Path
 
 import gradio as gr
 
+from magihuman.config import dit_presets
 from magihuman.engine import GenerationRequest, Result, Take
+from magihuman.optimize import SpeedFlags
+from magihuman.parallel.ulysses import check_cp_size
 from studio import jobs
+from studio.history import StoredTake, TakeStore
 from studio.jobs import Progress
 from studio.runtime import EngineSlot, EngineStatus
 
@@ -42,6 +49,7 @@ REPLICA_LOST = (
     "is starting a replacement."
 )
 TAKE_PREFIX = "take-"  # a take's front-end folder is take-<key of the take in the shared store>
+TAKE_KEY = re.compile(r"[0-9a-f]{32}")  # the store's keys (uuid4 hex): also the studio's take ids
 
 
 @dataclass(frozen=True)
@@ -54,15 +62,27 @@ class ReplicaOptions:
     max_replicas: int = 1
     target_ongoing_requests: float = 1.0
     max_queue: int = DEFAULT_MAX_QUEUE
-    gpus_per_replica: float | None = None  # None: 1 where the cluster has GPUs, else 0 (CPU preview replicas)
+    gpus_per_replica: float | None = None  # per process; None: 1 where the cluster has GPUs, else 0 (CPU)
+    cp: int = 1  # processes (GPUs) per replica, a context-parallel group on one host (`--cp`)
+    cpus: int | None = None  # a local instance's logical CPUs; None: enough for every process, plus a spare
 
     def describe(self) -> str:
+        """e.g. "4 replicas × CP 2 on local Ray" (8 GPUs as 4 groups of 2)."""
         where = f"Ray cluster at {self.address}" if self.address else "local Ray"
         if self.min_replicas == self.max_replicas:
             count = f"{self.max_replicas} replica{'s' if self.max_replicas > 1 else ''}"
         else:
-            count = f"{self.min_replicas}–{self.max_replicas} replicas (autoscaling on queue length)"
-        return f"{count} on {where}"
+            count = f"{self.min_replicas}–{self.max_replicas} replicas"
+        group = f" × CP {self.cp}" if self.cp > 1 else ""
+        scaling = " (autoscaling on queue length)" if self.min_replicas != self.max_replicas else ""
+        return f"{count}{group}{scaling} on {where}"
+
+    def local_cpus(self) -> int:
+        """A local instance's CPUs: one per process of every replica (at least the machine's cores), plus one
+        replica's worth, so that a replacement is scheduled while the CPUs of the one it replaces are freed."""
+        if self.cpus is not None:
+            return self.cpus
+        return max(os.cpu_count() or 1, self.max_replicas * self.cp) + self.cp
 
 
 def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +109,6 @@ def replica_options(args: argparse.Namespace) -> ReplicaOptions | None:
     values = {**config, **{k: v for k, v in flags.items() if v is not None}}
     if not values:
         return None
-    if (getattr(args, "cp", None) or 1) > 1:
-        raise SystemExit("--replicas / --ray run one GPU per replica; --cp inside replicas is not supported yet")
     count = values.pop("replicas", None) or 1
     options = ReplicaOptions(
         address=values.get("address"),
@@ -99,11 +117,14 @@ def replica_options(args: argparse.Namespace) -> ReplicaOptions | None:
         target_ongoing_requests=float(values.get("target_ongoing_requests", 1.0)),
         max_queue=int(values.get("max_queue", DEFAULT_MAX_QUEUE)),
         gpus_per_replica=values.get("gpus_per_replica"),
+        cp=1 if getattr(args, "cp", None) is None else args.cp,
     )
     if not 0 <= options.min_replicas <= options.max_replicas or options.max_replicas < 1:
         raise SystemExit(f"replicas: need 0 ≤ min ({options.min_replicas}) ≤ max ({options.max_replicas}) and max ≥ 1")
     if options.max_queue < 1:
         raise SystemExit("--max-queue must be at least 1")
+    if options.cp < 1:
+        raise SystemExit(f"--cp {options.cp}: each replica needs at least one process")
     return options
 
 
@@ -123,11 +144,12 @@ def _read_config(path: str) -> dict:
     return data
 
 
-def replica_demo(build_demo, options: ReplicaOptions, model: str | None, weights_dir: str | None):
-    """The studio (`app.build_demo`) with its jobs on a replica pool (closed at exit, see `ReplicaPool.start`)."""
+def replica_demo(build_demo, options: ReplicaOptions, flags: argparse.Namespace):
+    """The studio (`app.build_demo`) with its jobs on a replica pool (closed at exit, see `ReplicaPool.start`);
+    `flags`: the studio's engine flags (`EngineOptions.add_arguments`), which every replica loads with."""
     if importlib.util.find_spec("ray") is None:
         raise SystemExit("--replicas / --ray need Ray: pip install -c constraints.txt -r requirements-ray.txt")
-    pool = ReplicaPool(options, model, weights_dir)
+    pool = ReplicaPool(options, flags)
     return build_demo(ReplicaSlot(pool), gpu_functions=pool)
 
 
@@ -145,8 +167,11 @@ class ReplicaPool:
 
     jobs_at_once = None  # the studio's events do not queue jobs themselves: the shared store's queue does
 
-    def __init__(self, options: ReplicaOptions, model: str | None = None, weights_dir: str | None = None) -> None:
-        self.options, self.model, self.weights_dir = options, model, weights_dir
+    def __init__(self, options: ReplicaOptions, flags: argparse.Namespace | None = None) -> None:
+        """`flags`: the engine flags (`EngineOptions.add_arguments`: model, weights, speed steps, CFG-parallel)
+        for every replica; their device defaults (full model, compile) follow the replicas' device, known once
+        Ray says whether the cluster has GPUs. None: the defaults."""
+        self.options, self.flags = options, flags or argparse.Namespace()
         self.output_root = Path(tempfile.mkdtemp(prefix="magihuman-frontend-"))
         self.layout = options.describe()
         self._handle = self._store = None
@@ -169,10 +194,7 @@ class ReplicaPool:
             self._loop_thread.start()
         if not ray.is_initialized():
             status(f"starting {'a local Ray instance' if options.address is None else 'Ray: ' + options.address}")
-            # One CPU more than the replicas need, so that a replacement is scheduled while the CPU of the
-            # replica it replaces is still being released.
-            cpus = max(os.cpu_count() or 1, options.max_replicas) + 1
-            local = {"num_cpus": cpus} if options.address is None else {}
+            local = {"num_cpus": options.local_cpus()} if options.address is None else {}
             # The replicas import this checkout's engine package, shipped by Ray, on every node.
             code = {"py_modules": [str(Path(serve_ray.__file__).parent)]}
             # Ray's local processes die with the *thread* that started them (Linux parent-death signal), and
@@ -192,13 +214,13 @@ class ReplicaPool:
         gpus = options.gpus_per_replica
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        model = self.model or ("full" if gpus else "tiny")
-        spec = serve_ray.ReplicaSpec(model=model, weights_dir=self.weights_dir, gpus=gpus)
+        spec = self._spec(gpus)
         scaling = serve_ray.Scaling(
             options.min_replicas, options.max_replicas, options.target_ongoing_requests, health_check_period_s=5.0
         )
         self._store = serve_ray.shared_store()
-        status(f"starting {options.describe()} ({model} engine, {f'{gpus:g} GPU' if gpus else 'CPU'} each)")
+        per_replica = _per_replica(options.cp, gpus)
+        status(f"starting {options.describe()} ({spec.model} engine, {per_replica} per replica)")
         handle = _running_app(serve_ray.APP_NAME) if options.address is not None else None
         if handle is not None:  # another front-end or a RayService deployed it: redeploying would restart it
             status("joining the replicas already serving on the cluster")
@@ -208,9 +230,28 @@ class ReplicaPool:
             except RuntimeError as exc:  # the deployment failed: name the replicas that could not load
                 raise RuntimeError(f"{exc}. {self._failures()}") from None
         self._handle = handle.options(stream=True)
-        self.layout = f"{options.describe()}, {f'{gpus:g} GPU' if gpus else 'CPU'} per replica"
+        self.layout = f"{options.describe()}, {per_replica} per replica"
         status(self.layout)
-        return PoolEngine(preview=model == "tiny", layout=self.layout)
+        return PoolEngine(preview=spec.model == "tiny", layout=self.layout)
+
+    def _spec(self, gpus: float):
+        """What every replica loads, from the flags, with the defaults of the replicas' device. Raises
+        ValueError (before anything deploys) for a `--cp` the model's heads cannot be split by."""
+        from magihuman import serve_ray
+
+        flags, device = self.flags, "cuda" if gpus else "cpu"
+        model = getattr(flags, "model", None) or ("full" if gpus else "tiny")
+        check_cp_size(self.options.cp, dit_presets(model)["distill"].dit.num_heads_kv)
+        speed = SpeedFlags.from_args(flags, device) if vars(flags) else None
+        weights = getattr(flags, "weights_dir", None)
+        return serve_ray.ReplicaSpec(
+            model=model,
+            weights_dir=str(weights) if weights else None,
+            speed=speed,
+            gpus=gpus,
+            cp=self.options.cp,
+            cfg_parallel=getattr(flags, "cfg_parallel", True),
+        )
 
     def _on_loop_thread(self, call):
         """`call()` run on the pool's thread (which lives until `close`); its result or exception."""
@@ -285,6 +326,27 @@ class ReplicaPool:
         key = folder.name[len(TAKE_PREFIX) :] if folder.name.startswith(TAKE_PREFIX) else None
         return self._job("upscale", (key, None, resolution), take, fallback=(None, take, resolution))
 
+    # --- takes ------------------------------------------------------------------------------------------
+
+    def take_store(self) -> SharedTakes:
+        """The studio's take store (studio.handlers.Studio asks its GPU functions for one)."""
+        return SharedTakes(self)
+
+    def restore(self, key: str) -> Result | None:
+        """A take the shared store still keeps (made by this or an earlier front-end): its result with the
+        base mp4 written into a new take folder here; None when the store no longer has it or is not there."""
+        import ray
+
+        if self._store is None:
+            return None
+        finished = ray.get(self._store.get_finished.remote(key), timeout=STORE_TIMEOUT_S)
+        return self._local_result(finished, None) if finished is not None else None
+
+    def forget(self, key: str) -> None:
+        """Remove a take from the shared store (the user removed it from the history)."""
+        if self._store is not None:
+            self._store.drop_take.remote(key)
+
     def _job(self, method: str, args: tuple, take: Take | None, fallback: tuple | None = None):
         import ray
 
@@ -312,7 +374,7 @@ class ReplicaPool:
     def _stream(self, method: str, job: str, attempt: int, args: tuple, take: Take | None, ahead: int):
         import ray
 
-        from magihuman.serve_ray import Failed, Finished
+        from magihuman.serve_ray import Failed, Finished, first_line
 
         response = getattr(self._handle, method).remote(f"{job}.{attempt}", *args)
         last, streamed, done = Progress("queued", ahead, self.options.max_queue), False, False
@@ -351,7 +413,7 @@ class ReplicaPool:
                     raise gr.Error("The GPU replica ended the job without a result; generate again.")
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             done = True
-            raise _ReplicaLost(streamed, _first_line(exc)) from None
+            raise _ReplicaLost(streamed, first_line(exc)) from None
         finally:
             if not done:  # closed (Stop, client gone) or failed here: end the job on its replica
                 response.cancel()
@@ -372,6 +434,13 @@ class ReplicaPool:
         if take is None:
             take = replace(result.take, base_video_path=folder / result.video_path.name, folder=folder)
         return replace(result, video_path=take.base_video_path, sr_video_path=sr_path, take=take)
+
+
+def _per_replica(cp: int, gpus: float) -> str:
+    """What one replica holds: "2 GPUs", "1 GPU", "2 CPU processes"."""
+    if gpus:
+        return f"{cp * gpus:g} GPU{'' if cp * gpus == 1 else 's'}"
+    return f"{cp} CPU process{'es' if cp > 1 else ''}"
 
 
 def _running_app(name: str):
@@ -416,9 +485,35 @@ def _user_error(failed) -> gr.Error:
     return gr.Error(f"Generation failed: {failed.message}")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+class SharedTakes(TakeStore):
+    """The studio's takes on a replica pool: each take's id is its key in the shared store, so a take id from
+    the browser's history that this front-end does not know (it restarted, or another front-end made the take)
+    is looked up there and restored: its base clip, settings and latents, ready to upscale. Removing a take
+    removes it from the shared store too."""
+
+    def __init__(self, pool: ReplicaPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self._restoring = threading.Lock()  # one restore at a time: two would write the same take folder
+
+    def add(self, result: Result, take_id: str | None = None) -> str:
+        folder = Path(result.take.folder).name
+        return super().add(result, take_id or folder.removeprefix(TAKE_PREFIX))
+
+    def get(self, take_id: str | None) -> StoredTake | None:
+        stored = super().get(take_id)
+        if stored is not None or not isinstance(take_id, str) or not TAKE_KEY.fullmatch(take_id):
+            return stored
+        with self._restoring:
+            stored = super().get(take_id)  # restored meanwhile by another request
+            if stored is None and (restored := self.pool.restore(take_id)) is not None:
+                super().add(restored, take_id)
+                stored = super().get(take_id)
+        return stored
+
+    def remove(self, take_id: str) -> None:
+        super().remove(take_id)
+        self.pool.forget(take_id)
 
 
 class ReplicaSlot(EngineSlot):

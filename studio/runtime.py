@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from magihuman.config import RESOLUTIONS
 from magihuman.engine import Engine
 
 
@@ -22,11 +23,8 @@ class EngineStatus:
 
 
 class EngineSlot:
-    """Loads the engine in a background thread so the page is up at once; reports a status line meanwhile.
-
-    A load failure (a missing shard, a corrupt file, a mismatched key) is kept as the status, naming the file;
-    the process stays up and the UI shows it.
-    """
+    """Loads the engine in a background thread so the page is up at once; a failure is kept as the status (the
+    process stays up and the UI shows it)."""
 
     def __init__(self, load: Callable[[Callable[[str], None]], Engine]) -> None:
         self._load = load
@@ -49,8 +47,7 @@ class EngineSlot:
         return self
 
     def load_now(self) -> EngineSlot:
-        """Load in the calling thread instead (ZeroGPU: CUDA is emulated only in the thread that imported
-        spaces); the status line and a failure are kept exactly as on the background path."""
+        """Load in the calling thread (ZeroGPU emulates CUDA only in the thread that imported spaces)."""
         if not self._ready.is_set() and not self._thread.is_alive():
             self._started = time.perf_counter()
             self._run()
@@ -97,5 +94,5 @@ def gpu_seconds(resolution: str, seconds: int, steps: int, base_model: str, sr_s
     duration and steps, doubled for CFG, plus fixed time for text encoding and muxing, times a safety factor."""
     scale = max(seconds, 1) / 5
     base = 0.19 * steps * (2 if base_model == "base" else 1)
-    sr = {"256p": 0.0, "540p": 1.2, "1080p": 7.0}[resolution] * sr_steps
+    sr = RESOLUTIONS[resolution].zerogpu_seconds_per_sr_step * sr_steps
     return int(20 + 3 * scale * (base + sr + 2))

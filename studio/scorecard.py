@@ -7,6 +7,9 @@ Scoring never holds the GPU: it is its own event, chained after the take, in its
 CPU thread teams then exist once per process, one take is scored at a time, and a forked process (a ZeroGPU
 worker) starts its own thread instead of submitting to one that does not exist there.
 
+A take made after "Use the card" on a character card with a voice recording is also compared with that
+recording (the voice part of `magihuman.score`).
+
 The cards live on the server, keyed by take id (dropped with their take); a browser's history records only
 carry the score number, added when the gallery is listed.
 """
@@ -17,13 +20,17 @@ import html
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
+from magihuman.cards import Card
 from magihuman.errors import MagiHumanError
 from magihuman.score import Scorecard, score_take
+from magihuman.score.card import FLAG, HEARD
 from magihuman.threads import worker_thread
+from studio.cards import clean_cards
 from studio.handlers import Studio, request_to_values
 from studio.history import clean_history
 
@@ -51,49 +58,71 @@ class Scorer:
 
     # --- scoring ----------------------------------------------------------------------------------------
 
-    def card_for_take(self, take_id: str, enabled: bool = True):
-        """The card of a take just made (the event chained after /generate and /upscale): (HTML, JSON)."""
+    def card_for_take(self, take_id: str, enabled: bool = True, voice_card: Card | None = None):
+        """The card of a take just made (the event chained after /generate and /upscale) or picked: (HTML, JSON).
+        `voice_card`: the character card used for the take, whose voice recording it is compared with."""
         if not enabled:
             return SCORING_OFF, None
-        card = self._card_of(take_id)
+        card = self._card_of(take_id, voice_card)
         return card_html(card), _json(card)
 
-    def score(self, take_id: str | None = None, video: str | None = None, prompt: str | None = None):
+    def score(
+        self,
+        take_id: str | None = None,
+        video: str | None = None,
+        prompt: str | None = None,
+        audio: str | None = None,
+    ):
         """Score a take: an earlier one of /generate by its take_id, or an uploaded video with its prompt (the
         Dialogue lines are the words it should say). Returns the card as HTML and as JSON: WER or CER against
         the prompt, the transcript and language heard, the speech span, the mouth-voice offset in frames with
-        its confidence, DNSMOS, flags, and the parts that were not available and why.
+        its confidence, DNSMOS, flags, the voice similarity to `audio` when given, and the parts that were not
+        available and why.
 
         Args:
             take_id: the take_id that /generate returned (the latest 32 takes are kept); or leave it empty
             video: a video with sound to score instead of a take
             prompt: the prompt of the uploaded video (ignored for a take: its own prompt is used)
+            audio: optional recording of the voice the take should have: adds voice_similarity (0-1)
         """
         if video:
-            card = self._compute(video, prompt or "")
+            card = self._compute(video, prompt or "", audio or None)
+        elif take_id and audio:  # a card of its own: the take's card in the gallery stays as it was
+            stored = self._stored(take_id)
+            card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt, audio)
         elif take_id:
             card = self._card_of(take_id)
         else:
             raise gr.Error("Give a take_id from /generate or upload a video to score.")
         return card_html(card), _json(card)
 
-    def _card_of(self, take_id: str) -> Scorecard:
+    def _stored(self, take_id: str):
         stored = self.takes.get(take_id)
         if stored is None:
             raise gr.Error("No such take to score: generate one first (the latest 32 takes are kept).")
+        return stored
+
+    def _card_of(self, take_id: str, voice_card: Card | None = None) -> Scorecard:
+        stored = self._stored(take_id)
         with self._lock:
             known = self.cards.get(take_id)
         if known is not None:  # an upscale keeps the take's audio, words and timing: its card stands
             return known
-        card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt)
+        reference = None
+        if voice_card is not None:  # into the take's own folder: it lives (and is deleted) with the take
+            (folder := stored.take.folder / "card-voice").mkdir(exist_ok=True)
+            reference = voice_card.write_voice(folder)
+        card = self._compute(str(stored.best_video()[0]), stored.take.request.prompt, reference)
+        if voice_card is not None:
+            card.voice_reference = f"the recording of card {voice_card.name!r}"
         with self._lock:
             self.cards[take_id] = card
             for gone in [key for key in self.cards if self.takes.get(key) is None]:
                 del self.cards[gone]
         return card
 
-    def _compute(self, video: str, prompt: str) -> Scorecard:
-        future = worker_thread("scorecard").submit(score_take, video, prompt)
+    def _compute(self, video: str, prompt: str, reference: str | Path | None = None) -> Scorecard:
+        future = worker_thread("scorecard").submit(score_take, video, prompt, reference)
         try:
             return future.result(timeout=SCORE_TIMEOUT_S)
         except FutureTimeout:
@@ -157,6 +186,16 @@ class Scorer:
         return sorted(records, key=lambda rec: -_number(rec.get("number"), 0))
 
 
+def voice_card_used(pick, cards) -> Card | None:
+    """The character card "Use the card" just applied, when it has a voice recording (else None): the takes
+    made next in this page are compared with that recording."""
+    for record in clean_cards(cards):
+        if record["name"] == pick:
+            card = Card.from_record(record)
+            return card if card.voice is not None else None
+    return None
+
+
 def _number(value, missing: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else missing
 
@@ -180,33 +219,20 @@ def gallery_listing(scorer: Scorer):
 
 
 def card_html(card: Scorecard) -> str:
+    """The card's rows (`Scorecard.rows`, the terminal's too) as a table: the transcript with its differing
+    words marked, flags highlighted."""
     e = html.escape
     rows = []
-    if card.error_rate is not None:
-        name = "WER" if card.wer is not None else "CER"
-        rows.append((name, f"{card.error_rate:.1%} against the Dialogue lines"))
-    if card.transcript is not None:
-        heard = e(card.language or "-")
-        rows.append(("Heard", f"{_marked(card)} <small>({heard})</small>"))
-    if card.speech_start_s is not None:
-        rows.append(("Speech", f"{card.speech_start_s:.2f} – {card.speech_end_s:.2f} s of {card.audio_seconds:.2f} s"))
-    if card.face_found is False:
-        rows.append(("Sync", "no face found"))
-    elif card.face_found:
-        rows.append(("Sync", f"offset {card.offset_frames:+d} frames, confidence {card.offset_confidence:.2f}"))
-    if card.dnsmos is not None:
-        mos = card.dnsmos
-        rows.append(
-            (
-                "DNSMOS",
-                f"overall {mos['overall']:.2f} · signal {mos['signal']:.2f} · background {mos['background']:.2f}",
-            )
-        )
-    rows += [("Flag", f"<span class='flag'>{e(flag)}</span>") for flag in card.flags]
-    rows += [(e(part.capitalize()), e(reason)) for part, reason in card.unavailable.items()]
+    for name, text in card.rows():
+        if name == HEARD:
+            value = f"{_marked(card)} <small>({e(card.language or '-')})</small>"
+        elif name == FLAG:
+            value = f"<span class='flag'>{e(text)}</span>"
+        else:
+            value = e(text)
+        rows.append(f"<tr><th>{e(name)}</th><td>{value}</td></tr>")
     score = "–" if card.score is None else f"{card.score:.0f} / 100"
-    body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
-    return f"<div class='scorecard'><b>Scorecard: {score}</b><table>{body}</table></div>"
+    return f"<div class='scorecard'><b>Scorecard: {score}</b><table>{''.join(rows)}</table></div>"
 
 
 def _marked(card: Scorecard) -> str:
@@ -232,6 +258,7 @@ def card_controls(p: SimpleNamespace) -> None:
     """Under the timing table: the switch and the card."""
     p.score_on = gr.Checkbox(True, label="Score each take (words, sync, sound; on the CPU)", elem_id="score-on")
     p.card = gr.HTML(elem_id="scorecard")
+    p.voice_card = gr.State(None)  # the character card last used, when it has a voice: takes are compared with it
     with gr.Accordion("Scorecard as JSON", open=False):
         p.card_json = gr.JSON(label="Scorecard", elem_id="scorecard-json")
 
@@ -254,6 +281,12 @@ def score_controls(p: SimpleNamespace) -> None:
     with gr.Accordion("Score a video", open=False, elem_id="score-upload"):
         p.score_video = gr.Video(label="A video with sound", sources=["upload"], elem_id="score-video")
         p.score_prompt = gr.Textbox(label="Its prompt (or the line it should say)", lines=2, elem_id="score-prompt")
+        p.score_audio = gr.Audio(
+            label="A recording of the voice it should have (optional)",
+            sources=["upload"],
+            type="filepath",
+            elem_id="score-audio",
+        )
         p.score_button = gr.Button("Score this video", elem_id="score-button")
 
 
@@ -261,14 +294,17 @@ def wire_scoring(
     p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_shown: list, listing: dict, gpu_job: dict
 ) -> None:
     """Score each finished take (`takes_done`: the /generate and /upscale events) off the GPU queue, then list
-    the gallery again with its score; show the card of a take picked in the gallery (`takes_shown`); reorder
-    on request; `/score` for a take id or an upload; best of N (its seeds on the GPU queue, `gpu_job`, then
-    ranked on the scoring one)."""
+    the gallery again with its score, comparing the take's voice with the character card last used (when that
+    card has a voice); show the card of a take picked in the gallery (`takes_shown`); reorder on request;
+    `/score` for a take id or an upload (with an optional voice recording to compare with); best of N (its
+    seeds on the GPU queue, `gpu_job`, then ranked on the scoring one)."""
     private = {"api_visibility": "private"}
     scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
     card = {"fn": scorer.card_for_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}
+    made = {**card, "inputs": [p.take_id, p.score_on, p.voice_card]}  # a new take: its card's voice, if any
     for done in takes_done:
-        done.success(**card, **scoring, **private).success(**listing, **private)
+        done.success(**made, **scoring, **private).success(**listing, **private)
+    p.cards.use.click(voice_card_used, [p.cards.pick, p.cards.cards], p.voice_card, **private)
     for shown in takes_shown:
         shown.success(**card, **scoring, **private)
     p.order.change(**listing, **private)
@@ -282,5 +318,9 @@ def wire_scoring(
     )
     ranked.success(**listing, **private)
     p.score_button.click(
-        scorer.score, [p.take_id, p.score_video, p.score_prompt], [p.card, p.card_json], api_name="score", **scoring
+        scorer.score,
+        [p.take_id, p.score_video, p.score_prompt, p.score_audio],
+        [p.card, p.card_json],
+        api_name="score",
+        **scoring,
     )

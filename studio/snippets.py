@@ -1,6 +1,6 @@
 """Copy as code: the `gradio_client` call and the CLI line that make the same clip as the studio's settings.
 
-Only the fields that differ from their declared defaults are written (the prompt always), by keyword, so the
+Only the fields that differ from their declared defaults are written (the required ones always), by keyword, so the
 snippets stay short and keep working when a field is added.
 """
 
@@ -16,15 +16,15 @@ PLACEHOLDER_URL = "http://127.0.0.1:7860/"
 
 
 def _changed(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings a call must name: the prompt, then every field whose value is not its default."""
+    """The settings a call must name: the required fields, then every field whose value is not its default."""
     changed = {}
     for f in FIELDS:
         value = settings.get(f.name)
-        if value in ("", None) and f.name != "prompt":
+        if value in ("", None) and not f.required:
             continue
         if f.kind == "int" and isinstance(value, float) and value.is_integer():
             value = int(value)
-        if f.name == "prompt" or value != f.default:
+        if f.required or value != f.default:
             changed[f.name] = value
     return changed
 
@@ -38,7 +38,7 @@ def python_call(settings: dict[str, Any], url: str = PLACEHOLDER_URL) -> str:
         "result = client.predict(",
     ]
     for name, value in _changed(settings).items():
-        if name in ("portrait", "audio"):
+        if FIELD[name].is_file:
             lines.append(f"    {name}=handle_file({Path(str(value)).name!r}),")
         else:
             lines.append(f"    {name}={value!r},")
@@ -51,7 +51,7 @@ def cli_line(settings: dict[str, Any]) -> str:
     words = ["python", "-m", "magihuman", "generate"]
     for name, value in _changed(settings).items():
         flag = FIELD[name].flag
-        shown = Path(str(value)).name if name in ("portrait", "audio") else str(value)
+        shown = Path(str(value)).name if FIELD[name].is_file else str(value)
         words += [flag, shown]
     words += ["--out", "clip.mp4"]
     return shlex.join(words)

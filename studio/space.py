@@ -2,14 +2,15 @@
 call and the visitor's quota, and fetching the weights into a fresh Space.
 
 1. Where we run: ZeroGPU detection, the memory plan and the GPU size
-2. Time budgets (ZeroGPU `duration`) and quotas
+2. Time budgets (ZeroGPU `duration`) and quotas; a long take split into calls
 3. Weights on a Space
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import gradio as gr
@@ -17,10 +18,10 @@ import torch
 from spaces.config import Config
 
 from magihuman.build import DEFAULT_DITS
-from magihuman.config import DEFAULT_SECONDS, MIN_SECONDS, REQUEST_LIMITS, RESOLUTIONS, SAMPLING
-from magihuman.engine import Engine
+from magihuman.config import DEFAULT_SECONDS, FPS, MIN_SECONDS, REQUEST_LIMITS, RESOLUTIONS, SAMPLING
+from magihuman.engine import Engine, GenerationRequest
 from magihuman.memory import GB, TEXT_ENCODER_BYTES, VAE_BYTES, dit_bytes, plan_fp8
-from magihuman.take_plan import MAX_TAKE_SECONDS
+from magihuman.take_plan import MAX_TAKE_SECONDS, TakePlan
 from studio.runtime import gpu_seconds
 
 StatusFn = Callable[[str], None]
@@ -113,16 +114,79 @@ def gpu_duration(resolution: str, seconds: int, steps: int | None, base_model: s
     if PLAN is None:
         return job
     total = job + int(PLAN.weight_bytes / TRANSFER_BYTES_PER_S)
+    _check_quota(total, f"A {seconds}-second {resolution} clip needs about {total} s of ZeroGPU time")
+    return total
+
+
+def _check_quota(total: int, needs: str) -> None:
+    """QuotaError when `total` GPU seconds (×2 on xlarge) exceed the daily quota; `needs` opens the message."""
     quota = int(os.environ.get(QUOTA_ENV) or DEFAULT_QUOTA_S)
     factor = QUOTA_FACTOR[PLAN.size]
     if total * factor > quota:
         raise QuotaError(
-            f"A {seconds}-second {resolution} clip needs about {total} s of ZeroGPU time, which counts as "
-            f"{total * factor:.0f} s on the {PLAN.size} GPU this model needs: more than the {quota} s a day a free "
-            f"account gets. Choose a lower resolution or a shorter clip, or run the studio on a dedicated GPU.",
+            f"{needs}, which counts as {total * factor:.0f} s on the {PLAN.size} GPU this model needs: more than "
+            f"the {quota} s a day a free account gets. Choose a lower resolution or a shorter clip, or run the "
+            f"studio on a dedicated GPU.",
             title="Too long for ZeroGPU",
         )
-    return total
+
+
+# A long take is made over several GPU calls, none asking for more than this: a worker that outruns its
+# duration is killed, a long request waits longer for a GPU, and between calls the GPU goes back to the queue.
+# The windows made so far wait on disk (magihuman.take_state) for the next call.
+MAX_CALL_S = 120
+# The last call decodes the stored latents of the earlier windows into the mp4 (Turbo VAE at 256p and x264):
+# assumed ≤ 0.1 s per second of take on a ZeroGPU card, ×3 for safety (not measured on a Space).
+REDECODE_S_PER_S = 0.3
+
+
+def take_call_seconds(plan: TakePlan, request: GenerationRequest, made: Sequence[int], last: bool) -> int:
+    """GPU seconds of one call of a long take that makes the windows `made`; the last call also decodes every
+    window into the mp4 again and runs the SR stage on the whole take. Plus a fresh worker's weight transfer."""
+    limits = REQUEST_LIMITS
+    steps = request.steps or limits.default_steps.get(request.base_model, SAMPLING.distill_steps)
+    frames = sum(plan.windows[i].frames for i in made)
+    seconds = math.ceil(frames / FPS)
+    total = gpu_seconds("256p", seconds, steps, request.base_model, request.sr_steps)
+    if last:
+        whole = math.ceil(plan.generated_frames / FPS)
+        total += math.ceil(REDECODE_S_PER_S * max(whole - seconds, 0))
+        resolution = request.resolution if request.resolution in RESOLUTIONS else "256p"
+        total += gpu_seconds(resolution, whole, 0, request.base_model, request.sr_steps) - gpu_seconds(
+            "256p", whole, 0, request.base_model, request.sr_steps
+        )
+    return total + (int(PLAN.weight_bytes / TRANSFER_BYTES_PER_S) if PLAN is not None else 0)
+
+
+def take_calls(plan: TakePlan, request: GenerationRequest) -> list[int]:
+    """How many windows each GPU call of a long take makes, so that none asks for more than MAX_CALL_S: the last
+    call (which also writes the mp4 and runs SR) as few as it must hold, the others as many as fit. Raises
+    QuotaError when the calls together exceed the daily quota, or a gr.Error when even one window cannot fit."""
+    windows = list(range(len(plan.windows)))
+    last = [windows.pop()]
+    if take_call_seconds(plan, request, last, True) > MAX_CALL_S:
+        raise gr.Error(
+            f"Writing this {plan.seconds:.0f}-second take at {request.resolution} does not fit one ZeroGPU call "
+            f"of {MAX_CALL_S} s. Make it at 256p (and upscale on a dedicated GPU), or shorter.",
+            title="Too long for ZeroGPU",
+        )
+    while windows and take_call_seconds(plan, request, [windows[-1], *last], True) <= MAX_CALL_S:
+        last.insert(0, windows.pop())
+    calls: list[list[int]] = []
+    for index in windows:
+        if calls and take_call_seconds(plan, request, [*calls[-1], index], False) <= MAX_CALL_S:
+            calls[-1].append(index)
+        else:
+            calls.append([index])
+    calls.append(last)
+    if PLAN is not None:
+        total = sum(take_call_seconds(plan, request, c, c is last) for c in calls)
+        _check_quota(
+            total,
+            f"A {plan.seconds:.0f}-second {request.resolution} take needs about {total} s of ZeroGPU time in "
+            f"{len(calls)} calls",
+        )
+    return [len(c) for c in calls]
 
 
 def _number(value, default: int) -> int:

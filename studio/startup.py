@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--auth", help=f"user:password required for the UI and API (or ${AUTH_ENV})")
     parser.add_argument("--mcp", action="store_true", help="also serve /generate, /upscale and /enhance as MCP tools")
     parser.add_argument("--enhancer-model", help=f"chat model of the prompt enhancer (or ${ENHANCER_MODEL_ENV})")
-    EngineOptions.add_arguments(parser)  # --cp N under torchrun: several GPUs on one clip
-    add_replica_arguments(parser)  # --replicas N / --ray ADDRESS: engine replicas on Ray Serve (studio.replicas)
+    EngineOptions.add_arguments(parser)
+    add_replica_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -64,8 +64,7 @@ def join(options: EngineOptions) -> bool:
 
 
 def load_studio_engine(status: space.StatusFn) -> Engine:
-    """The engine the flags (or the environment) ask for: weights, the speed steps, then compilation and
-    warm-up on a GPU (on ZeroGPU studio.gpu compiles ahead of time instead)."""
+    """The engine the flags (or the environment) ask for, compiled and warmed up on a GPU."""
     options: EngineOptions = CHOSEN.get("options") or EngineOptions.from_env()
     parallel: ParallelContext | None = CHOSEN.get("parallel")
     if space.ON_ZEROGPU:  # no torch.compile in ZeroGPU workers (studio.gpu compiles AoT), no pinned memory at load

@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image
 
 from magihuman.config import FPS, RESOLUTIONS
-from magihuman.fields import QUALITY
-from magihuman.media import read_video_frames, write_mp4
+from magihuman.media import QUALITY, read_video_frames, write_mp4
 
 PORTRAIT = Path(__file__).resolve().parent.parent / "assets" / "portraits" / "eileen_collins.jpg"
 SETTINGS = [(18, "veryfast"), (14, "veryfast"), (12, "faster"), (10, "veryfast"), (10, "fast"), (10, "medium")]

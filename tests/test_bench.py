@@ -9,7 +9,7 @@ import torch
 
 from magihuman.bench.cli import main
 from magihuman.bench.flops import attended_pairs, forward_flops
-from magihuman.bench.pipeline import run_tiers
+from magihuman.bench.pipeline import run_resolutions
 from magihuman.bench.workload import bench_prompt, cases, fp8_quality
 from magihuman.build import load_engine
 from magihuman.config import RESOLUTIONS, SAMPLING, dit_presets, latent_frames, video_frames
@@ -25,7 +25,7 @@ def test_flops_match_the_published_arithmetic_floor() -> None:
     presets = dit_presets("full")
     seconds = {}
     for case in cases(["256p", "540p", "1080p"], 32, 126, 300, "full"):
-        seconds[case.tier] = forward_flops(presets[case.model].dit, case.layout) / 790e12
+        seconds[case.resolution] = forward_flops(presets[case.model].dit, case.layout) / 790e12
     assert abs(8 * seconds["256p"] - 1.02) < 0.01
     assert abs(5 * seconds["540p"] - 3.17) < 0.01
     assert abs(5 * seconds["1080p"] - 24.2) < 0.1
@@ -40,21 +40,21 @@ def test_local_window_counts_fewer_pairs() -> None:
 
 
 def test_forward_mode_prints_a_table(capsys) -> None:
-    main(["--forward", "--tiers", "256p", "--text-tokens", "8"])
+    main(["--forward", "--resolutions", "256p", "--text-tokens", "8"])
     out = capsys.readouterr().out
     assert "tiny preset" in out and "256p" in out and "ms/forward" in out
 
 
 def test_pipeline_mode_prints_stages_start_up_and_fp8_quality(capsys) -> None:
-    main(["--tiers", "256p,540p", "--text-tokens", "40", "--fp8", "--no-cache"])
+    main(["--resolutions", "256p,540p", "--text-tokens", "40", "--fp8", "--no-cache"])
     out = capsys.readouterr().out
     assert "mode: pipeline" in out and "tiny preset" in out and "start-up:" in out and "ready in" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["256p"], ["540p"])}
     assert set(rows) == {"256p", "540p"}
-    for tier, cells in rows.items():
+    for resolution, cells in rows.items():
         text, denoise, sr, decode, mux, scope = map(float, cells[1:7])
-        assert denoise > 0 and decode > 0 and mux > 0, tier
-        assert (sr > 0) == (tier == "540p")
+        assert denoise > 0 and decode > 0 and mux > 0, resolution
+        assert (sr > 0) == (resolution == "540p")
         assert scope <= denoise + sr + decode + 0.015  # each printed to 0.01 s
     assert "not comparable here" in out  # the tiny preset is never set against the H100 numbers
     for name in ("one velocity", "8-step latent"):
@@ -64,7 +64,7 @@ def test_pipeline_mode_prints_stages_start_up_and_fp8_quality(capsys) -> None:
 def test_flop_counter_sees_every_dit_forward() -> None:
     """8 distilled forwards for the base take, then 5 SR forwards at the SR layout for the 540p upscale."""
     engine = load_engine("tiny")
-    runs = run_tiers(engine, ["256p", "540p"], seconds=1, text_tokens=20, repetition=0)
+    runs = run_resolutions(engine, ["256p", "540p"], seconds=1, text_tokens=20, repetition=0)
     assert engine.models.text.count_tokens(bench_prompt(20, 0)) == 20
     presets = dit_presets("tiny")
     base_case, sr_case = cases(["256p", "540p"], latent_frames(1), video_frames(1), 20, "tiny")

@@ -1,7 +1,10 @@
 """Engine replicas on Ray Serve (studio.replicas, magihuman.serve_ray): two tiny CPU replicas in one local Ray
-instance for the whole module (started and stopped by the `pool` fixture, with bounded waits).
+instance for the whole module (started and stopped by the `pool` fixture, with bounded waits); one test adds a
+replica of two processes (context parallel) beside them.
 
-What ran where is read from the replicas' own job records in the shared store, not from wall time.
+What ran where is read from the replicas' own job records in the shared store, not from wall time. Every
+replica computes in the dtype this process measures (MAGIHUMAN_CPU_DTYPE, inherited by Ray's processes), so
+clips of different replicas can be compared.
 """
 
 from __future__ import annotations
@@ -21,9 +24,21 @@ import pytest
 from gradio_client import Client
 
 from magihuman.engine import GenerationRequest
+from magihuman.options import EngineOptions
+from magihuman.precision import CPU_DTYPE_ENV, compute_dtype
 from studio import jobs
-from studio.replicas import ReplicaOptions, ReplicaPool, ReplicaSlot, add_replica_arguments, replica_options
+from studio.handlers import Studio
+from studio.replicas import (
+    ReplicaOptions,
+    ReplicaPool,
+    ReplicaSlot,
+    SharedTakes,
+    _per_replica,
+    add_replica_arguments,
+    replica_options,
+)
 from tests.studio import generate, launched, paths
+from tests.test_distributed import _assert_same_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 START_S = 300  # Ray, Serve and two engines on a shared 2-core machine
@@ -37,7 +52,10 @@ def _request(seed: int, seconds: int = 1) -> GenerationRequest:
 @pytest.fixture(scope="module")
 def pool():
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
-    pool = ReplicaPool(ReplicaOptions(min_replicas=2, max_replicas=2, max_queue=8))
+    dtype = os.environ.get(CPU_DTYPE_ENV)
+    os.environ[CPU_DTYPE_ENV] = str(compute_dtype("cpu")).removeprefix("torch.")
+    # 6 CPUs: the two replicas, the context-parallel replica's two processes, two replacements.
+    pool = ReplicaPool(ReplicaOptions(min_replicas=2, max_replicas=2, max_queue=8, cpus=6))
     slot = ReplicaSlot(pool).start()
     try:
         assert slot.wait(START_S), f"the replica pool did not start within {START_S} s: {slot.status.message}"
@@ -46,6 +64,20 @@ def pool():
         yield pool
     finally:
         pool.close()
+        if dtype is None:
+            os.environ.pop(CPU_DTYPE_ENV, None)
+        else:
+            os.environ[CPU_DTYPE_ENV] = dtype
+
+
+def _joining_pool() -> ReplicaPool:
+    """Another front-end on the module's Ray instance (as `--ray auto`): joins the running replicas."""
+    pool = ReplicaPool(ReplicaOptions(address="auto", min_replicas=2, max_replicas=2, max_queue=8))
+    slot = ReplicaSlot(pool).start()
+    assert slot.wait(START_S), f"the joining front-end did not start within {START_S} s: {slot.status.message}"
+    assert slot.status.state == "ready", slot.status.message
+    pool.slot = slot
+    return pool
 
 
 def _records(pool, **match) -> list[dict]:
@@ -69,7 +101,7 @@ def _run(pool, job, should_stop=lambda: False):
     return jobs.run_job(job, lambda *a: None, should_stop)
 
 
-def _in_threads(*calls) -> list:
+def _in_threads(*calls, timeout: float = JOB_S) -> list:
     """Run the calls at once; their results (or exceptions), in order. Every thread is joined (bounded)."""
     results: list = [None] * len(calls)
 
@@ -83,9 +115,17 @@ def _in_threads(*calls) -> list:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(JOB_S)
-    assert not any(t.is_alive() for t in threads), "a job did not finish"
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"a job did not finish within {timeout:.0f} s"
     return results
+
+
+def _running(count: int) -> bool:
+    """Whether Ray Serve reports `count` replicas of the pool's deployment running."""
+    from ray import serve
+
+    app = serve.status().applications.get("magihuman")
+    return app is not None and app.deployments["EngineReplica"].replica_states.get("RUNNING", 0) == count
 
 
 def _overlapping_on_two_replicas(records: list[dict]) -> bool:
@@ -152,6 +192,69 @@ def test_upscale_on_another_replica_is_bit_identical(pool, tmp_path):
     assert first == second
 
 
+def test_context_parallel_replica_gives_the_one_process_clip(pool, tmp_path):
+    """A replica of CP 2 (Serve's placement group of two bundles: the replica is rank 0, a rank actor it starts
+    is rank 1) makes the clip a one-process replica makes, within the tolerance of tests/test_distributed.py:
+    latents to 1e-4 and the mp4 above 35 dB PSNR in fp32, bitwise in bf16."""
+    import torch
+    from ray import serve
+
+    from magihuman.serve_ray import Finished, ReplicaSpec, Scaling, engine_app
+
+    request = _request(31)
+    alone = _run(pool, pool.gpu_generate(request))
+    try:
+        (handle,) = _in_threads(
+            lambda: serve.run(engine_app(ReplicaSpec(cp=2), Scaling(1, 1)), name="magihuman-cp2", route_prefix=None),
+            timeout=START_S,
+        )
+        assert not isinstance(handle, Exception), handle
+        (items,) = _in_threads(lambda: list(handle.options(stream=True).generate.remote("cp2-job.1", request)))
+        assert not isinstance(items, Exception), items
+    finally:
+        serve.delete("magihuman-cp2")
+    finished = items[-1]
+    assert isinstance(finished, Finished), finished
+    assert finished.result.layout == "2 CPU processes: CP 2 (base model: CFG 2 × CP 1)"
+    fp32 = os.environ[CPU_DTYPE_ENV] == "float32"
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if fp32 else {}
+    torch.testing.assert_close(finished.result.take.video, alone.take.video, **tolerance)
+    torch.testing.assert_close(finished.result.take.audio, alone.take.audio, **tolerance)
+    split = tmp_path / finished.result.video_path.name
+    split.write_bytes(finished.files[split.name])
+    _assert_same_clip(split, alone.video_path, fp32)
+    (record,) = _records(pool, job="cp2-job.1")
+    assert record["outcome"] == "done", record
+
+
+def test_takes_survive_a_front_end_restart(pool):
+    """Front-end 1 makes a take and is shut down (Ray, the replicas and the store stay); front-end 2, started
+    afterwards, finds the take by the id the browser kept in its history and upscales it."""
+    first = _joining_pool()
+    try:
+        studio = Studio(first.slot, gpu_functions=first)
+        assert isinstance(studio.takes, SharedTakes)
+        result = _run(first, first.gpu_generate(_request(41)))
+        take_id = studio.takes.add(result)
+        base = result.video_path.read_bytes()
+    finally:
+        first.close()
+    assert not result.video_path.exists()  # front-end 1's files went with it
+    second = _joining_pool()
+    try:
+        studio = Studio(second.slot, gpu_functions=second)
+        *_, answered_id = studio.upscale(take_id, "540p", None, progress=lambda *a, **k: None)
+        stored = studio.takes.get(take_id)
+        assert answered_id == take_id
+        assert stored.base_video.read_bytes() == base  # the take as front-end 1 showed it
+        assert stored.take.seed == 41
+        assert stored.sr_videos["540p"].stat().st_size > 1000
+        studio.takes.remove(take_id)  # removed from the history: gone from the shared store as well
+        assert second.take_store().get(take_id) is None
+    finally:
+        second.close()
+
+
 def test_stop_and_closed_client_halt_within_one_step(pool):
     seen: list = []
 
@@ -204,13 +307,38 @@ def test_replica_whose_engine_fails_to_load_is_reported_by_name(pool):
 
     with pytest.raises(ValueError, match="unknown model"):
         EngineReplica(ReplicaSpec(model="huge"))  # outside Serve, the replica is named after its process
+    assert pool.layout == "2 replicas on local Ray, 1 CPU process per replica"
     pool._described = (0.0, "")  # the status line's cache
     assert f"replica pid-{os.getpid()} failed to load: ValueError: unknown model 'huge'" in pool.describe()
 
 
-def test_killed_replica_mid_job(pool):
-    from ray import serve
+def test_retried_once_when_nothing_streamed_and_not_after(pool):
+    """Fault drills (the replica process exits at an exact point): before its first progress item, the job runs
+    again on another replica and the client gets the clip; after it, a clear error and no second attempt."""
+    import ray
 
+    ray.get(pool._store.arm_fault.remote("before_stream"), timeout=30)
+    since = time.time()
+    result = _run(pool, pool.gpu_generate(_request(51)))
+    assert result.video_path.is_file()
+    first, second = sorted(
+        (r for r in _records(pool, kind="generate") if r["started"] >= since), key=lambda r: r["job"]
+    )
+    ticket = first["job"].partition(".")[0]
+    assert (first["job"], second["job"]) == (f"{ticket}.1", f"{ticket}.2")
+    assert first["fault"] == "before_stream" and "ended" not in first, first  # its process exited mid-job
+    assert second["outcome"] == "done" and second["replica"] != first["replica"], (first, second)
+
+    ray.get(pool._store.arm_fault.remote("after_stream"), timeout=30)
+    since = time.time()
+    with pytest.raises(gr.Error, match="replica running this clip stopped"):
+        _run(pool, pool.gpu_generate(_request(52)))
+    (only,) = [r for r in _records(pool, kind="generate") if r["started"] >= since]
+    assert only["fault"] == "after_stream" and only["job"].endswith(".1"), only
+    # Ray Serve replaces both replicas meanwhile; the next test waits for that (and checks it).
+
+
+def test_killed_replica_mid_job(pool):
     since = time.time()
     outcome: list = []
 
@@ -239,11 +367,7 @@ def test_killed_replica_mid_job(pool):
     served = _run(pool, pool.gpu_generate(_request(22)))  # the next client: the surviving replica
     assert served.video_path.is_file()
 
-    def two_running():
-        app = serve.status().applications.get("magihuman")
-        return app is not None and app.deployments["EngineReplica"].replica_states.get("RUNNING", 0) == 2
-
-    _wait_for("Ray Serve to replace the killed replica", two_running, timeout=180)
+    _wait_for("Ray Serve to replace the killed replica", lambda: _running(2), timeout=180)
 
     def served_by_two_replicas():  # the handle learns of the new replica shortly after it runs
         since = time.time()
@@ -260,11 +384,15 @@ def test_killed_replica_mid_job(pool):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _options(argv: list[str]):
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cp", type=int)
+    EngineOptions.add_arguments(parser)
     add_replica_arguments(parser)
-    return replica_options(parser.parse_args(argv))
+    return parser
+
+
+def _options(argv: list[str]):
+    return replica_options(_parser().parse_args(argv))
 
 
 def test_replica_flags_and_config_file(tmp_path):
@@ -286,8 +414,34 @@ def test_replica_flags_and_config_file(tmp_path):
         _options(["--replica-config", str(config)])
     with pytest.raises(SystemExit, match="min"):
         _options(["--min-replicas", "4", "--max-replicas", "2"])
-    with pytest.raises(SystemExit, match="--cp"):
-        _options(["--replicas", "2", "--cp", "2"])
+    groups = _options(["--replicas", "4", "--cp", "2"])
+    assert groups.cp == 2 and groups.describe() == "4 replicas × CP 2 on local Ray"
+    assert groups.local_cpus() >= 4 * 2 + 2  # every process of every replica, and a replacement
+    with pytest.raises(SystemExit, match="--cp 0"):
+        _options(["--replicas", "2", "--cp", "0"])
+
+
+def test_replicas_load_with_the_studio_engine_flags():
+    """--cp, --cfg-parallel and the speed steps reach every replica; device defaults follow the replicas'."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -r requirements-ray.txt")
+    argv = ["--replicas", "2", "--cp", "2", "--no-cfg-parallel", "--attention", "math", "--fp8", "--no-cache"]
+    args = _parser().parse_args(argv)
+    pool = ReplicaPool(replica_options(args), args)
+    try:
+        on_cpu, on_gpus = pool._spec(0.0), pool._spec(1.0)
+    finally:
+        pool.close()
+    assert (on_cpu.model, on_cpu.cp, on_cpu.cfg_parallel, on_cpu.gpus) == ("tiny", 2, False, 0.0)
+    assert (on_cpu.speed.attention, on_cpu.speed.fp8, on_cpu.speed.cache_dir) == ("math", True, None)
+    assert not on_cpu.speed.compile and on_gpus.speed.compile  # compile: on by default on CUDA only
+    assert on_gpus.model == "full"
+    assert (_per_replica(2, 1.0), _per_replica(1, 1.0), _per_replica(2, 0.0)) == ("2 GPUs", "1 GPU", "2 CPU processes")
+    too_many = ReplicaPool(ReplicaOptions(cp=4))
+    try:
+        with pytest.raises(ValueError, match="context-parallel size 4"):  # the tiny model has 2 KV heads
+            too_many._spec(0.0)
+    finally:
+        too_many.close()
 
 
 def test_shared_queue_counts_waiting_jobs_only():

@@ -51,10 +51,10 @@ def test_scoring_never_holds_the_gpu_queue(server, client, monkeypatch) -> None:
     started, release = threading.Event(), threading.Event()
     real = scorecard.score_take
 
-    def held(video, prompt):
+    def held(video, prompt, audio=None):
         started.set()
         assert release.wait(120), "the test never released the scorer"
-        return real(video, prompt)
+        return real(video, prompt, audio)
 
     monkeypatch.setattr(scorecard, "score_take", held)
     first = generate(client, seed=6, steps=2)[4]

@@ -16,6 +16,7 @@ from magihuman.take_plan import (
     MAX_TAKE_SECONDS,
     MAX_WINDOW_FRAMES,
     Shot,
+    extend_plan,
     parse_shots,
     plan_take,
     window_seed,
@@ -43,8 +44,11 @@ def test_windows_tile_the_take_exactly(lengths, window, overlap, seed, loudness_
         [Shot(n) for n in lengths], seed=seed, window_frames=window, overlap_latents=overlap, loudness=loudness
     )
     assert plan.frames == sum(lengths)
+    _assert_tiles(plan, {sum(lengths[:i]) for i in range(len(lengths))}, window, overlap, seed)
+
+
+def _assert_tiles(plan, shot_starts: set[int], window: int, overlap: int, seed: int) -> None:
     covered = 0  # the next frame of the take no window has kept yet
-    shot_starts = {sum(lengths[:i]) for i in range(len(lengths))}
     for w, prev in zip(plan.windows, (None, *plan.windows[:-1]), strict=True):
         # 4m+1 frames, within one call, decoding to as many frames as it has audio latents
         assert (w.frames - 1) % 4 == 0 and 1 <= w.frames <= window
@@ -62,6 +66,32 @@ def test_windows_tile_the_take_exactly(lengths, window, overlap, seed, loudness_
         assert w.seed == window_seed(seed, w.index)
     assert covered == plan.frames
     assert plan.generated_frames - plan.frames < 4
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    first=st.integers(1, 1500),
+    more=st.integers(1, 1500),
+    window=window_sizes,
+    overlap=st.integers(1, 3),
+    new_shot=st.booleans(),
+)
+def test_a_continued_plan_keeps_the_take_s_windows_and_tiles_the_rest(first, more, window, overlap, new_shot) -> None:
+    if overlap >= (window - 1) // 4:
+        overlap = 1
+    plan = plan_take([Shot(first)], seed=3, window_frames=window, overlap_latents=overlap)
+    longer = extend_plan(plan, Shot(more, "More."), seed=3, new_shot=new_shot, window_frames=window)
+    assert longer.frames == first + more
+    _assert_tiles(longer, {0, first} if new_shot else {0}, window, overlap, 3)
+    count = len(plan.windows)
+    assert longer.windows[: count - 1] == plan.windows[:-1]
+    last = longer.windows[count - 1]
+    assert (last.start, last.frames, last.seed) == (
+        plan.windows[-1].start,
+        plan.windows[-1].frames,
+        3 + (count - 1) * 2**34,
+    )
+    assert all(w.prompt == "More." for w in longer.windows[count:])
 
 
 @settings(max_examples=200, deadline=None)

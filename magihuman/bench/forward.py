@@ -30,7 +30,9 @@ def time_forward(model: DiT, layout: TokenLayout, warmup: int, iters: int, devic
     return seconds, float("nan") if peak is None else peak
 
 
-def run_forward(args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, tiers: list[str]) -> None:
+def run_forward(
+    args: argparse.Namespace, device: torch.device, size: str, flags: SpeedFlags, resolutions: list[str]
+) -> None:
     if args.latent_frames:
         frames, audio_len = args.latent_frames, decoded_frames(args.latent_frames)
     elif size == "full":
@@ -40,11 +42,11 @@ def run_forward(args: argparse.Namespace, device: torch.device, size: str, flags
     presets = dit_presets(size)
     on_gpu = device.type == "cuda"
     rows, fp8_errors = [], []
-    for case in cases(tiers, frames, audio_len, args.text_tokens, size):
+    for case in cases(resolutions, frames, audio_len, args.text_tokens, size):
         config = presets[case.model].dit
         model = make_model(config, device, flags.attention)
         if flags.fp8:
-            fp8_errors.append((case.tier, case.model, *fp8_quality(model, case.layout, device)["one velocity"]))
+            fp8_errors.append((case.resolution, case.model, *fp8_quality(model, case.layout, device)["one velocity"]))
         optimize_dit(model, replace(flags, fp8=False), device, offload=flags.offload)  # fp8: done above
         warmup = args.warmup if args.warmup is not None else (2 if on_gpu else 1)
         iters = args.iters if args.iters is not None else (3 if on_gpu else 1)
@@ -53,31 +55,32 @@ def run_forward(args: argparse.Namespace, device: torch.device, size: str, flags
         attn = model.attention_backend
         if config.local_attn_layers:
             attn += " + flex window" if on_gpu else " + dense window"
-        rows.append((case.tier, case.model, case.layout, seconds, tflops, peak, attn))
+        rows.append((case.resolution, case.model, case.layout, seconds, tflops, peak, attn))
         del model
         free_memory(device)
     print_table(rows, device)
-    for tier, model_name, video_error, audio_error in fp8_errors:
+    for resolution, model_name, video_error, audio_error in fp8_errors:
         print(
-            f"fp8 vs bf16, one velocity of {model_name} at {tier}: relative RMS error "
+            f"fp8 vs bf16, one velocity of {model_name} at {resolution}: relative RMS error "
             f"video {video_error:.4f}, audio {audio_error:.4f}"
         )
 
 
 def print_table(rows, device: torch.device) -> None:
     header = (
-        f"{'tier':<6} {'model':<9} {'tokens (v+a+t)':<22} {'ms/forward':>11} {'TFLOP/s':>8} {'MFU':>6} "
+        f"{'resolution':<10} {'model':<9} {'tokens (v+a+t)':<22} {'ms/forward':>11} {'TFLOP/s':>8} {'MFU':>6} "
         f"{'peak GiB':>9}  attention"
     )
     print(header)
     print("-" * len(header))
-    for tier, model, layout, seconds, tflops, peak, attn in rows:
+    for resolution, model, layout, seconds, tflops, peak, attn in rows:
         nv, na, nt = layout.segments
         mfu = f"{100 * tflops / H100_BF16_DENSE_TFLOPS:5.1f}%" if device.type == "cuda" else "   -  "
         tokens = f"{nv}+{na}+{nt}={layout.num_tokens}"
         peak_text = f"{peak:.1f}" if device.type == "cuda" else "-"
         print(
-            f"{tier:<6} {model:<9} {tokens:<22} {1e3 * seconds:>11.1f} {tflops:>8.2f} {mfu:>6} {peak_text:>9}  {attn}"
+            f"{resolution:<10} {model:<9} {tokens:<22} {1e3 * seconds:>11.1f} {tflops:>8.2f} {mfu:>6} "
+            f"{peak_text:>9}  {attn}"
         )
     if device.type == "cuda":
         print(f"MFU is relative to {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s (dense bf16 matmul ceiling measured on H100).")

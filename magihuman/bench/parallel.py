@@ -1,10 +1,7 @@
 """Benchmark of several GPUs on one clip: `torchrun --standalone --nproc-per-node N -m magihuman.bench --cp N`.
 
-All ranks build the same random DiTs; rank 0 also builds the rest of the engine. Per tier, rank 0 times the
-DiT forward and the pipeline twice with the same models: on all ranks (CP N) and on rank 0 alone (CP 1, the
-workers idle), so the scaling is measured in one run. Beside the measurement: the bytes one rank sends per
-forward in the Ulysses all-to-alls, and the arithmetic expectation for H100 SXM GPUs on NVLink (a model, not a
-measurement; see `expected_h100_seconds`).
+Per resolution, rank 0 times the DiT forward and the pipeline on all ranks (CP N) and alone (CP 1) with the same
+models, so the scaling is measured in one run; beside it, the bytes sent and an arithmetic H100 expectation.
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from pathlib import Path
 import torch
 
 from magihuman.bench.flops import forward_flops
-from magihuman.bench.pipeline import run_tiers, summarise
+from magihuman.bench.pipeline import run_resolutions, summarise
 from magihuman.bench.workload import cases, sample_inputs
 from magihuman.config import RESOLUTIONS, DiTConfig, dit_presets, latent_frames, video_frames
 from magihuman.packing import TokenLayout
@@ -62,8 +59,7 @@ def expected_h100_seconds(config: DiTConfig, layout: TokenLayout, cp: int) -> fl
     return compute + comm + 2 * config.num_layers * COLLECTIVE_LATENCY_S
 
 
-def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers: list[str]) -> None:
-    """The `--cp N` benchmark on every rank (rank 0 prints)."""
+def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, resolutions: list[str]) -> None:
     from magihuman.memory import plan_fp8
     from magihuman.optimize import apply_speed_flags, optimize_dit, warm_up
     from magihuman.parallel.launch import attach, shutdown
@@ -71,7 +67,7 @@ def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers:
     from magihuman.random_models import ALL_DITS, random_dits, random_models
 
     device = ctx.device
-    dits = [d for d in ALL_DITS if d == "distill" or d in {RESOLUTIONS[t].sr_model for t in tiers}]
+    dits = [d for d in ALL_DITS if d == "distill" or d in {RESOLUTIONS[t].sr_model for t in resolutions}]
     plan = plan_fp8(dits, flags.fp8, device, size, False)
     if not ctx.is_driver:
         models = random_dits(size, 0, device, dits, fp8=plan.quantised)
@@ -93,11 +89,11 @@ def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers:
     iters = args.iters if args.iters is not None else (3 if on_gpu else 2)
     try:
         print(f"layout: {ctx.describe()}")
-        warm_up(engine, [t for t in tiers if t in engine.available_resolutions])
+        warm_up(engine, [t for t in resolutions if t in engine.available_resolutions])
         with driver.detached():
-            warm_up(engine, [t for t in tiers if t in engine.available_resolutions])
+            warm_up(engine, [t for t in resolutions if t in engine.available_resolutions])
         rows = []
-        for case in cases(tiers, latent_frames(seconds), video_frames(seconds), args.text_tokens, size):
+        for case in cases(resolutions, latent_frames(seconds), video_frames(seconds), args.text_tokens, size):
             dit = engine.models.dits[case.model]
             forward = partial(dit, *sample_inputs(dit.config, case.layout, device))
 
@@ -109,34 +105,35 @@ def run(args: argparse.Namespace, ctx: ParallelContext, size: str, flags, tiers:
                 with driver.detached():
                     alone = median_seconds(forward, device, warmup=1, iters=iters)
             rows.append((case, dit.config, alone, split, sent))
-        e2e = _end_to_end(engine, driver, tiers, seconds, args.text_tokens, iters)
+        e2e = _end_to_end(engine, driver, resolutions, seconds, args.text_tokens, iters)
     finally:
         shutdown(driver)
         shutil.rmtree(output_root, ignore_errors=True)
     _print(rows, e2e, ctx, size, args.text_tokens)
 
 
-def _end_to_end(engine, driver, tiers, seconds, text_tokens, iters) -> dict[str, tuple[float, float]]:
-    """Per tier, median seconds of the published scope (base denoise + SR + final decode): (CP 1, CP N)."""
+def _end_to_end(engine, driver, resolutions, seconds, text_tokens, iters) -> dict[str, tuple[float, float]]:
+    """Per resolution, median seconds of the published scope (base denoise + SR + final decode): (CP 1, CP N)."""
 
     def median_scope() -> dict[str, float]:
-        timed = [run_tiers(engine, tiers, seconds, text_tokens, repetition=i) for i in range(iters)]
-        return {tier: summarise([t[tier] for t in timed])["scope"] for tier in tiers}
+        timed = [run_resolutions(engine, resolutions, seconds, text_tokens, repetition=i) for i in range(iters)]
+        return {resolution: summarise([t[resolution] for t in timed])["scope"] for resolution in resolutions}
 
     split = median_scope()
     with driver.detached():
         alone = median_scope()
-    return {tier: (alone[tier], split[tier]) for tier in tiers}
+    return {resolution: (alone[resolution], split[resolution]) for resolution in resolutions}
 
 
 def _print(rows, e2e, ctx: ParallelContext, size: str, text_tokens: int) -> None:
     p = ctx.layout.cp
     full = {
-        c.tier: c for c in cases([row[0].tier for row in rows], latent_frames(5), video_frames(5), text_tokens, "full")
+        c.resolution: c
+        for c in cases([row[0].resolution for row in rows], latent_frames(5), video_frames(5), text_tokens, "full")
     }
     presets = dit_presets("full")
     header = (
-        f"{'tier':<6} {'model':<9} {'tokens':>7} {'CP1 ms':>9} {f'CP{p} ms':>9} {'speedup':>8} {'MB sent':>8} "
+        f"{'resolution':<10} {'model':<9} {'tokens':>7} {'CP1 ms':>9} {f'CP{p} ms':>9} {'speedup':>8} {'MB sent':>8} "
         f"| {'tokens':>7} {'GB sent':>8} {'CP1 s':>7} {f'CP{p} s':>7} {'speedup':>8}"
     )
     print(f"\nper DiT forward, median. Left: measured here ({ctx.describe()}, {size} preset). Right: the 15B model,")
@@ -144,18 +141,19 @@ def _print(rows, e2e, ctx: ParallelContext, size: str, text_tokens: int) -> None
     print(header)
     print("-" * len(header))
     for case, _, alone, split, sent in rows:
-        big = full[case.tier]
+        big = full[case.resolution]
         config = presets[big.model].dit
         h1, hp = (expected_h100_seconds(config, big.layout, cp) for cp in (1, p))
         print(
-            f"{case.tier:<6} {case.model:<9} {case.layout.num_tokens:>7} {1e3 * alone:>9.1f} {1e3 * split:>9.1f} "
+            f"{case.resolution:<10} {case.model:<9} {case.layout.num_tokens:>7} {1e3 * alone:>9.1f} "
+            f"{1e3 * split:>9.1f} "
             f"{alone / split:>7.2f}x {sent / 1e6:>8.2f} | {big.layout.num_tokens:>7} "
             f"{exchanged_bytes(config, big.layout, p) / 1e9:>8.2f} {h1:>7.3f} {hp:>7.3f} {h1 / hp:>7.2f}x"
         )
-    print("\nend to end per tier (base denoise + SR + final decode; decode on rank 0), median seconds, measured")
-    print(f"{'tier':<6} {'CP1 s':>8} {f'CP{p} s':>8} {'speedup':>8}")
-    for tier, (alone, split) in e2e.items():
-        print(f"{tier:<6} {alone:>8.2f} {split:>8.2f} {alone / split:>7.2f}x")
+    print("\nend to end per resolution (base denoise + SR + final decode; decode on rank 0), median seconds, measured")
+    print(f"{'resolution':<10} {'CP1 s':>8} {f'CP{p} s':>8} {'speedup':>8}")
+    for resolution, (alone, split) in e2e.items():
+        print(f"{resolution:<10} {alone:>8.2f} {split:>8.2f} {alone / split:>7.2f}x")
     print(
         "MB/GB sent: what one rank sends in the all-to-alls of one forward (measured on rank 0; arithmetic for the "
         f"15B model in bf16). Arithmetic: FLOPs at {H100_ACHIEVED_FLOPS / 1e12:.0f} TFLOP/s per GPU (less when a "

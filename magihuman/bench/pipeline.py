@@ -32,8 +32,8 @@ PUBLISHED = {"256p": (2.0, 1.5, 1.1), "540p": (8.0, 5.9, 4.6), "1080p": (38.4, 3
 
 
 @dataclass
-class TierTimes:
-    """One repetition of one tier: the base call and (for SR tiers) the upscale of its take."""
+class ResolutionTimes:
+    """One repetition of one resolution: the base call and (for SR resolutions) the upscale of its take."""
 
     base: dict[str, float]
     sr: dict[str, float] = field(default_factory=dict)
@@ -54,10 +54,10 @@ class TierTimes:
         return self.base.get(name, 0.0) + self.sr.get(name, 0.0)
 
 
-def run_tiers(
-    engine: Engine, tiers: list[str], seconds: int, text_tokens: int, repetition: int
-) -> dict[str, TierTimes]:
-    """One 256p generation, then the upscale of that take to each SR tier in `tiers`."""
+def run_resolutions(
+    engine: Engine, resolutions: list[str], seconds: int, text_tokens: int, repetition: int
+) -> dict[str, ResolutionTimes]:
+    """One 256p generation, then the upscale of that take to each SR resolution in `resolutions`."""
     from magihuman.engine import GenerationRequest
 
     counter = FlopCounter(engine.models.dits)
@@ -65,16 +65,18 @@ def run_tiers(
         request = GenerationRequest(bench_prompt(text_tokens, repetition), resolution="256p", seconds=seconds, seed=0)
         base = engine.generate(request)
         base_flops = counter.take()
-        runs = {"256p": TierTimes(base.timings, dit_flops=base_flops, peak_gb=base.peak_memory_gb)}
-        for tier in tiers:
-            if tier == "256p":
+        runs = {"256p": ResolutionTimes(base.timings, dit_flops=base_flops, peak_gb=base.peak_memory_gb)}
+        for resolution in resolutions:
+            if resolution == "256p":
                 continue
-            up = engine.upscale(base.take, tier)
-            runs[tier] = TierTimes(base.timings, up.timings, base_flops + counter.take(), _max_peak(base, up))
+            up = engine.upscale(base.take, resolution)
+            runs[resolution] = ResolutionTimes(
+                base.timings, up.timings, base_flops + counter.take(), _max_peak(base, up)
+            )
         shutil.rmtree(base.take.folder, ignore_errors=True)
     finally:
         counter.remove()
-    return {tier: runs[tier] for tier in tiers}
+    return {resolution: runs[resolution] for resolution in resolutions}
 
 
 def _max_peak(*results: Result) -> float | None:
@@ -82,12 +84,12 @@ def _max_peak(*results: Result) -> float | None:
     return max(peaks) if peaks else None
 
 
-def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[str]) -> None:
+def run_pipeline(args: argparse.Namespace, options: EngineOptions, resolutions: list[str]) -> None:
     from magihuman.engine import Engine
     from magihuman.parallel import start
     from magihuman.random_models import ALL_DITS, random_models
 
-    dits = ["distill", *(RESOLUTIONS[t].sr_model for t in tiers if RESOLUTIONS[t].sr_model)]
+    dits = ["distill", *(RESOLUTIONS[t].sr_model for t in resolutions if RESOLUTIONS[t].sr_model)]
     dits = [d for d in ALL_DITS if d in dits]
     device, size, flags = torch.device(options.device), options.size, options.speed
     seconds = args.seconds or (5 if size == "full" else 1)
@@ -121,7 +123,7 @@ def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[s
             engine = Engine(models, device, preview=size == "tiny", output_root=output_root)
             steps = time.perf_counter() - began
             source = "random weights built on the device (no disk read; --weights-dir times a real start)"
-        warm = warm_up(engine, [t for t in tiers if t in engine.available_resolutions])
+        warm = warm_up(engine, [t for t in resolutions if t in engine.available_resolutions])
         print(
             f"start-up: {source}: models {built:.1f} s, speed steps {steps - built:.1f} s, "
             f"warm-up {warm:.1f} s; ready in {time.perf_counter() - began:.1f} s"
@@ -129,12 +131,12 @@ def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[s
         warmup = args.warmup if args.warmup is not None else (1 if on_gpu else 0)
         iters = args.iters if args.iters is not None else (2 if on_gpu else 1)
         for i in range(warmup):
-            run_tiers(engine, tiers, seconds, args.text_tokens, repetition=-1 - i)
-        timed = [run_tiers(engine, tiers, seconds, args.text_tokens, repetition=i) for i in range(iters)]
-        print_pipeline_table(tiers, timed, seconds, size)
+            run_resolutions(engine, resolutions, seconds, args.text_tokens, repetition=-1 - i)
+        timed = [run_resolutions(engine, resolutions, seconds, args.text_tokens, repetition=i) for i in range(iters)]
+        print_pipeline_table(resolutions, timed, seconds, size)
         if args.long_take:
-            long_tiers = [t for t in tiers if t in LONG_TAKE_RTF_GOALS]
-            for line in time_long_take(engine, args.long_take, long_tiers, args.text_tokens):
+            long_resolutions = [t for t in resolutions if t in LONG_TAKE_RTF_GOALS]
+            for line in time_long_take(engine, args.long_take, long_resolutions, args.text_tokens):
                 print(line)
     finally:
         shutil.rmtree(output_root, ignore_errors=True)
@@ -143,27 +145,29 @@ def run_pipeline(args: argparse.Namespace, options: EngineOptions, tiers: list[s
 STAGES = ("text", "denoise", "sr", "decode", "mux")
 
 
-def summarise(runs: list[TierTimes]) -> dict[str, float]:
-    """Medians over the repetitions of one tier: each stage, the published scope and the DiT seconds."""
+def summarise(runs: list[ResolutionTimes]) -> dict[str, float]:
+    """Medians over the repetitions of one resolution: each stage, the published scope and the DiT seconds."""
     columns = {stage: [r.stage(stage) for r in runs] for stage in STAGES}
     columns["scope"] = [r.published_scope for r in runs]
     columns["dit"] = [r.dit_seconds for r in runs]
     return {name: statistics.median(values) for name, values in columns.items()}
 
 
-def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], seconds: int, size: str) -> None:
+def print_pipeline_table(
+    resolutions: list[str], timed: list[dict[str, ResolutionTimes]], seconds: int, size: str
+) -> None:
     comparable = size == "full" and seconds == 5  # the published numbers: the 15B model, 5-second clips
     header = (
-        f"{'tier':<6} {'text':>6} {'denoise':>8} {'SR':>7} {'decode':>7} {'mux':>6} {'scope*':>7} "
+        f"{'resolution':<10} {'text':>6} {'denoise':>8} {'SR':>7} {'decode':>7} {'mux':>6} {'scope*':>7} "
         f"{'published':>9} {'ratio':>6} {'goal bf16/fp8':>13} {'floor':>6} {'TFLOP/s':>8} {'peak GiB':>8}"
     )
     print(f"\n{seconds}-second clip, median of {len(timed)} run(s), seconds per stage")
     print(header)
     print("-" * len(header))
-    for tier in tiers:
-        runs = [t[tier] for t in timed]
+    for resolution in resolutions:
+        runs = [t[resolution] for t in timed]
         m = summarise(runs)
-        published, goal_bf16, goal_fp8 = PUBLISHED[tier]
+        published, goal_bf16, goal_fp8 = PUBLISHED[resolution]
         versus = (
             f"{published:>9.1f} {m['scope'] / published:>6.2f} {f'{goal_bf16}/{goal_fp8}':>13}"
             if comparable
@@ -172,7 +176,8 @@ def print_pipeline_table(tiers: list[str], timed: list[dict[str, TierTimes]], se
         flops = runs[0].dit_flops
         peaks = [r.peak_gb for r in runs if r.peak_gb is not None]
         print(
-            f"{tier:<6} {m['text']:>6.2f} {m['denoise']:>8.2f} {m['sr']:>7.2f} {m['decode']:>7.2f} {m['mux']:>6.2f} "
+            f"{resolution:<10} {m['text']:>6.2f} {m['denoise']:>8.2f} {m['sr']:>7.2f} {m['decode']:>7.2f} "
+            f"{m['mux']:>6.2f} "
             f"{m['scope']:>7.2f} {versus} {flops / (H100_BF16_DENSE_TFLOPS * 1e12):>6.2f} "
             f"{flops / m['dit'] / 1e12:>8.2f} " + (f"{max(peaks):>8.1f}" if peaks else f"{'-':>8}")
         )

@@ -18,21 +18,21 @@ from magihuman.sampling import denoise_distill, gaussian_noise
 
 @dataclass(frozen=True)
 class Case:
-    tier: str
+    resolution: str
     model: str
     layout: TokenLayout
 
 
-def cases(tiers: list[str], num_latent_frames: int, audio_len: int, text_len: int, size: str) -> list[Case]:
+def cases(resolutions: list[str], num_latent_frames: int, audio_len: int, text_len: int, size: str) -> list[Case]:
     presets = dit_presets(size)
     out = []
-    for tier in tiers:
-        res = RESOLUTIONS[tier]
+    for resolution in resolutions:
+        res = RESOLUTIONS[resolution]
         model = res.sr_model or "distill"
         layout = TokenLayout(
             (num_latent_frames, *res.latent_hw()), audio_len, text_len, presets[model].dit.patch_size_thw
         )
-        out.append(Case(tier, model, layout))
+        out.append(Case(resolution, model, layout))
     return out
 
 

@@ -1,17 +1,9 @@
-"""Attention behind one dispatch point.
+"""Attention behind one dispatch point: q (N, Hq, D), k, v (N, Hkv, D) of one packed sequence -> (N, Hq, D),
+GQA, scale 1/sqrt(D), no mask but the 1080p SR model's frame-local window.
 
-Every backend takes q (N, Hq, D), k and v (N, Hkv, D) for one packed sequence (batch 1), in bf16 (the
-reference) or fp32 (the preview engine on CPUs without bf16 units), uses grouped-query attention (query head
-h reads KV head h // (Hq / Hkv)), softmax scale 1/sqrt(D), no mask except the optional frame-local window of
-the 1080p super-resolution model, and returns (N, Hq, D) in the inputs' dtype.
-
-Backends, chosen once when a model is set up (`select_backend`):
-- "math": softmax(q·kᵀ·scale)·v in fp32 on the bf16 inputs, rounded to bf16 once. The reference's
-  numerics, used on CPU and by the parity tests.
-- "sdpa": PyTorch scaled_dot_product_attention with native GQA (flash / cuDNN / efficient kernels).
-- "fa3" / "fa2": FlashAttention 3 (Hopper) or 2, when the package is importable.
-Frame-local layers use FlexAttention with a block mask on CUDA ("flex") and an exact dense masked softmax
-elsewhere; both compute one masked softmax per query.
+Backends, chosen once (`select_backend`): "math" (fp32 softmax on bf16 inputs, rounded once: the reference's
+numerics, for parity), "sdpa", "fa3" / "fa2". Frame-local layers use FlexAttention on CUDA and an exact
+masked softmax elsewhere.
 """
 
 from __future__ import annotations
@@ -29,12 +21,8 @@ BACKENDS = ("math", "sdpa", "fa2", "fa3")
 
 @dataclass(frozen=True)
 class LocalWindow:
-    """Which keys a query may see in a frame-local layer.
-
-    `frame` is (N,) int64: the latent frame of each video token, −1 for audio and text tokens. A video query
-    of frame f sees video keys of frames f − window … f + window and every audio/text key; audio and text
-    queries see every key.
-    """
+    """Frame-local visibility: a video query of frame f sees video frames f ± window and every audio/text key;
+    `frame` is −1 for audio and text tokens, which see every key."""
 
     frame: torch.Tensor
     window: int
@@ -55,7 +43,6 @@ class LocalWindow:
         return replace(self, block_mask=local_block_mask(self))
 
     def dense_mask(self) -> torch.Tensor:
-        """(N, N) bool, True where query i may attend to key j."""
         fq, fk = self.frame[:, None], self.frame[None, :]
         return (fq < 0) | (fk < 0) | ((fq - fk).abs() <= self.window)
 
@@ -88,7 +75,6 @@ def select_backend(device: torch.device | str, preferred: str | None = None) -> 
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, local: LocalWindow | None = None
 ) -> torch.Tensor:
-    """Dispatch one attention call; see the module docstring for the contract."""
     if local is not None:
         if local.block_mask is not None:
             return flex_local_attention(q, k, v, local)
@@ -107,9 +93,7 @@ def attention(
 
 
 def _local_by_frame(q, k, v, local: LocalWindow, backend: str) -> torch.Tensor:
-    """Exact frame-local attention without a mask: each frame's video queries attend to the keys they may
-    see (the video frames of their window, then all audio/text keys), audio/text queries to every key.
-    Memory stays O(window · tokens per frame) per call instead of O(N²)."""
+    """Exact frame-local attention without an (N, N) mask: memory O(window · tokens per frame)."""
     nv, tpf, n = local.num_video, local.tokens_per_frame, q.shape[0]
     frames = nv // tpf
     out = torch.empty_like(q)

@@ -3,17 +3,10 @@
 One transformer over the packed sequence [video | audio | text]. No timestep input: the network reads the
 noise level from the latents and returns the flow-matching velocity (noise − clean) for video and audio.
 
-Numerics, which the golden fixtures check bit for bit:
-- the residual stream is fp32; input embedders and output heads are fp32 linears;
-- transformer linears hold bf16 weights and compute bf16 in, bf16 out;
-- RMSNorm runs in fp32 with scale (1 + weight); q/k norm and RoPE in fp32, then q, k, v go to bf16.
-The bf16 of the last two lines is the transformer's compute dtype: the reference's, and the default. The
-preview engine may switch it to fp32 (`DiT.set_compute_dtype`) on CPUs without bf16 units, where bf16
-matrix products are several times slower than fp32 (docs/numerics.md).
+The dtypes of each part, which the golden fixtures check bit for bit, are in docs/numerics.md.
 
-Sandwich ("multimodal") layers keep three experts of every weight, stacked along dim 0 in the order video,
-audio, text; each token uses its modality's expert. Since the sequence is always ordered by modality, the
-experts are applied to three contiguous segments whose lengths are `segments` = (video, audio, text).
+Sandwich ("multimodal") layers keep three experts of every weight stacked along dim 0 (video, audio, text); the
+sequence is ordered by modality, so each expert runs on one contiguous segment (`segments`).
 """
 
 from __future__ import annotations
@@ -35,9 +28,7 @@ if TYPE_CHECKING:  # the parallel package imports nothing from here at run time
 Segments = tuple[int, int, int]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Building blocks with optional per-modality experts
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Building blocks with optional per-modality experts -----------------------------------------------
 
 
 def _split_rows(x: torch.Tensor, segments: Segments) -> list[torch.Tensor]:
@@ -99,9 +90,7 @@ def gelu7(u: torch.Tensor) -> torch.Tensor:
     return u * torch.sigmoid(1.702 * u)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. One transformer layer: pre-norm attention with QK-norm, RoPE and a per-head gate; pre-norm MLP
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. One transformer layer: pre-norm attention with QK-norm, RoPE and a per-head gate; pre-norm MLP ---
 
 
 class Attention(nn.Module):
@@ -179,14 +168,10 @@ class TransformerBlock(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Embedders and the full model
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Embedders and the full model ---------------------------------------------------------------------
 
 
 class Adapter(nn.Module):
-    """fp32 input embedders (with bias) for the three modalities, and the RoPE frequency buffer."""
-
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         self.video_embedder = nn.Linear(config.video_in_channels, config.hidden_size, dtype=torch.float32)
@@ -214,16 +199,14 @@ class DiT(nn.Module):
         self.attention_backend = backend
 
     def set_context_parallel(self, cp: ContextParallel | None) -> DiT:
-        """Split every forward's tokens over the processes of `cp` (magihuman.parallel, Ulysses): each keeps a
-        contiguous chunk of rows, attention exchanges rows for heads. None: the whole sequence here."""
+        """Split every forward's tokens over the processes of `cp` (Ulysses); None: the whole sequence here."""
         self.context_parallel = cp
         for layer in self.block.layers:
             layer.attention.exchange = cp
         return self
 
     def set_compute_dtype(self, dtype: torch.dtype) -> DiT:
-        """Hold the transformer linears (and so compute them and attention) in `dtype`. bf16 is the reference;
-        fp32 gives the same weights with less rounding, for CPUs where bf16 is slow."""
+        """Compute the transformer linears and attention in `dtype` (fp32 for CPUs where bf16 is slow)."""
         for module in self.modules():
             if isinstance(module, ExpertLinear):
                 module.weight.data = module.weight.data.to(dtype)
@@ -302,9 +285,7 @@ class DiT(nn.Module):
         return unpatchify_video(v, layout, self.config.latent_channels), a.unsqueeze(0)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Construction helpers
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Construction helpers -----------------------------------------------------------------------------
 
 
 def build_dit(config: DiTConfig, device: torch.device | str = "meta") -> DiT:

@@ -12,7 +12,6 @@ from torch import nn
 
 
 def rope_bands(bands_per_axis: int, temperature: float = 10000.0) -> torch.Tensor:
-    """(B,) fp32 frequencies ω_k = 1 / temperature^(k/B)."""
     exponents = torch.arange(bands_per_axis, dtype=torch.float32) / bands_per_axis
     return 1.0 / (temperature**exponents)
 

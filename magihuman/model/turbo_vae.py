@@ -1,14 +1,5 @@
-"""Turbo VAE decoder: Wan2.2 48-channel latents to RGB video.
-
-A decode-only, non-causal 3-D conv network (LTX-style, distilled from the Wan2.2 decoder). The module's state
-dict is exactly the official checkpoint's decoder key set (`decoder.conv_in.conv.weight`, ...), so weights load
-strictly. Sections:
-
-1. Latent statistics and de-normalisation
-2. Building blocks: time-padded conv, RMSNorm, resnet, upsampler, block
-3. The decoder, one call on one window
-4. The sliding-window decode
-5. uint8 post-processing
+"""Turbo VAE decoder: Wan2.2 48-channel latents to RGB video. A decode-only, non-causal 3-D conv network
+(LTX-style, distilled from the Wan2.2 decoder) whose state dict is the official checkpoint's decoder key set.
 """
 
 from __future__ import annotations
@@ -23,9 +14,7 @@ from torch import nn
 
 from magihuman.config import TurboVAEConfig
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Latent statistics and de-normalisation
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Latent statistics and de-normalisation -----------------------------------------------------------
 
 # The 48 Wan2.2 latent statistics, as published (Wan2.2-TI2V-5B VAE config). Read as float32 these are
 # bit-identical to the reference tensors (tests/golden_checks/turbovae.py checks it).
@@ -44,20 +33,15 @@ LATENT_STD = (
 
 
 def denormalize(z: torch.Tensor) -> torch.Tensor:
-    """Normalised latent (B, 48, T, h, w) -> raw latent: z / (1/std) + mean per channel.
-
-    Evaluated in fp32 (dividing by the fp32 reciprocal, not multiplying by std: the last bit differs), then
-    cast back to z's dtype.
-    """
+    """Normalised latent (B, 48, T, h, w) -> raw: z / (1/std) + mean in fp32 (dividing by the reciprocal, as
+    upstream: multiplying by std differs in the last bit)."""
     stats = dict(dtype=torch.float32, device=z.device)
     mean = torch.tensor(LATENT_MEAN, **stats).view(1, -1, 1, 1, 1)
     inv_std = 1.0 / torch.tensor(LATENT_STD, **stats).view(1, -1, 1, 1, 1)
     return (z.float() / inv_std + mean).to(z.dtype)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Building blocks
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Building blocks ----------------------------------------------------------------------------------
 
 NORM_EPS = 1e-8  # norm1, norm2 and the final norm; the shortcut norm uses config.resnet_norm_eps
 
@@ -88,11 +72,8 @@ class TimePaddedConv3d(nn.Module):
 
 
 class ResnetBlock3d(nn.Module):
-    """norm1 -> act -> conv1 -> norm2 -> SiLU -> conv2, plus the shortcut.
-
-    `act` is ReLU in the resnets that follow an upsampler, SiLU elsewhere. When the width changes the
-    shortcut is conv_shortcut(norm3(x)): normalised, with eps `shortcut_eps`.
-    """
+    """norm1 -> act -> conv1 -> norm2 -> SiLU -> conv2, plus the shortcut (conv_shortcut(norm3(x)) when the
+    width changes). `act` is ReLU after an upsampler, SiLU elsewhere."""
 
     def __init__(self, in_channels: int, out_channels: int, shortcut_eps: float, relu_first: bool) -> None:
         super().__init__()
@@ -113,11 +94,8 @@ class ResnetBlock3d(nn.Module):
 
 
 class Upsampler(nn.Module):
-    """Wan resample: optional ×2 in time (time_conv), then ×2 nearest in space and a 3×3 conv per frame.
-
-    The time conv maps C -> 2C channels; channel s·C + c becomes channel c of frame 2t + s. On the first
-    window of a clip the first output frame is dropped (T -> 2T - 1).
-    """
+    """Wan resample: optional ×2 in time (the first window drops its first frame: T -> 2T - 1), then ×2
+    nearest in space and a 3×3 conv per frame."""
 
     def __init__(self, channels: int, mode: UpsampleMode) -> None:
         super().__init__()
@@ -141,11 +119,7 @@ class Upsampler(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """conv_in (only when the width changes) -> upsampler (optional) -> resnets.
-
-    The mid block is one of these without width change and upsampler. Resnets after an upsampler start
-    with ReLU.
-    """
+    """conv_in (when the width changes) -> upsampler (optional) -> resnets; the mid block has neither."""
 
     def __init__(
         self,
@@ -178,19 +152,14 @@ class DecoderBlock(nn.Module):
 
 
 def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C·p·p, T, H, W) -> (B, C, T, H·p, W·p); channel c·p² + pw·p + ph goes to pixel (H·p + ph, W·p + pw).
-
-    Width offset major: the transpose of pixel_shuffle's order.
-    """
+    """(B, C·p·p, T, H, W) -> (B, C, T, H·p, W·p), width offset major (the transpose of pixel_shuffle's)."""
     b, cpp, t, h, w = x.shape
     x = x.view(b, cpp // (p * p), p, p, t, h, w)  # (B, C, pw, ph, T, H, W)
     x = x.permute(0, 1, 4, 5, 3, 6, 2)  # (B, C, T, H, ph, W, pw)
     return x.reshape(b, cpp // (p * p), t, h * p, w * p)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The decoder
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The decoder --------------------------------------------------------------------------------------
 
 
 def check_supported(config: TurboVAEConfig) -> None:
@@ -218,11 +187,8 @@ def check_supported(config: TurboVAEConfig) -> None:
 
 
 class TurboVAEDecoder(nn.Module):
-    """One decoder call: raw latent (B, 48, T, h, w) -> video (B, 3, F, 16h, 16w), nominally in [-1, 1].
-
-    F = r·T - (r - 1) with the first-window flag (every temporal upsampler drops its first frame), else r·T,
-    r = temporal_compression_ratio. Config lists are in encoder order and are used reversed.
-    """
+    """One decoder call: raw latent (B, 48, T, h, w) -> video (B, 3, F, 16h, 16w) in about [-1, 1]; F = r·T,
+    less r - 1 on the first window. Config lists are in encoder order."""
 
     def __init__(self, config: TurboVAEConfig) -> None:
         super().__init__()
@@ -250,8 +216,7 @@ class TurboVAEDecoder(nn.Module):
     def forward(
         self, z: torch.Tensor, is_first_chunk: bool, stages: dict[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """Decode one window. If `stages` is given, the outputs of conv_in, mid_block and up_blocks.i are
-        stored in it under those names."""
+        """Decode one window; `stages` collects the outputs of conv_in, mid_block and up_blocks.i."""
         x = self.conv_in(z)  # (B, C0, T, h, w)
         if stages is not None:
             stages["conv_in"] = x
@@ -266,9 +231,7 @@ class TurboVAEDecoder(nn.Module):
         return unpatchify(x, self.patch_size)  # (B, 3, F, 16h, 16w)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 4. Sliding-window decode
-# ---------------------------------------------------------------------------------------------------------
+# --- 4. Sliding-window decode ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -283,12 +246,7 @@ class Window:
 
 
 def window_schedule(num_latents: int, config: TurboVAEConfig) -> tuple[int, list[Window]]:
-    """(padding latent frames, windows) for a clip of `num_latents` latent frames.
-
-    The clip is padded at the end to first + n·step latents (at least first). The first window carries one
-    latent of right context, later ones one of left context and (except the last) one of right context;
-    each context latent is r = temporal_compression_ratio output frames that are trimmed away.
-    """
+    """(padding latent frames, windows): one latent of context on each inner side of a window, trimmed away."""
     first, step, r = config.first_chunk_size, config.step_size, config.temporal_compression_ratio
     padded = first + max(0, -(-(num_latents - first) // step)) * step
     if padded == first:
@@ -301,11 +259,7 @@ def window_schedule(num_latents: int, config: TurboVAEConfig) -> tuple[int, list
 
 
 class TurboVAE(nn.Module):
-    """The Turbo VAE decoder plus the decode call the pipeline makes after sampling.
-
-    State dict: `decoder.*`, the official checkpoint's decoder keys. `decode` takes the normalised latent the
-    sampling loop returns and gives r·(T - 1) + 1 frames (r = 4) for any T >= 1.
-    """
+    """The Turbo VAE decoder (`decoder.*` keys) plus the windowed decode of the sampler's latent."""
 
     def __init__(self, config: TurboVAEConfig) -> None:
         super().__init__()
@@ -314,11 +268,8 @@ class TurboVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, on_window: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Normalised latent (B, 48, T, h, w) -> video (B, 3, r·(T-1)+1, 16h, 16w) in the weights' dtype.
-
-        z is cast to the weights' dtype, de-normalised and decoded window by window; each window is
-        independent (no cache, no blending). `on_window(done, total)` is called after every window.
-        """
+        """Normalised latent (B, 48, T, h, w) -> video (B, 3, 4·(T-1)+1, 16h, 16w), window by window (independent
+        windows: no cache, no blending)."""
         pieces = []
         for done, total, piece in self.decode_windows(z):
             pieces.append(piece)
@@ -328,9 +279,8 @@ class TurboVAE(nn.Module):
 
     @torch.no_grad()
     def decode_windows(self, z: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """`decode` one window at a time: yields (done, total windows, piece), the pieces being consecutive
-        runs of frames (B, 3, f, 16h, 16w) whose concatenation is `decode(z)`. For consumers that start on a
-        piece (encoding it, say) while the next window decodes."""
+        """`decode` yielding (done, total, piece) per window, so a consumer can encode a piece while the next
+        decodes; the pieces concatenate to `decode(z)`."""
         frames_left = self.config.temporal_compression_ratio * (z.shape[2] - 1) + 1
         z = denormalize(z.to(self.decoder.conv_in.conv.weight.dtype))
         pad, windows = window_schedule(z.shape[2], self.config)
@@ -343,16 +293,11 @@ class TurboVAE(nn.Module):
             yield done, len(windows), piece
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 5. uint8 post-processing
-# ---------------------------------------------------------------------------------------------------------
+# --- 5. uint8 post-processing ----------------------------------------------------------------------------
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """Decoder output (3, F, H, W) or (1, 3, F, H, W) -> (F, H, W, 3) uint8 on the CPU.
-
-    fp32 x·0.5 + 0.5, clamp to [0, 1], ×255, truncated (not rounded), as the pipeline does.
-    """
+    """(1, 3, F, H, W) -> (F, H, W, 3) uint8: x·0.5 + 0.5 in fp32, clamped, ×255 truncated as the pipeline does."""
     if video.dim() == 5:
         if video.shape[0] != 1:
             raise ValueError(f"to_uint8 takes one video, got a batch of {video.shape[0]}")

@@ -1,9 +1,4 @@
-"""Several GPUs on one clip: Ulysses context parallel and CFG-parallel over torch.distributed.
-
-`ulysses` (the split and the exchange around attention), `runtime` (torchrun environment, layout, process
-groups), `serve` (rank 0 drives, the other ranks serve DiT forwards), `launch` (`start`: the one start-up of
-every entry point).
-"""
+"""Several GPUs on one clip: Ulysses context parallel and CFG-parallel over torch.distributed."""
 
 from magihuman.parallel.launch import attach, init_parallel, run_worker, shutdown, start
 from magihuman.parallel.runtime import Layout, ParallelContext

@@ -4,10 +4,8 @@
     if engine is None:
         return
 
-Inside: `init_parallel` joins the job torchrun started (refusing bad layouts before anything loads); ranks
-other than 0 load the DiTs and serve rank 0's forwards (`run_worker`); rank 0 loads the engine and `attach`es
-it, so that its DiTs run on all ranks. Launched as `torchrun --standalone --nproc-per-node N <entry point>
---cp N`; without torchrun nothing is joined and the engine runs in this process.
+Ranks other than 0 load the DiTs and serve rank 0's forwards; rank 0 loads the engine and `attach`es it.
+Without torchrun the engine runs in this process.
 """
 
 from __future__ import annotations
@@ -35,10 +33,8 @@ def start(
     output_root: str | Path | None = None,
     ctx: ParallelContext | None = None,
 ) -> Engine | None:
-    """Load what `options` ask for and return the engine (rank 0, or the only process); on the other ranks of
-    a torchrun job, serve rank 0's DiT forwards until it stops, then return None. `ctx`: the job, when the
-    caller joined it already (the studio does, before it serves the page); None joins it now. Raises
-    ValueError, before anything loads, for a layout `init_parallel` refuses."""
+    """The engine on rank 0; on other ranks, serve its forwards until it stops and return None. `ctx`: the job,
+    if the caller joined it already. ValueError, before anything loads, for a refused layout."""
     from magihuman.build import load_engine  # the loaders pull in the weight stack; keep this module light
 
     if ctx is None and (requested_world() > 1 or (options.cp or 1) > 1):
@@ -58,17 +54,15 @@ def start(
 def init_parallel(
     cp: int | None, model: ModelSize, *, cfg_parallel: bool = True, speed: SpeedFlags | None = None
 ) -> ParallelContext:
-    """Join the torchrun job (or none). Raises ValueError, before anything loads, when `cp` does not match the
-    number of processes or does not divide the model's KV heads, or when offload is asked with several GPUs
-    (each rank would stream the whole model over PCIe every step; use fp8 instead)."""
+    """Join the torchrun job (or none). Offload is refused with several GPUs: each rank would stream the whole
+    model over PCIe every step."""
     if speed is not None and speed.offload and (cp or 1) > 1:
         raise ValueError("--offload cannot be combined with --cp > 1; fp8 linears make the DiTs fit instead")
     return init_from_env(cp, dit_presets(model)["distill"].dit.num_heads_kv, cfg_parallel=cfg_parallel)
 
 
 def attach(engine: Engine, ctx: ParallelContext) -> Driver:
-    """Rank 0: route every forward of the engine's DiTs through all ranks, and give the engine the CFG pair
-    forward and the layout's name (status line, `Result.layout`). Workers are stopped at exit."""
+    """Rank 0: route the engine's DiT forwards through all ranks; the workers are stopped at exit."""
     driver = Driver(ctx, engine.models.dits)
     if ctx.world > 1:
         engine.parallel = driver
@@ -91,7 +85,6 @@ def run_worker(
 
 
 def shutdown(driver: Driver) -> None:
-    """Rank 0 at the end: stop the workers, leave the group (idempotent)."""
     driver.shutdown()
     if dist.is_initialized():
         dist.destroy_process_group()

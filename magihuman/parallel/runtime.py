@@ -1,14 +1,9 @@
 """Process groups for several GPUs on one clip: read torchrun's environment, check the layout, build the groups.
 
-Layout of N processes (one GPU each; gloo processes on a CPU):
-- distilled and super-resolution forwards: all N processes form one context-parallel group (CP N);
-- the CFG base model (two forwards per step): with N ≥ 2, a [cfg][cp] mesh of 2 branches × N/2 processes.
-  Branch 0 (ranks 0 … N/2−1) runs the conditional forward, branch 1 the unconditional one at the same time.
-  CP groups are contiguous ranks, so on one host they are NVLink neighbours.
-
-Groups: the default group carries tensors (NCCL on CUDA, gloo on a CPU, chosen from the device); a separate
-gloo group with a very long timeout carries the small command headers, so idle worker ranks wait on a CPU
-socket, not inside an NCCL collective that would time out.
+Distilled and SR forwards run CP N over all processes; the CFG base model runs 2 branches × N/2 (conditional and
+unconditional at once), CP groups being contiguous ranks (NVLink neighbours). Command headers go over a separate
+gloo group with a very long timeout, so idle workers wait on a CPU socket, not in an NCCL collective that would
+time out.
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from magihuman.parallel.ulysses import Shard, check_cp_size
+from magihuman.precision import CPU_DTYPE_ENV, compute_dtype
 
 # A forward of the 15B model at 1080p takes seconds; a collective waiting this long means a peer is gone.
 DATA_TIMEOUT = timedelta(minutes=10)
@@ -31,8 +27,7 @@ CONTROL_TIMEOUT = timedelta(days=365)
 
 @dataclass(frozen=True)
 class Layout:
-    """How `world` processes split the DiT work: CP `cp` for single forwards, `cfg` branches (1 or 2) of
-    `world // cfg` processes for the guided base model."""
+    """How `world` processes split the DiT work: CP `cp`, and `cfg` branches for the guided base model."""
 
     world: int
     cp: int
@@ -55,11 +50,7 @@ class Layout:
 
 @dataclass
 class ParallelContext:
-    """This process's place in the job. Single-process jobs have `world == 1` and no process groups.
-
-    `world_shard`: the CP group of all processes (distilled and SR forwards). `branch`, `branch_shard`: this
-    process's CFG branch (0 conditional, 1 unconditional) and its CP group, when `layout.cfg == 2`.
-    """
+    """This process's place in the job (`world == 1`: no process groups); `branch` 0 is conditional."""
 
     rank: int
     local_rank: int
@@ -84,7 +75,6 @@ class ParallelContext:
 
 
 def requested_world(environ: Mapping[str, str] | None = None) -> int:
-    """The number of processes torchrun started (1 without torchrun)."""
     env = os.environ if environ is None else environ
     return int(env.get("WORLD_SIZE", "1"))
 
@@ -112,8 +102,7 @@ def init_from_env(
     cfg_parallel: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> ParallelContext:
-    """Join the job torchrun started (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), or make a
-    single-process context without torchrun. `cp` is `--cp` (None: the number of processes)."""
+    """Join the job torchrun started, or make a single-process context without torchrun."""
     env = os.environ if environ is None else environ
     world = requested_world(env)
     layout = plan_layout(cp, world, num_heads_kv, cfg_parallel=cfg_parallel)
@@ -133,11 +122,20 @@ def init_from_env(
         and "TORCHELASTIC_RUN_ID" in env
         and env.get("OMP_NUM_THREADS") == "1"
     ):
-        # torchrun gives every process one CPU thread. Rank 0 runs the text encoder, VAEs and decoder alone
-        # while the workers idle, so it takes the machine's threads back; its CPU convolutions then also round
-        # as in a single-process run (their results depend on the thread count).
+        # torchrun gives each process one CPU thread; rank 0 runs the encoders alone, so it takes them back (and
+        # its CPU convolutions, which depend on the thread count, round as in a single-process run).
         torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if device.type == "cpu":
+        _share_cpu_dtype()
     return _build_groups(dist.get_rank(), local_rank, layout, device)
+
+
+def _share_cpu_dtype() -> None:
+    """Every rank computes in rank 0's preview dtype: each would otherwise time fp32 against bf16 itself, and
+    under load two ranks can pick differently, after which their collectives disagree on tensor sizes."""
+    choice = [os.environ.get(CPU_DTYPE_ENV) or str(compute_dtype("cpu")).removeprefix("torch.")]
+    dist.broadcast_object_list(choice, src=0)
+    os.environ[CPU_DTYPE_ENV] = choice[0]
 
 
 def _build_groups(rank: int, local_rank: int, layout: Layout, device: torch.device) -> ParallelContext:

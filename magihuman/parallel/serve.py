@@ -1,15 +1,9 @@
 """Rank 0 drives, the other ranks serve DiT forwards.
 
-Rank 0 runs the whole engine (sampler, noise, text encoder, VAEs, decode, files, progress, Stop) and, in a
-studio, Gradio. Every call of one of its DiTs becomes a collective forward: rank 0 sends a small command
-header on the control group, broadcasts the inputs on the data group, and all ranks run their share of the
-Ulysses forward (`ContextParallel`); the gathered velocity is rank 0's return value. Worker ranks hold only the
-DiTs and loop in `serve_forever`: wait for a header, run the forward, repeat, until STOP.
-
-Nothing else needs to stay in step: workers draw no noise and keep no sampler state. Stop is rank 0's
-affair: its loop checks the cancel flag between steps and simply sends no further command, so every rank is
-idle within one step. A failure inside a forward leaves the group out of step; the driver then refuses
-further work with a clear message (`WorkerLost`), and torchrun restarts the job when a process exits.
+Rank 0 runs the whole engine; each call of one of its DiTs sends a command header, broadcasts the inputs, and
+all ranks run their share of the Ulysses forward. Workers keep no sampler state, so Stop is rank 0's affair: it
+simply sends no further command. A failed forward leaves the group out of step: the driver then refuses work
+(`WorkerLost`) and torchrun restarts the job.
 """
 
 from __future__ import annotations
@@ -114,17 +108,11 @@ def _pair_forward(
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Rank 0
-# ---------------------------------------------------------------------------------------------------------
+# --- Rank 0 ----------------------------------------------------------------------------------------------
 
 
 class Driver:
-    """Rank 0's side: makes every forward of the engine's DiTs a forward of all ranks, offers the CFG pair
-    forward, says the layout, and stops the workers at the end (`shutdown`, also run at exit).
-
-    Forwards are serialised (one in flight; the engine already runs one request at a time).
-    """
+    """Rank 0's side: every forward of the engine's DiTs becomes a forward of all ranks, one in flight."""
 
     def __init__(self, ctx: ParallelContext, dits: Mapping[str, DiT]) -> None:
         if not ctx.is_driver:
@@ -146,8 +134,7 @@ class Driver:
         return self.ctx.describe()
 
     def guided_pair(self, dit: DiT) -> PairFn | None:
-        """The conditional and unconditional forwards at once on the two CFG branches; None when the layout
-        has no CFG branches (the sampler then calls the DiT twice)."""
+        """Both CFG forwards at once on the two branches; None without CFG branches."""
         if self.ctx.layout.cfg != 2 or self._detached:
             return None
         index = self.names.index(next(n for n, d in self.dits.items() if d is dit))
@@ -225,15 +212,12 @@ class Driver:
                 raise
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Other ranks
-# ---------------------------------------------------------------------------------------------------------
+# --- Other ranks -----------------------------------------------------------------------------------------
 
 
 @torch.inference_mode()
 def serve_forever(ctx: ParallelContext, dits: Mapping[str, DiT]) -> None:
-    """Serve rank 0's forwards until it sends STOP. A failing forward ends this process (non-zero exit via
-    the exception), which makes torchrun stop and, with --max-restarts, restart the whole group."""
+    """Serve rank 0's forwards until STOP. A failing forward ends this process, so torchrun restarts the group."""
     if ctx.is_driver:
         raise ValueError("rank 0 drives; serve_forever is for the other ranks")
     names = _handshake(ctx, dits)

@@ -1,22 +1,16 @@
 """Ulysses context parallel for one DiT forward (DeepSpeed-Ulysses, as the reference's `cp_size`).
 
-The packed sequence of N tokens is split into P contiguous chunks, one per process of a group: sizes N//P,
-the first N % P chunks one larger (no padding, so no fake keys). Everything row-wise (embedders, norms,
-expert linears, RoPE, gate, MLP, output heads) runs on the local rows. Around each attention call two
-`all_to_all_single`s turn "N/P rows × all heads" into "all N rows × H/P heads" and back:
+The N packed tokens are split into P contiguous chunks (no padding, so no fake keys); everything row-wise runs on
+the local rows. Around each attention call two `all_to_all_single`s trade rows for heads and back:
 
     q (n, Hq, D), k, v (n, Hkv, D)  ──pack per destination──►  (P·n, (Hq + 2·Hkv)/P, D)
         ──all_to_all──►  (N, (Hq + 2·Hkv)/P, D)  ──►  q (N, Hq/P, D), k, v (N, Hkv/P, D)
     attention on the whole sequence (any backend, the frame-local window included)
     out (N, Hq/P, D)  ──all_to_all──►  (P·n, Hq/P, D)  ──►  (n, Hq, D)
 
-Heads are split contiguously, so GQA stays compact: query head j of a process reads its local KV head
-j // (Hq/Hkv), the same pair as in the full model; KV heads are not expanded. Hence P must divide Hkv.
-The velocity rows are gathered at the end with one `all_gather_single` over rows padded to the largest
-chunk (gloo cannot gather unequal tensors; `all_to_all_single` with uneven splits works on gloo and NCCL).
-
-The exchange is excluded from `torch.compile` (a graph break), so a compiled layer becomes a graph before and
-one after attention, with the collectives between them.
+Heads are split contiguously, so GQA keeps its query/KV pairs without expanding KV heads: P must divide Hkv. The
+output rows are gathered padded to the largest chunk (gloo cannot gather unequal tensors). The exchange is a
+graph break for `torch.compile`.
 """
 
 from __future__ import annotations
@@ -33,9 +27,7 @@ Segments = tuple[int, int, int]
 CP_SIZES = (1, 2, 4, 8)  # the full model's 8 KV heads split evenly
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Splitting the sequence
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Splitting the sequence ---------------------------------------------------------------------------
 
 
 def split_sizes(n: int, parts: int) -> tuple[int, ...]:
@@ -47,7 +39,6 @@ def split_sizes(n: int, parts: int) -> tuple[int, ...]:
 
 
 def row_range(sizes: tuple[int, ...], rank: int) -> tuple[int, int]:
-    """[start, end) of `rank`'s chunk."""
     start = sum(sizes[:rank])
     return start, start + sizes[rank]
 
@@ -81,15 +72,12 @@ def check_cp_size(cp: int, num_heads_kv: int) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The exchange around attention, and the output gather
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The exchange around attention, and the output gather ---------------------------------------------
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One context-parallel group as seen from one process: the group handle, this process's index in it
-    and the group size. `group=None` with size 1 is the single-process case (no communication)."""
+    """One context-parallel group as one process sees it; `group=None` with size 1: no communication."""
 
     group: dist.ProcessGroup | None
     rank: int
@@ -130,13 +118,9 @@ def gather_rows(x: torch.Tensor, sizes: tuple[int, ...], shard: Shard) -> torch.
 
 
 class ContextParallel:
-    """Ulysses context parallel for a DiT (`DiT.set_context_parallel`): shard the inputs, exchange around
-    attention, gather the outputs. One object per model; `shard` says which group the next forward runs on
-    (the whole world, or one CFG branch's group) and may be switched between forwards.
-
-    Contract: every process of the group calls the forward with the same inputs (same shapes), in the same
-    order; tensors must be on the process group's device (CUDA for NCCL, CPU for gloo).
-    """
+    """Ulysses context parallel for a DiT: shard the inputs, exchange around attention, gather the outputs.
+    `shard` is the group of the next forward (the world, or one CFG branch's group). Every process of the group
+    must call the forward with the same inputs, in the same order, on the group's device."""
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
@@ -144,8 +128,7 @@ class ContextParallel:
         self.bytes_sent = 0  # all-to-all bytes this process sent to the others since creation (a counter)
 
     def split(self, rows: list[torch.Tensor], rope: torch.Tensor, layout: TokenLayout):
-        """(this process's input rows per modality, its RoPE rows, its segments); remembers the split for the
-        exchanges and the gather of this forward."""
+        """(this process's input rows per modality, its RoPE rows, its segments), remembered for the gather."""
         self._sizes = split_sizes(layout.num_tokens, self.shard.size)
         start, end = row_range(self._sizes, self.shard.rank)
         return local_rows(rows, start, end), rope[start:end], local_segments(layout.segments, start, end)

@@ -1,8 +1,8 @@
 """The scorecard of one take and `score_take`, which fills it part by part.
 
-Each part (words, timing, sync, sound) needs its own optional package and model. A part that cannot
-run is recorded in `unavailable` with the reason and its fields stay None; the others still run. The card is
-a plain dataclass of JSON types, so `asdict` is its JSON.
+Each part (words, timing, sync, sound, and voice when a reference recording is given) needs its own optional
+package and model. A part that cannot run is recorded in `unavailable` with the reason and its fields stay None;
+the others still run. The card is a plain dataclass of JSON types, so `asdict` is its JSON.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import importlib.util
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from magihuman.score.clip import TakeMedia, read_take
+from magihuman.media import MEDIA_LIMITS, load_audio
+from magihuman.score.clip import MAX_TAKE_SECONDS, SAMPLE_RATE, TakeMedia, read_take
 from magihuman.score.sync import MIN_CONFIDENCE
 
 # Packages per part: (import name, pip name).
@@ -23,8 +24,15 @@ _NEEDS = {
     "timing": (("silero_vad", "silero-vad"),),
     "sound": (("onnxruntime", "onnxruntime"), ("speechmos", "speechmos")),
     "sync": (("cv2", "opencv-python-headless<5"),),
+    "voice": (("resemblyzer", "resemblyzer"),),
 }
+# How to install a part's packages, where it is not requirements-score.txt: resemblyzer's own dependencies
+# (librosa, numba, an old `typing`) are not wanted, only the encoder weights its wheel ships.
+_INSTALL = {"voice": "pip install --no-deps resemblyzer==0.1.4"}
 FLAG_PENALTY = 10  # points per flag in `score`
+HEARD, FLAG = "Heard", "Flag"  # the row names that views mark up
+# A voice reference: its first minute is used (a longer recording is cut there, not refused).
+REFERENCE_LIMITS = replace(MEDIA_LIMITS, max_audio_seconds=MAX_TAKE_SECONDS)
 
 
 @dataclass
@@ -49,6 +57,8 @@ class Scorecard:
     offset_frames: int | None = None
     offset_confidence: float | None = None
     dnsmos: dict[str, float] | None = None  # overall, signal, background
+    voice_similarity: float | None = None  # 0-1 cosine of speaker embeddings, take vs the reference recording
+    voice_reference: str | None = None  # what the voice was compared with: a file name, or a character card
     flags: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # part -> why it did not run
     seconds: dict[str, float] = field(default_factory=dict)  # time each part took
@@ -61,12 +71,42 @@ class Scorecard:
     def error_rate(self) -> float | None:
         return self.wer if self.wer is not None else self.cer
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The card as (name, plain text) rows, one list for every view: the terminal prints them, the studio
+        escapes them (and marks the `HEARD` row's differing words and the `FLAG` rows)."""
+        rows = []
+        if self.error_rate is not None:
+            name = "WER" if self.wer is not None else "CER"
+            rows.append((name, f"{self.error_rate:.1%} against the Dialogue lines"))
+        if self.transcript is not None:
+            rows.append((HEARD, repr(self.transcript) + (f" ({self.language})" if self.language else "")))
+        if self.expected is not None:
+            rows.append(("Expected", repr(self.expected)))
+        if self.speech_start_s is not None:
+            span = f"{self.speech_start_s:.2f}-{self.speech_end_s:.2f} s"
+            rows.append(("Speech", f"{span} of {self.audio_seconds:.2f} s"))
+        if self.face_found is False:
+            rows.append(("Sync", "no face found"))
+        elif self.face_found:
+            rows.append(("Sync", f"offset {self.offset_frames:+d} frames, confidence {self.offset_confidence:.2f}"))
+        if self.dnsmos is not None:
+            mos = self.dnsmos
+            parts = ", ".join(f"{name} {mos[name]:.2f}" for name in ("overall", "signal", "background"))
+            rows.append(("DNSMOS", parts))
+        if self.voice_similarity is not None:
+            reference = self.voice_reference or "the reference recording"
+            rows.append(("Voice", f"similarity {self.voice_similarity:.2f} (0-1) to {reference}"))
+        rows += [(FLAG, flag) for flag in self.flags]
+        rows += [(part.capitalize(), reason) for part, reason in self.unavailable.items()]
+        return rows
+
 
 def missing_package(part: str) -> str | None:
     """Why `part` cannot run for want of a package ("not available: ..."), or None when all are installed."""
     for module, pip_name in _NEEDS[part]:
         if importlib.util.find_spec(module) is None:
-            return f"not available: the {pip_name!r} package is not installed (pip install -r requirements-score.txt)"
+            install = _INSTALL.get(part, "pip install -r requirements-score.txt")
+            return f"not available: the {pip_name!r} package is not installed ({install})"
     if part == "sync":
         import cv2
 
@@ -75,15 +115,20 @@ def missing_package(part: str) -> str | None:
     return None
 
 
-def score_take(video: str | Path, prompt: str = "") -> Scorecard:
-    """Score a take (an MP4 with sound) against its generation `prompt`. Raises `InputError` when the file is
-    not a usable take."""
+def score_take(video: str | Path, prompt: str = "", audio: str | Path | None = None) -> Scorecard:
+    """Score a take (an MP4 with sound) against its generation `prompt` and, when `audio` names a recording
+    (any file with sound), the take's voice against that recording's. Raises `InputError` when the take is not
+    usable or the recording has no usable sound."""
     take = read_take(video)
+    reference = None if audio is None else load_audio(audio, sample_rate=SAMPLE_RATE, limits=REFERENCE_LIMITS)
     card = Scorecard(round(take.video_seconds, 3), round(take.audio_seconds, 3), round(take.fps, 3))
     speech = _run_part(card, "timing", lambda: _timing(card, take))
     _run_part(card, "words", lambda: _words(card, take, prompt, speech))
     _run_part(card, "sync", lambda: _sync(card, take, speech))
     _run_part(card, "sound", lambda: _sound(card, take))
+    if reference is not None:
+        card.voice_reference = Path(audio).name
+        _run_part(card, "voice", lambda: _voice(card, take, reference, speech))
     card.score = overall_score(card)
     return card
 
@@ -154,6 +199,14 @@ def _sound(card: Scorecard, take: TakeMedia) -> None:
         "signal": round(mos.signal, 3),
         "background": round(mos.background, 3),
     }
+
+
+def _voice(card: Scorecard, take: TakeMedia, reference, speech) -> None:
+    from magihuman.score.voice import voice_similarity
+
+    if speech is not None and not speech.segments:
+        return  # "no speech" is flagged already; a voice without speech cannot be compared
+    card.voice_similarity = round(voice_similarity(take.audio, reference), 3)
 
 
 def overall_score(card: Scorecard) -> float | None:
