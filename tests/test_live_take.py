@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """Seeing a long take while it renders (CPU, the stub engine of tests/test_long_take.py): every finished window is
 handed over as its own playable mp4 through the job stream before the next window starts, with its own frames
 and its slice of the sound; the studio's per-session store of them (studio.live)."""
@@ -17,12 +16,16 @@ from magihuman.long_take import TakeSettings
 from studio import jobs
 from studio.live import LivePieces, LiveTake
 from tests.files import tone, write_audio
+from tests.long_take_stub import Stub, make_stub
 from tests.probe import probe_media
-
-# The stub engine's fixture, shared with tests/test_long_take.py (so ruff's F811 on the `stub` parameters).
-from tests.test_long_take import _frames, _sound, stub  # noqa: F401
+from tests.test_long_take import _frames, _sound
 
 RATE = 44_100
+
+
+@pytest.fixture()
+def stub(tiny_engine, tmp_path) -> Stub:
+    return make_stub(tiny_engine, tmp_path)
 
 
 def _run(stub, request: GenerationRequest):
@@ -81,6 +84,18 @@ def test_generated_speech_pieces_carry_their_own_sound(stub) -> None:
         assert info.video.frames == window.keep
         assert info.audio.seconds == pytest.approx(window.keep / 25, abs=0.03)
         assert np.abs(_sound(piece.path)).max() > 0
+
+
+def test_a_take_made_over_several_calls_hands_over_each_window_once(stub) -> None:
+    """ZeroGPU's split take (studio.gpu: advance_take calls, then finish_take): every window's mp4 comes from the
+    call that made it; the last call decodes the earlier windows again for the take, but hands them over no more."""
+    stub.engine.take_settings = TakeSettings(window_frames=13)
+    state = stub.engine.plan_take(GenerationRequest(prompt="A man talks.", shots='[{"seconds": 1.5}]', seed=3))
+    count, handed = len(state.plan.windows), []
+    state = stub.engine.advance_take(state, 2, on_piece=lambda path, index, total: handed.append((index, total)))
+    assert handed == [(0, count), (1, count)]
+    stub.engine.finish_take(state, on_piece=lambda path, index, total: handed.append((index, total)))
+    assert handed == [(i, count) for i in range(count)]
 
 
 def test_a_single_clip_has_no_pieces(stub) -> None:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """The dialogue builder's "Add shot" (studio.scene): lines with their own speaker, language and length become the
 `shots` field, which the engine makes as one take lasting the sum of the shots."""
 
@@ -15,9 +14,7 @@ from magihuman.prompts import parse_prompt
 from magihuman.take_plan import parse_shots
 from studio import scene
 from studio.runtime import EngineSlot
-
-# The stub engine's fixture, shared with tests/test_long_take.py (so ruff's F811 on the `stub` parameter).
-from tests.test_long_take import stub  # noqa: F401
+from tests.long_take_stub import Stub, make_stub
 
 SCENE = "A woman and a man sit at a kitchen table in morning light. Static medium shot."
 SHOTS = [
@@ -25,6 +22,11 @@ SHOTS = [
     ("A man with a grey beard", "German", "Kaum. Der Hund hat die ganze Nacht gebellt.", 1.5),
     ("A woman in a blue cardigan", "French", "Alors, du café.", 2),
 ]
+
+
+@pytest.fixture()
+def stub(tiny_engine, tmp_path) -> Stub:
+    return make_stub(tiny_engine, tmp_path)
 
 
 def _build_scene(prompt: str = "") -> tuple[str, str, str]:

@@ -16,7 +16,7 @@ from magihuman.engine import GenerationRequest, Result
 from magihuman.long_take import TakeSettings
 from magihuman.take_plan import Shot, plan_take
 from studio import gpu, space
-from studio.jobs import Progress
+from studio.jobs import Piece, Progress
 from studio.runtime import EngineSlot
 from tests.long_take_stub import make_stub
 
@@ -50,7 +50,8 @@ def test_a_long_take_is_split_into_calls_under_the_limit_and_equals_one_call(tin
 
     items = list(gpu.gpu_generate(request))
     result = items[-1]
-    assert isinstance(result, Result) and all(isinstance(item, Progress) for item in items[:-1])
+    assert isinstance(result, Result) and all(isinstance(item, Progress | Piece) for item in items[:-1])
+    assert [item.index for item in items if isinstance(item, Piece)] == list(range(5))  # each from its own call
     assert [name for name, _, _ in calls] == ["advance_take"] * (len(calls) - 1) + ["finish_take"]
     assert len(calls) >= 2 and [i for _, made, _ in calls for i in made] == list(range(5))
     assert all(seconds <= space.MAX_CALL_S for _, _, seconds in calls)
