@@ -205,7 +205,8 @@ class Engine:
     ) -> Result:
         """Run the base stage (and super-resolution when the resolution asks for it); write the mp4(s). A long
         take that is stopped raises `GenerationCancelled` with its `take_state` (resume it with `finish_take`);
-        it hands each window it makes, as an mp4 of its own, to `on_piece` (magihuman.long_take)."""
+        it hands each window it makes, as an mp4 of its own, to `on_piece`, or else to `on_progress.piece` when
+        the progress callback has one (studio.jobs.JobReport; magihuman.long_take)."""
         request = self.validate(request)
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
@@ -215,7 +216,8 @@ class Engine:
                 progress = on_progress or _ignore
                 if long_take is not None:
                     state = TakeState(request, long_take.plan, folder, tuple(range(len(long_take.plan.windows))))
-                    take = Take(**finish_take(self, state, timer, progress, cancel, long_take.wave, on_piece))
+                    pieces = _pieces(on_piece, on_progress)
+                    take = Take(**finish_take(self, state, timer, progress, cancel, long_take.wave, pieces))
                 else:
                     take = self._base(request, folder, timer, progress, cancel)
                 return self._result(take, timer, peak, progress, cancel)
@@ -247,7 +249,8 @@ class Engine:
         """Make the next `windows` windows of an unfinished take, stored beside it (no mp4 yet)."""
         with self._lock, torch.inference_mode():
             timer = _StageTimer(self.device)
-            return advance_take(self, state, windows, timer, on_progress or _ignore, cancel, on_piece)
+            pieces = _pieces(on_piece, on_progress)
+            return advance_take(self, state, windows, timer, on_progress or _ignore, cancel, pieces)
 
     def finish_take(
         self,
@@ -261,7 +264,7 @@ class Engine:
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
             progress = on_progress or _ignore
-            take = Take(**finish_take(self, state, timer, progress, cancel, on_piece=on_piece))
+            take = Take(**finish_take(self, state, timer, progress, cancel, on_piece=_pieces(on_piece, on_progress)))
             return self._result(take, timer, peak, progress, cancel)
 
     def continue_take(
@@ -574,6 +577,12 @@ class Engine:
 # ---------------------------------------------------------------------------------------------------------
 # 3. Small utilities
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _pieces(on_piece: PieceFn | None, on_progress) -> PieceFn | None:
+    """Where a long take's finished windows go: `on_piece`, else the progress callback's own `piece` method
+    (the studio's job report carries one, so the callers that wrap progress keep working unchanged)."""
+    return on_piece if on_piece is not None else getattr(on_progress, "piece", None)
 
 
 def _ignore(phase: str, step: int, total: int) -> None:

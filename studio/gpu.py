@@ -167,29 +167,21 @@ def _finish_seconds(state: TakeState) -> int:
 @spaces.GPU(duration=_generate_seconds, size=GPU_SIZE)
 def _gpu_generate(request: GenerationRequest) -> Iterator[Progress | Result]:
     engine = _engine()
-    yield from stream(
-        lambda report, cancel: engine.generate(request, on_progress=report, cancel=cancel, on_piece=report.piece)
-    )
+    yield from stream(lambda report, cancel: engine.generate(request, on_progress=report, cancel=cancel))
 
 
 @spaces.GPU(duration=_advance_seconds, size=GPU_SIZE)
 def _gpu_advance_take(state: TakeState, count: int) -> Iterator[Progress | TakeState]:
     """One call of a long take: `count` more windows, stored beside it; Progress items, then the new state."""
     engine = _engine()
-    yield from stream(
-        lambda report, cancel: engine.advance_take(
-            state, count, on_progress=report, cancel=cancel, on_piece=report.piece
-        )
-    )
+    yield from stream(lambda report, cancel: engine.advance_take(state, count, on_progress=report, cancel=cancel))
 
 
 @spaces.GPU(duration=_finish_seconds, size=GPU_SIZE)
 def _gpu_finish_take(state: TakeState) -> Iterator[Progress | Result]:
     """The last call of a long take: its last windows, the mp4 and SR; Progress items, then the Result."""
     engine = _engine()
-    yield from stream(
-        lambda report, cancel: engine.finish_take(state, on_progress=report, cancel=cancel, on_piece=report.piece)
-    )
+    yield from stream(lambda report, cancel: engine.finish_take(state, on_progress=report, cancel=cancel))
 
 
 @spaces.GPU(duration=_upscale_seconds, size=GPU_SIZE)

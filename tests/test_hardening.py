@@ -90,7 +90,7 @@ class EngineCalls:
         self._lock = threading.Lock()
         engine.generate = self
 
-    def __call__(self, request, on_progress=None, cancel=None, on_piece=None):
+    def __call__(self, request, on_progress=None, cancel=None):
         call = {"request": request, "start": time.monotonic(), "done": threading.Event(), "base_steps": 0}
         with self._lock:
             self.calls.append(call)
@@ -101,7 +101,7 @@ class EngineCalls:
                 on_progress(phase, step, total)
 
         try:
-            result = self._real(request, on_progress=counting, cancel=_SeenCancel(cancel, call), on_piece=on_piece)
+            result = self._real(request, on_progress=counting, cancel=_SeenCancel(cancel, call))
             call.update(
                 seed=result.seed,
                 folder=result.take.folder,

@@ -32,9 +32,7 @@ def _run(stub, request: GenerationRequest):
     """The request as the studio runs it (studio.gpu.gpu_generate, studio.jobs.run_job): progress and pieces
     in the order the page would get them."""
     log = []
-    job = jobs.stream(
-        lambda report, cancel: stub.engine.generate(request, on_progress=report, cancel=cancel, on_piece=report.piece)
-    )
+    job = jobs.stream(lambda report, cancel: stub.engine.generate(request, on_progress=report, cancel=cancel))
     result = jobs.run_job(job, lambda phase, step, total: log.append(phase), lambda: False, log.append)
     return result, log
 
