@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -83,10 +84,9 @@ def run_job(
     on_piece: Callable[[Piece], None] | None = None,
 ) -> Result:
     """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per new item, `on_piece`
-    per finished window of a long take. When
-    `should_stop()` (asked at every item, so at least every HEARTBEAT_S) turns true (Stop pressed, client gone)
-    the job is closed, which stops the engine within one denoising step, and the "Stopped" gr.Error is raised.
-    Returns the Result."""
+    per finished window of a long take. When `should_stop()` (asked at every item, so at least every
+    HEARTBEAT_S) turns true (Stop pressed, client gone) the job is closed, which stops the engine within one
+    denoising step, and the "Stopped" gr.Error is raised. Returns the Result."""
     token = _STOP_PROBE.set((os.getpid(), should_stop))
     last = None
     try:
@@ -198,6 +198,8 @@ def user_error(exc: BaseException) -> BaseException:
     if isinstance(exc, gr.Error | GeneratorExit | KeyboardInterrupt | SystemExit):
         return exc
     if isinstance(exc, GenerationCancelled):
+        if exc.take_state is not None:  # the studio does not resume takes: drop the windows kept for that
+            shutil.rmtree(exc.take_state.folder, ignore_errors=True)
         return gr.Error(STOPPED.format(exc), print_exception=False)
     if isinstance(exc, MagiHumanError):
         return gr.Error(str(exc), print_exception=False)

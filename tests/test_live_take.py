@@ -96,6 +96,19 @@ def test_a_take_made_over_several_calls_hands_over_each_window_once(stub) -> Non
     assert handed == [(i, count) for i in range(count)]
 
 
+def test_a_stopped_long_take_leaves_no_files_in_the_studio(stub) -> None:
+    """The engine keeps a stopped long take's windows for a resume; the studio offers none, so its Stop leaves
+    nothing of the take on disk (the pieces already shown included)."""
+    stub.engine.take_settings = TakeSettings(window_frames=13)
+    request = GenerationRequest(prompt="A man talks.", shots=json.dumps([{"seconds": 1.5}]), seed=4)
+    before = set(stub.engine.output_root.iterdir())
+    pieces = []
+    job = jobs.stream(lambda report, cancel: stub.engine.generate(request, on_progress=report, cancel=cancel))
+    with pytest.raises(gr.Error, match="Stopped"):
+        jobs.run_job(job, lambda phase, step, total: None, lambda: bool(pieces), pieces.append)
+    assert pieces and set(stub.engine.output_root.iterdir()) == before
+
+
 def test_a_single_clip_has_no_pieces(stub) -> None:
     result, log = _run(stub, GenerationRequest(prompt="A man talks.", seconds=1, seed=1))
     assert result.take.plan is None and not any(isinstance(item, jobs.Piece) for item in log)
