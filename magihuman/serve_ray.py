@@ -63,6 +63,7 @@ RECORD_CAPACITY = 1000
 STOP_WAIT_S = 120  # how long a cancelled job may take to reach its next step boundary (a 1080p SR step: ~7 s)
 GROUP_START_S = 900  # a context-parallel group: its ranks start, rendezvous and load (the full model: minutes)
 STORE_LOOKUP_S = 30  # finding (or creating) the store actor and its first answer
+DRILL_ACK_S = 30.0  # the "after_stream" drill's wait for the front-end to have the first item
 FAULTS = ("before_stream", "after_stream")  # fault drills: where an armed replica exits (SharedStore.arm_fault)
 
 
@@ -200,6 +201,10 @@ class SharedStore:
         fault, self._fault = self._fault, None
         return fault
 
+    def seen(self, job: str) -> bool:
+        """Whether the front-end has received a progress item of `job` (it records that with its first one)."""
+        return bool(self._records.get(job, {}).get("seen"))
+
 
 def shared_store(timeout_s: float = STORE_LOOKUP_S):
     """The cluster's store actor: the running one (a new front-end finds the takes an earlier one left), or a
@@ -299,7 +304,7 @@ class EngineReplica:
             while (item := await items.get()) is not None:
                 yield item
                 if fault == "after_stream":
-                    await self._exit_for_drill(job, fault)
+                    await self._exit_once_seen(job, fault)
             try:
                 result = await future
             except BaseException as exc:  # the engine's error, for the front-end to word
@@ -322,6 +327,14 @@ class EngineReplica:
             if outcome["outcome"] == "cancelled":
                 outcome["stopped_at"] = last[0][:2]
             self._record(job, ended=time.time(), **outcome)
+
+    async def _exit_once_seen(self, job: str, fault: str) -> None:
+        """The "after_stream" drill: exit once the front-end has the item (a yielded item may still be in
+        Serve's send buffer, and dying then would look like "nothing streamed")."""
+        deadline = time.monotonic() + DRILL_ACK_S
+        while not await self.store.seen.remote(job) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self._exit_for_drill(job, fault)
 
     async def _exit_for_drill(self, job: str, fault: str) -> None:
         """An armed fault drill: end this process as a crash would (its record written first)."""

@@ -397,6 +397,8 @@ class ReplicaPool:
                         yield last  # heartbeat: run_job asks should_stop() at every item
                 pending = None
                 if isinstance(item, tuple):
+                    if not streamed:  # from now on a lost replica is not retried (and a drill may fire)
+                        self._store.record.remote(f"{job}.{attempt}", {"seen": True})
                     last, streamed = Progress(*item), True
                     yield last
                 elif isinstance(item, Finished):

@@ -179,7 +179,10 @@ seen.update(
     ready_at_once=slot.engine is not None, bound=gpu._engine() is slot.engine,
     dit_device=str(next(models.dits["distill"].parameters()).device),
     emulated_tensors=len(patching.cuda_aliases), memory_env=os.environ.get("MAGIHUMAN_GPU_MEMORY_GB"),
-    wrapped=hasattr(gpu.gpu_generate, "zerogpu"),
+    wrapped=all(
+        hasattr(f, "zerogpu")
+        for f in (gpu._gpu_generate, gpu._gpu_advance_take, gpu._gpu_finish_take, gpu.gpu_upscale)
+    ),
 )
 # spaces packs what is on "cuda" when launch() runs: here, the engine
 seen["packed_bytes"] = spaces.zero.torch.pack()
