@@ -240,6 +240,13 @@ def wire(p: SimpleNamespace, studio: Studio, generate, answer: list, remember: d
     action and Stop); returns the events Stop cancels."""
     actions = studio.actions
     private = {"api_visibility": "private"}
+
+    def live_begin(request: gr.Request):  # as Generate does (studio.live.wire), before the job's own event
+        studio.live.begin(request)
+        return None, gr.update(active=True)
+
+    for button in (p.resume, p.continue_take, p.reroll):
+        button.click(live_begin, outputs=[p.live, p.live_timer], queue=False, **private)
     events = [
         p.resume.click(actions.resume, None, answer, api_name="resume", **gpu_job),
         p.continue_take.click(
@@ -259,6 +266,7 @@ def wire(p: SimpleNamespace, studio: Studio, generate, answer: list, remember: d
     ]
     for event in events:
         event.success(**remember, **private).then(**listing, **private)
+        event.success(lambda: gr.update(interactive=True), outputs=p.upscale, **private)
     for event in (generate, *events):
         event.then(actions.stopped_now, None, p.resume_note, **private)
     p.stop.click(actions.stopped_status, None, p.resume_note, **private)

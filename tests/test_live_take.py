@@ -109,7 +109,7 @@ def test_a_stopped_long_take_is_kept_for_resume_and_removed_when_replaced(stub) 
         pieces = []
         job = jobs.stream(lambda report, cancel, r=request: stub.engine.generate(r, on_progress=report, cancel=cancel))
         with pytest.raises(gr.Error, match="Resume") as caught:
-            jobs.run_job(job, lambda phase, step, total: None, lambda: bool(pieces), pieces.append)
+            jobs.run_job(job, lambda phase, step, total: None, lambda shown=pieces: bool(shown), pieces.append)
         state = caught.value.take_state
         assert pieces and 1 <= state.done < len(state.plan.windows)
         assert set(stub.engine.output_root.iterdir()) == before | {*folders, state.folder}  # its windows, kept
