@@ -12,6 +12,7 @@ import torch
 from gradio_client import Client
 
 import app as studio_app
+from magihuman.config import REQUEST_LIMITS
 from magihuman.long_take import TakeSettings
 from magihuman.take_state import TakeState
 from studio.handlers import Studio
@@ -21,6 +22,7 @@ from tests.long_take_stub import make_stub
 from tests.studio import launched
 from tests.test_long_take import _frames
 
+STEPS = REQUEST_LIMITS.default_steps["distill"]  # DiT calls per window of the stub's distilled model
 SHOTS = json.dumps([{"seconds": 1.5}])  # 3+ windows of 13 frames
 
 
@@ -50,7 +52,7 @@ def _latents(take) -> list[torch.Tensor]:
     return [window.video for window in take.windows]
 
 
-def test_stop_then_resume_equals_an_uninterrupted_run(studio, whole) -> None:
+def test_stop_then_resume_equals_an_uninterrupted_run(stub, studio, whole) -> None:
     request = gr.Request(session_hash="stopper")
     add = studio.live.add
 
@@ -67,7 +69,9 @@ def test_stop_then_resume_equals_an_uninterrupted_run(studio, whole) -> None:
     state = studio.stopped.get(request)
     assert state is not None and 1 <= state.done < len(state.plan.windows) and state.folder.exists()
 
+    calls = len(stub.dit.calls)
     take_id = studio.actions.resume(request)[4]
+    assert len(stub.dit.calls) - calls == STEPS * len(state.todo)  # the kept windows are not made again
     resumed, first = studio.takes.get(take_id).take, whole[1].take
     assert studio.stopped.get(request) is None and take_id != whole[0]
     assert all(torch.equal(a, b) for a, b in zip(_latents(resumed), _latents(first), strict=True))
@@ -87,9 +91,11 @@ def test_continue_adds_seconds_and_keeps_the_earlier_windows(studio, whole) -> N
     assert longer.windows[count].prompt == "A man talks on."
 
 
-def test_rerolling_a_window_changes_only_that_window(studio, whole) -> None:
+def test_rerolling_a_window_changes_only_that_window(stub, studio, whole) -> None:
     take_id, stored = whole
+    calls = len(stub.dit.calls)
     answer = studio.actions.reroll_window(take_id, 2, 12345, gr.Request(session_hash="reroll"))
+    assert len(stub.dit.calls) - calls == STEPS  # one window made
     rerolled, first = studio.takes.get(answer[4]).take, stored.take
     same = [torch.equal(a, b) for a, b in zip(_latents(rerolled), _latents(first), strict=True)]
     assert same == [i != 1 for i in range(len(same))]
