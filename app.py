@@ -57,8 +57,8 @@ def build_demo(slot: EngineSlot, gpu_functions=gpu) -> StudioBlocks:
 
 
 def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -> None:
-    """The events. Public API: /generate (one parameter per request field), /upscale, /stop and /score; every
-    other event is private."""
+    """The events. Public API: /generate (one parameter per request field), /upscale, /stop, /score, and /resume,
+    /continue_take, /reroll_window (studio.take_actions); every other event is private."""
     inputs = [p.controls[f.name] for f in FIELDS]
     answer = [p.player, p.downloads, p.seed_used, p.details, p.take_id]
     private = {"api_visibility": "private"}
