@@ -5,6 +5,7 @@ and its slice of the sound; the studio's per-session store of them (studio.live)
 from __future__ import annotations
 
 import json
+import pickle
 
 import gradio as gr
 import numpy as np
@@ -111,6 +112,7 @@ def test_a_stopped_long_take_is_kept_for_resume_and_removed_when_replaced(stub) 
         with pytest.raises(gr.Error, match="Resume") as caught:
             jobs.run_job(job, lambda phase, step, total: None, lambda shown=pieces: bool(shown), pieces.append)
         state = caught.value.take_state
+        assert pickle.loads(pickle.dumps(caught.value)).take_state == state  # as spaces sends it from a worker
         assert pieces and 1 <= state.done < len(state.plan.windows)
         assert set(stub.engine.output_root.iterdir()) == before | {*folders, state.folder}  # its windows, kept
         stopped.keep("a", state)
