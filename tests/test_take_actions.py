@@ -15,6 +15,7 @@ import app as studio_app
 from magihuman.config import REQUEST_LIMITS
 from magihuman.long_take import TakeSettings
 from magihuman.take_state import TakeState
+from studio import gpu
 from studio.handlers import Studio
 from studio.runtime import EngineSlot
 from studio.take_actions import NOTHING_TO_RESUME, StoppedTakes
@@ -144,3 +145,10 @@ def test_the_api_rerolls_a_window(stub, studio, whole) -> None:
         assert take_id != whole[0] and studio.takes.get(take_id).take.plan.windows[2].seed == 7
         with pytest.raises(Exception, match="there is no window 99"):
             client.predict(whole[0], 99, 7, api_name="/reroll_window")
+
+
+def test_zerogpu_asks_for_the_windows_each_action_makes(whole) -> None:
+    """The calls' durations on ZeroGPU (studio.gpu): a continue asks for its new windows, a re-roll for one."""
+    take = whole[1].take
+    one = gpu._reroll_seconds(take, 0, None)
+    assert 0 < one < gpu._continue_seconds(take, 10, None, False) < gpu._continue_seconds(take, 60, None, True)
