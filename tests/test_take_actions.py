@@ -4,6 +4,7 @@ as Generate (studio.gpu, studio.jobs), on the stub engine of tests/long_take_stu
 from __future__ import annotations
 
 import json
+import shutil
 
 import gradio as gr
 import numpy as np
@@ -13,9 +14,10 @@ from gradio_client import Client
 
 import app as studio_app
 from magihuman.config import REQUEST_LIMITS
+from magihuman.engine import GenerationRequest
 from magihuman.long_take import TakeSettings
 from magihuman.take_state import TakeState
-from studio import gpu
+from studio import gpu, jobs
 from studio.handlers import Studio
 from studio.runtime import EngineSlot
 from studio.take_actions import NOTHING_TO_RESUME, StoppedTakes
@@ -152,3 +154,16 @@ def test_zerogpu_asks_for_the_windows_each_action_makes(whole) -> None:
     take = whole[1].take
     one = gpu._reroll_seconds(take, 0, None)
     assert 0 < one < gpu._continue_seconds(take, 10, None, False) < gpu._continue_seconds(take, 60, None, True)
+
+
+def test_a_job_closed_by_stop_hands_its_stopped_take_up(stub) -> None:
+    """As on ZeroGPU (no same-process stop probe), Stop closes the job: the close raises the Stopped error with
+    the take's state, so the studio can keep it."""
+    request = GenerationRequest(prompt="A man talks.", shots=SHOTS, seed=6)
+    job = jobs.stream(lambda report, cancel: stub.engine.generate(request, on_progress=report, cancel=cancel))
+    next(item for item in job if isinstance(item, jobs.Piece))
+    with pytest.raises(gr.Error, match="Resume") as caught:
+        job.close()
+    state = caught.value.take_state
+    assert 1 <= state.done < len(state.plan.windows) and state.folder.exists()
+    shutil.rmtree(state.folder)
