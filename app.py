@@ -17,7 +17,7 @@ from magihuman.fields import FIELDS
 from magihuman.options import EngineOptions
 from studio import cards as cards_ui
 from studio import enhance as enhance_ui
-from studio import gpu, live, scene, space, startup
+from studio import gpu, live, scene, space, startup, take_actions
 from studio.controls import empty_values_js
 from studio.handlers import Studio, audio_hint, code_for, dialogue_to_prompt, prompt_to_dialogue
 from studio.layout import CSS, layout
@@ -57,8 +57,8 @@ def build_demo(slot: EngineSlot, gpu_functions=gpu) -> StudioBlocks:
 
 
 def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -> None:
-    """The events. Public API: /generate (one parameter per request field), /upscale, /stop and /score; every
-    other event is private."""
+    """The events. Public API: /generate (one parameter per request field), /upscale, /stop, /score, and /resume,
+    /continue_take, /reroll_window (studio.take_actions); every other event is private."""
     inputs = [p.controls[f.name] for f in FIELDS]
     answer = [p.player, p.downloads, p.seed_used, p.details, p.take_id]
     private = {"api_visibility": "private"}
@@ -79,7 +79,8 @@ def _wire(demo: gr.Blocks, p: SimpleNamespace, studio: Studio, scorer: Scorer) -
     gen_event.success(**enable_upscale, **private)
     up_event = p.upscale.click(studio.upscale, [p.take_id, p.upscale_to], answer, api_name="upscale", **gpu_job)
     up_event.success(**remember, **private).then(**listing, **private)
-    p.stop.click(studio.stop, cancels=[gen_event, up_event], api_name="stop", queue=False)
+    actions = take_actions.wire(p, studio, gen_event, answer, remember, listing, gpu_job)  # resume, continue, re-roll
+    p.stop.click(studio.stop, cancels=[gen_event, up_event, *actions], api_name="stop", queue=False)
 
     selected = p.gallery.select(studio.select, p.history, [*answer, *inputs, p.random_seed], **private)
     selected.success(**enable_upscale, **private)

@@ -31,9 +31,11 @@ import gradio as gr
 import spaces
 import torch
 
+from magihuman.config import FPS
 from magihuman.engine import Engine, GenerationRequest, Result, Take
 from magihuman.errors import MagiHumanError
 from magihuman.memory import GB, GPU_MEMORY_ENV
+from magihuman.take_plan import WINDOW_FRAMES, Shot, extend_plan
 from magihuman.take_state import TakeState
 from studio.jobs import Piece, Progress, stream, take_to, user_error
 from studio.runtime import EngineSlot
@@ -182,6 +184,43 @@ def _gpu_finish_take(state: TakeState) -> Iterator[Progress | Result]:
     """The last call of a long take: its last windows, the mp4 and SR; Progress items, then the Result."""
     engine = _engine()
     yield from stream(lambda report, cancel: engine.finish_take(state, on_progress=report, cancel=cancel))
+
+
+# Resume, continue and re-roll (studio.take_actions) run in one GPU call each, not split like a new long take:
+# on ZeroGPU a resume of many windows, or a continue by many seconds, can ask for more than MAX_CALL_S and is
+# then refused by the platform (make the take shorter, or on a dedicated GPU).
+
+
+def gpu_resume(state: TakeState) -> Iterator[Progress | Piece | Result]:
+    """Finish a stopped long take (its kept windows stay): Progress and Piece items, then the Result."""
+    yield from _gpu_finish_take(state)
+
+
+def _continue_seconds(take: Take, seconds: int, prompt: str | None, new_shot: bool) -> int:
+    longer = extend_plan(
+        take.plan, Shot(seconds * FPS, prompt), seed=take.seed, new_shot=new_shot, window_frames=WINDOW_FRAMES
+    )
+    return take_call_seconds(longer, take.request, range(len(take.plan.windows), len(longer.windows)), True)
+
+
+def _reroll_seconds(take: Take, window: int, seed: int | None) -> int:
+    return take_call_seconds(take.plan, take.request, (window,), True)
+
+
+@spaces.GPU(duration=_continue_seconds, size=GPU_SIZE)
+def gpu_continue_take(take: Take, seconds: int, prompt: str | None, new_shot: bool) -> Iterator[Progress | Result]:
+    """A long take continued by `seconds` (a new take beside it, its windows linked): Progress, then the Result."""
+    engine = _engine()
+    yield from stream(
+        lambda report, cancel: engine.continue_take(take, seconds, prompt, new_shot, on_progress=report, cancel=cancel)
+    )
+
+
+@spaces.GPU(duration=_reroll_seconds, size=GPU_SIZE)
+def gpu_reroll_window(take: Take, window: int, seed: int | None) -> Iterator[Progress | Result]:
+    """A long take with window `window` (0-based) made again from `seed`: Progress, then the Result."""
+    engine = _engine()
+    yield from stream(lambda report, cancel: engine.reroll(take, window, seed, on_progress=report, cancel=cancel))
 
 
 @spaces.GPU(duration=_upscale_seconds, size=GPU_SIZE)

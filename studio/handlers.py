@@ -30,6 +30,7 @@ from studio.live import LivePieces
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
 from studio.snippets import cli_line, python_call
+from studio.take_actions import StoppedTakes, TakeActions
 
 PHASES = {
     "text": "Encoding the prompt",
@@ -64,6 +65,8 @@ class Studio:
         self.takes = gpu_functions.take_store() if hasattr(gpu_functions, "take_store") else TakeStore()
         self.stops: dict[str, bool] = {}
         self.live = LivePieces(_session)  # long takes' finished windows, per session (studio.live)
+        self.stopped = StoppedTakes(_session)  # stopped long takes to resume, per session (studio.take_actions)
+        self.actions = TakeActions(self)
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
 
     # --- engine status ----------------------------------------------------------------------------------
@@ -134,6 +137,9 @@ class Studio:
         gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
         try:
             return jobs.run_job(job, report, stop_requested, lambda piece: self.live.add(request, piece))
+        except gr.Error as exc:
+            self.stopped.keep(request, getattr(exc, "take_state", None))  # a stopped long take, for Resume
+            raise
         finally:
             self.stops.pop(session, None)
 

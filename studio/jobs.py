@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -66,6 +65,7 @@ HEARTBEAT_S = 0.2  # while a step runs, how often the job repeats its last progr
 CONSUMER_WAIT_S = 300.0  # a consumer that neither resumes nor closes the job this long has gone: cancel
 ENGINE_STOP_WAIT_S = 600.0  # after a cancel, the longest step (1080p SR on a slow GPU) plus the mp4 flush
 STOPPED = "Stopped ({}). Nothing was lost: change the settings and generate again."
+STOPPED_TAKE = "Stopped ({}) with {} of {} windows made: Resume finishes the take, or change the settings."
 OUT_OF_MEMORY = (
     "The GPU ran out of memory for this clip. Choose a smaller resolution (256p, or 540p instead of 1080p), a shorter "
     "clip or the distilled model, then generate again."
@@ -185,6 +185,8 @@ def stream(work: Callable[[JobReport, StopFlag], Result]) -> Iterator[Progress |
                 f"The engine did not stop within {ENGINE_STOP_WAIT_S:.0f} s of being asked to (last progress: "
                 f"{last.phase} {last.step}/{last.total}); restart the studio if the next job does not start."
             ) from None
+        if getattr(outcome[0] if outcome else None, "take_state", None) is not None:
+            raise user_error(outcome.pop())  # closed by Stop: the stopped take's state goes up with the error
     (value,) = outcome
     outcome.clear()
     if not isinstance(value, BaseException):  # a Result (or the TakeState of one call of a long take)
@@ -198,9 +200,13 @@ def user_error(exc: BaseException) -> BaseException:
     if isinstance(exc, gr.Error | GeneratorExit | KeyboardInterrupt | SystemExit):
         return exc
     if isinstance(exc, GenerationCancelled):
-        if exc.take_state is not None:  # the studio does not resume takes: drop the windows kept for that
-            shutil.rmtree(exc.take_state.folder, ignore_errors=True)
-        return gr.Error(STOPPED.format(exc), print_exception=False)
+        state = exc.take_state
+        message = STOPPED_TAKE.format(exc, state.done, len(state.plan.windows)) if state else STOPPED.format(exc)
+        error = gr.Error(message, print_exception=False)
+        # A long take stopped after some windows: its state rides on the error (pickled with it from a ZeroGPU
+        # worker) for the studio to keep for Resume (studio.take_actions), which owns its folder from then on.
+        error.take_state = state
+        return error
     if isinstance(exc, MagiHumanError):
         return gr.Error(str(exc), print_exception=False)
     if isinstance(exc, torch.OutOfMemoryError):

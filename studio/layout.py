@@ -12,7 +12,7 @@ from magihuman.fields import FIELD, FIELDS
 from magihuman.prompts import LANGUAGE_NAMES
 from studio import cards as cards_ui
 from studio import enhance as enhance_ui
-from studio import live, scene
+from studio import live, scene, take_actions
 from studio.controls import RANDOM_SEED_ID, control
 from studio.examples import example_labels, example_values
 from studio.player import ComparePlayer
@@ -107,6 +107,7 @@ def layout() -> SimpleNamespace:
                 with gr.Row():
                     p.compare = gr.Button("Compare side by side", elem_id="compare")
                     p.remove = gr.Button("Remove the selected take", variant="secondary", elem_id="remove")
+                take_actions.layout(p)  # Resume, Continue this take, Re-roll window N
             with gr.Accordion("Copy as code", open=False, elem_id="copy-as-code"):
                 p.write_code = gr.Button("Write the code for these settings", elem_id="write-code")
                 p.python_code = gr.Code(language="python", label="gradio_client", elem_id="python-code")

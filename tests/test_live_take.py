@@ -5,6 +5,7 @@ and its slice of the sound; the studio's per-session store of them (studio.live)
 from __future__ import annotations
 
 import json
+import pickle
 
 import gradio as gr
 import numpy as np
@@ -15,6 +16,7 @@ from magihuman.forksafe import media_in_flight
 from magihuman.long_take import TakeSettings
 from studio import jobs
 from studio.live import LivePieces, LiveTake
+from studio.take_actions import StoppedTakes
 from tests.files import tone, write_audio
 from tests.long_take_stub import Stub, make_stub
 from tests.probe import probe_media
@@ -96,17 +98,28 @@ def test_a_take_made_over_several_calls_hands_over_each_window_once(stub) -> Non
     assert handed == [(i, count) for i in range(count)]
 
 
-def test_a_stopped_long_take_leaves_no_files_in_the_studio(stub) -> None:
-    """The engine keeps a stopped long take's windows for a resume; the studio offers none, so its Stop leaves
-    nothing of the take on disk (the pieces already shown included)."""
+def test_a_stopped_long_take_is_kept_for_resume_and_removed_when_replaced(stub) -> None:
+    """A stopped long take's state rides on the "Stopped" error; the studio keeps it for Resume (one per
+    session), and a newer stopped take replaces it: nothing of the older one stays on disk."""
     stub.engine.take_settings = TakeSettings(window_frames=13)
-    request = GenerationRequest(prompt="A man talks.", shots=json.dumps([{"seconds": 1.5}]), seed=4)
     before = set(stub.engine.output_root.iterdir())
-    pieces = []
-    job = jobs.stream(lambda report, cancel: stub.engine.generate(request, on_progress=report, cancel=cancel))
-    with pytest.raises(gr.Error, match="Stopped"):
-        jobs.run_job(job, lambda phase, step, total: None, lambda: bool(pieces), pieces.append)
-    assert pieces and set(stub.engine.output_root.iterdir()) == before
+    stopped = StoppedTakes(lambda request: request)  # the "request" is the session's name here
+    folders = []
+    for seed in (4, 5):
+        request = GenerationRequest(prompt="A man talks.", shots=json.dumps([{"seconds": 1.5}]), seed=seed)
+        pieces = []
+        job = jobs.stream(lambda report, cancel, r=request: stub.engine.generate(r, on_progress=report, cancel=cancel))
+        with pytest.raises(gr.Error, match="Resume") as caught:
+            jobs.run_job(job, lambda phase, step, total: None, lambda shown=pieces: bool(shown), pieces.append)
+        state = caught.value.take_state
+        assert pickle.loads(pickle.dumps(caught.value)).take_state == state  # as spaces sends it from a worker
+        assert pieces and 1 <= state.done < len(state.plan.windows)
+        assert set(stub.engine.output_root.iterdir()) == before | {*folders, state.folder}  # its windows, kept
+        stopped.keep("a", state)
+        folders.append(state.folder)
+    assert not folders[0].exists() and stopped.get("a").folder == folders[1]
+    stopped.clear()
+    assert set(stub.engine.output_root.iterdir()) == before
 
 
 def test_a_single_clip_has_no_pieces(stub) -> None:
