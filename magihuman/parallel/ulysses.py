@@ -118,9 +118,8 @@ def gather_rows(x: torch.Tensor, sizes: tuple[int, ...], shard: Shard) -> torch.
 
 
 class ContextParallel:
-    """Ulysses context parallel for a DiT: shard the inputs, exchange around attention, gather the outputs.
-    `shard` is the group of the next forward (the world, or one CFG branch's group). Every process of the group
-    must call the forward with the same inputs, in the same order, on the group's device."""
+    """Ulysses context parallel for a DiT over `shard` (the world, or one CFG branch's group): every process of
+    the group must call the forward with the same inputs, in the same order, on the group's device."""
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
