@@ -57,9 +57,8 @@ class ZeroGpuPlan:
 
 
 def zerogpu_plan(dits: tuple[str, ...] = DEFAULT_DITS) -> ZeroGpuPlan:
-    """The smallest ZeroGPU size the full engine fits, with the fewest fp8 DiTs on it (`memory.plan_fp8` sized
-    for that call's memory, not the emulated card's). Offload is not an option there: it pins CPU memory at
-    load, which needs CUDA in the main process. Raises if even xlarge cannot hold the set."""
+    """The smallest ZeroGPU size the full engine fits, with the fewest fp8 DiTs. No offload: it pins CPU memory
+    at load, which needs CUDA in the main process."""
     from magihuman.config import dit_presets
 
     configs = {name: dit_presets("full")[name].dit for name in dits}
