@@ -471,9 +471,8 @@ def engine_app(spec: ReplicaSpec, scaling: Scaling):
 
 
 def app_builder(args: dict):
-    """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a KubeRay RayService's
-    serveConfigV2): args model, weights_dir, gpus (per process), cp (processes per replica), min_replicas,
-    max_replicas, target_ongoing_requests. The studio then joins with `--ray` and uses this application as it is."""
+    """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a RayService's serveConfigV2); args
+    model, weights_dir, gpus, cp, min_replicas, max_replicas, target_ongoing_requests."""
     spec = ReplicaSpec(
         model=args.get("model", "full"),
         weights_dir=args.get("weights_dir"),
