@@ -104,7 +104,6 @@ def _upscale_seconds(take: Take, resolution: str) -> int:
     return gpu_duration(resolution, request.seconds, 0, request.base_model, request.sr_steps)
 
 
-# On ZeroGPU a long take is made over several calls (studio.space.take_calls), each within MAX_CALL_S.
 SPLIT_LONG_TAKES = ON_ZEROGPU
 
 
