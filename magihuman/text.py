@@ -1,8 +1,5 @@
 """Prompt -> text embedding for the DiT with the T5Gemma encoder, as the reference computes it: default
-tokenisation, the last hidden state through fp16, at most `TEXT_ENCODER.max_tokens` rows.
-
-The attention-logit softcap is off: the reference ran transformers' old SDPA default, which ignored it
-(transformers 5.x made eager, which applies it, the default).
+tokenisation, the last hidden state through fp16, at most `TEXT_ENCODER.max_tokens` rows (docs/numerics.md).
 """
 
 from __future__ import annotations
