@@ -1,13 +1,7 @@
-"""Engine replicas on Ray Serve: one engine per replica, its jobs streamed back to whichever front-end asked.
+"""Engine replicas on Ray Serve and the store actor they share (README: Deploying, "How a job runs").
 
 A job streams `(phase, step, total)` tuples, then one `Finished` (mp4s as bytes: the front-end may be on another
-host) or one `Failed` (a category and a message: exceptions do not always survive pickling). Cancelling the
-stream cancels the replica's task; the engine stops at its next step boundary. The named, detached `SharedStore`
-holds what several front-ends share: takes (any replica upscales any take, across front-end restarts), the
-global queue, job records and load failures. A replica of `--cp P` is rank 0 of a one-host placement group and
-starts P − 1 `ContextParallelRank` actors that serve its DiT forwards.
-
-Only imported with `--replicas` / `--ray`: the one-process studio never imports Ray.
+host) or one `Failed` (exceptions do not always survive pickling). Only imported with `--replicas` / `--ray`.
 """
 
 from __future__ import annotations
