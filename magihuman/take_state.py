@@ -1,14 +1,9 @@
-"""A long take's carried state on disk (`windows/003.pt`: a `WindowLatents`; `rerolled/003.pt`: a re-rolled
-window's earlier state), so a take can be resumed after Stop, split over several GPU calls, continued, or one
-window re-rolled without redoing the others.
+"""A long take's carried state on disk (`windows/003.pt`; `rerolled/003.pt`: a re-rolled window's earlier state):
+resume after Stop, several GPU calls, continue, re-roll one window (README: Long takes).
 
-Window files (~3.5 MB at 256p) never change: a re-roll or a continuation links them into a new take's folder.
-Nothing else is carried: the recording and portrait are encoded again (from the take's seed, so identically) and
-the mp4 re-decoded from the latents (cheap next to denoising, and bit-exact). Window w draws its noise from
-`window_seed(seed, w)`, so a resumed take equals an uninterrupted one bit for bit.
-
-A re-rolled window w starts from window w−1's state as before, and its last K latents (and generated speech's
-last F audio rows) are pinned to those window w+1 started from, so the join after it holds; only SR is redone.
+Window files never change (a re-roll or a continuation hard-links them into a new take's folder). Nothing else
+is carried: the recording and portrait are encoded again from the take's seed and the mp4 re-decoded from the
+latents (cheap next to denoising, and bit-exact), so a resumed take equals an uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
