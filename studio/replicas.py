@@ -1,7 +1,5 @@
-"""The studio's jobs on engine replicas (Ray Serve, `magihuman.serve_ray`): `--replicas N` starts a local Ray
-instance, `--ray ADDRESS` joins a cluster, so several front-ends share one pool of GPUs. `ReplicaPool` is a
-drop-in for `studio.gpu`'s GPU functions; take ids are keys of the shared store, so a restarted front-end finds
-its takes again. Ray is imported only when a pool starts, so the default studio never imports it.
+"""The studio's jobs on engine replicas (`magihuman.serve_ray`; README: Deploying): `ReplicaPool` stands in for
+`studio.gpu`'s GPU functions. Ray is imported only when a pool starts, so the default studio never imports it.
 """
 
 from __future__ import annotations
