@@ -1,9 +1,7 @@
 """Sync: does the mouth move with the voice, and how many frames apart? A proxy, not SyncNet.
 
 The face is OpenCV's Haar cascade (4.x wheels; 5.x dropped it); MediaPipe's landmarks would need protobuf 4 and
-JAX, so the mouth is a fixed part of the box. The mouth signal is its pixels' first principal component (for a
-talking face, the mouth opening and closing), correlated with the voice's RMS envelope over lags ±`MAX_LAG_FRAMES`;
-confidence is peak minus median |correlation|, as SyncNet reports it.
+JAX, so the mouth is a fixed part of the box. Confidence is peak minus median |correlation|, as SyncNet reports it.
 """
 
 from __future__ import annotations
