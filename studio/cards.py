@@ -1,9 +1,5 @@
-"""Character cards in the studio: save the inputs as a card, pick one (or two, for a two-speaker scene) to fill
-the portrait, the dialogue builder's character and the voice; export and import card files.
-
-Cards live in the browser (`gr.BrowserState`), media inlined, so the server keeps none of them. Gradio encrypts
-browser state with a key made at each start, so after a restart the browser's cards cannot be read: card files
-are what lasts.
+"""Character cards in the studio (README: Character cards): save, pick one or two, export, import. Cards live in
+the browser (`gr.BrowserState`, media inlined), so the server keeps none of them.
 """
 
 from __future__ import annotations
