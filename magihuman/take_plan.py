@@ -1,9 +1,7 @@
 """Long takes as a plan of windows: pure arithmetic, no models.
 
-One call makes at most one clip of 4m+1 frames (one audio latent per frame). A window that continues the
-previous one repeats its last F = 4(K−1)+1 frames (K pinned latent frames, the first the re-encoded seam frame),
-so every window adds a multiple of 4 frames and frames, audio latents and the take's length agree exactly. A new
-shot starts fresh from the portrait; the last window's surplus (≤ 3 frames) is trimmed from video and audio.
+A window that continues the previous one repeats its last F = 4(K−1)+1 frames (K pinned latent frames), so
+every window adds a multiple of 4 frames and frames, audio latents and the take's length agree (README: Long takes).
 
 ```
 shot 0, T = 230, N ≤ 101, K = 1 (F = 1):
