@@ -2,8 +2,8 @@
 resume after Stop, several GPU calls, continue, re-roll one window (README: Long takes).
 
 Window files never change (a re-roll or a continuation hard-links them into a new take's folder). Nothing else
-is carried: the recording and portrait are encoded again from the take's seed and the mp4 re-decoded from the
-latents (cheap next to denoising, and bit-exact), so a resumed take equals an uninterrupted one bit for bit.
+is carried: the portrait and recording are encoded again (the latter from the take's seed, so identically) and
+the mp4 re-decoded from the latents (cheap, and bit-exact), so a resumed take equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class StoredWindows(Sequence[WindowLatents]):
 @dataclass(frozen=True)
 class TakeState:
     """An unfinished long take: the windows still to make (`todo`, ascending); the others' state is in
-    `folder/windows`. Picklable (paths, no tensors). Made by `Engine.plan_take`, a stop
-    (`GenerationCancelled.take_state`), `extend` or `reroll`; made by `Engine.advance_take` / `finish_take`."""
+    `folder/windows`. Picklable (paths, no tensors). From `Engine.plan_take`, a stop
+    (`GenerationCancelled.take_state`), `extend` or `reroll`; run by `Engine.advance_take` / `finish_take`."""
 
     request: GenerationRequest
     plan: TakePlan
