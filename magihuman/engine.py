@@ -91,7 +91,8 @@ class ParallelDriver(Protocol):
 @dataclass(frozen=True)
 class GenerationRequest:
     """One clip to generate; each field's default and range is declared in `magihuman.fields` (a test keeps the
-    two in step). `resolution` is the final one (540p / 1080p add SR); None seed/steps/guidance: resolved later."""
+    two in step). `resolution` is the final one (540p / 1080p add SR); `seed` None: a random one; `steps`,
+    `guidance`, `negative_prompt` None: the model's own."""
 
     prompt: str
     portrait: str | Path | None = None
