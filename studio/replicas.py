@@ -165,7 +165,7 @@ class ReplicaPool:
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="replica-streams", daemon=True)
         self._described: tuple[float, str] = (0.0, "")
 
-    # --- start and stop ---
+    # --- start and stop ---------------------------------------------------------------------------------
 
     def start(self, status: Callable[[str], None]) -> PoolEngine:
         """Start or join Ray, then deploy the replicas and wait until they serve (EngineSlot's load)."""
