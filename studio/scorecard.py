@@ -48,7 +48,7 @@ class Scorer:
         self.cards: dict[str, Scorecard] = {}
         self._lock = threading.Lock()
 
-    # --- scoring ---
+    # --- scoring ----------------------------------------------------------------------------------------
 
     def card_for_take(self, take_id: str, enabled: bool = True, voice_card: Card | None = None):
         """The card of a take just made or picked: (HTML, JSON); compared with `voice_card`'s recording if any."""
