@@ -1,11 +1,8 @@
 """Voice: how alike two voices sound, as the cosine similarity of speaker embeddings (a GE2E speaker encoder).
 
-The weights are the `pretrained.pt` Resemblyzer's wheel ships (installed `--no-deps`: its own code imports
-librosa, numba and webrtcvad); the network and front end are ours, built to the encoder's published parameters
-(power mel, not log; the utterance embedding is the normalised mean of its windows').
-
-Embeddings are non-negative, so similarities lie in 0-1: different speakers typically score 0.5-0.75, the same
-one above 0.8, but the scale depends on the recordings: compare takes against one reference, not in isolation.
+Resemblyzer's `pretrained.pt` with our own network and front end (power mel, not log), built to the encoder's
+published parameters (README: Voice similarity). Embeddings are non-negative, so similarities lie in 0-1 and the
+scale depends on the recordings: compare takes against one reference, not one number in isolation.
 """
 
 from __future__ import annotations
