@@ -1,8 +1,7 @@
 """Words: what the take says (faster-whisper, CPU int8) against the `Dialogue:` lines of its prompt.
 
 CER for CJK languages (the prompt format spaces their characters apart, which are not words), WER otherwise;
-both sides normalised first, as ASR benchmarks do. `MAGIHUMAN_ASR_MODEL`: a local CTranslate2 folder or a
-faster-whisper model name.
+both sides normalised first, as ASR benchmarks do.
 """
 
 from __future__ import annotations
