@@ -108,7 +108,8 @@ SPLIT_LONG_TAKES = ON_ZEROGPU
 
 
 def gpu_generate(request: GenerationRequest) -> Iterator[Progress | Result]:
-    """Progress items, then the Result (its Take on the CPU); on ZeroGPU a long take takes several GPU calls."""
+    """Generate a clip: Progress items, then the Result (every tensor of its Take on the CPU). On ZeroGPU a long
+    take is planned here (no GPU) and made over several GPU calls, its windows kept on disk between them."""
     if SPLIT_LONG_TAKES:
         try:
             state = _engine().plan_take(request)
