@@ -1,17 +1,10 @@
 """Character cards: one person's portrait, look, language, voice and seed, kept together so that every take of
 them starts from the same inputs.
 
-A card lives in two forms:
-
-- a record (a JSON-safe dict with the media base64-encoded) that the studio keeps in the browser, and
-- a card file: one zip with `card.json`, `portrait.jpg` and optionally `voice.ogg`, to move a card to another
-  studio.
-
-Both are untrusted when they come back. A card file is read entirely in memory (never extracted by the names
-it carries) under limits on its size, its members and what they unpack to; its portrait and voice then go
-through the same checks as any upload (`magihuman.media`), and are stored normalised: the portrait as a JPEG
-of at most PORTRAIT_SIDE pixels, the voice as Ogg Opus of at most MAX_SECONDS (all a clip can use), which
-keeps a card small enough for the browser's storage.
+A card is a record (a JSON-safe dict, media base64) kept in the browser, or a card file (a zip) to move it to
+another studio. Both are untrusted when they come back: a card file is read in memory (never extracted by the
+names it carries) under size limits, and its media go through the upload checks and are stored normalised
+(JPEG, Ogg Opus), small enough for the browser's storage.
 """
 
 from __future__ import annotations
@@ -62,8 +55,7 @@ class CardError(InputError):
 
 @dataclass(frozen=True)
 class Card:
-    """A character. `speaker` is the dialogue tag (≈5 words, or a name); `portrait` is JPEG bytes, `voice` Ogg
-    Opus bytes (both optional); `seed` None means random."""
+    """A character. `speaker` is the dialogue tag (≈5 words, or a name); `seed` None means random."""
 
     name: str
     speaker: str
@@ -73,7 +65,7 @@ class Card:
     portrait: bytes | None = None
     voice: bytes | None = None
 
-    # --- records (the browser's form) -------------------------------------------------------------------
+    # --- records (the browser's form) ---
 
     def to_record(self) -> dict:
         return {
@@ -85,8 +77,7 @@ class Card:
 
     @classmethod
     def from_record(cls, record) -> Card:
-        """A card from a record sent back by a browser (untrusted): fields checked, media decoded and checked
-        for their container's signature (the engine checks them fully when they are used)."""
+        """A card from a browser's (untrusted) record; media only signature-checked (fully when used)."""
         if not isinstance(record, dict) or record.get("format") != CARD_FORMAT:
             raise CardError("this card was not made by this studio's card format; import its card file instead")
         card = _checked(record)
@@ -106,7 +97,7 @@ class Card:
             "seed": self.seed,
         }
 
-    # --- files ------------------------------------------------------------------------------------------
+    # --- files ---
 
     def write_portrait(self, folder: Path) -> Path | None:
         return _write(folder / "portrait.jpg", self.portrait)
@@ -137,8 +128,7 @@ def make_card(
     portrait: str | Path | None = None,
     voice: str | Path | None = None,
 ) -> Card:
-    """A card from the studio's inputs: the fields checked, the portrait and voice uploads checked like any
-    upload and normalised (JPEG ≤ PORTRAIT_SIDE px; Ogg Opus, at most MAX_SECONDS). Raises CardError/InputError."""
+    """A card from the studio's inputs, its uploads checked like any upload and normalised."""
     card = _checked({"name": name, "speaker": speaker, "description": description, "language": language, "seed": seed})
     return replace(
         card,
@@ -148,8 +138,7 @@ def make_card(
 
 
 def import_card(path: str | Path, limits: CardFileLimits = CARD_FILE_LIMITS) -> Card:
-    """The card in a card file, or CardError saying why it is refused (not a zip, too large, unexpected or
-    unsafe member names, a zip bomb, a portrait or voice that is not usable)."""
+    """The card in a card file, or CardError saying why it is refused."""
     path = Path(path)
     shown = path.name
     if not path.is_file():
@@ -209,9 +198,7 @@ def _read_members(archive: zipfile.ZipFile, shown: str, limits: CardFileLimits) 
     return members
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Fields and media
-# ---------------------------------------------------------------------------------------------------------
+# --- Fields and media ---
 
 
 def _checked(record: dict) -> Card:

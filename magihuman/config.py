@@ -110,8 +110,7 @@ ModelSize = Literal["full", "tiny"]
 
 @dataclass(frozen=True)
 class DiTPreset:
-    """One official DiT checkpoint under the registry's one spelling of it. A *tier* is a download bundle
-    (`download --tiers distill,540p`); a *resolution* is an output size. Hub folder names appear only here."""
+    """One official DiT checkpoint; a *tier* is a download bundle. Hub folder names appear only here."""
 
     name: DiTName
     subfolder: str  # folder inside the GAIR/daVinci-MagiHuman repository
@@ -196,8 +195,7 @@ class TurboVAEConfig:
 
 
 FULL_TURBO_VAE = TurboVAEConfig()
-# The preview decoder works on full-size frames: one resnet per block keeps every kind of layer at a third of the
-# work.
+# Full-size frames: one resnet per block keeps every kind of layer at a third of the work.
 TINY_TURBO_VAE = TurboVAEConfig(decoder_block_out_channels=(3, 4, 6, 8), decoder_layers_per_block=(1, 1, 1, 1, 1))
 
 
@@ -318,6 +316,5 @@ class AudioConfig:
 
 AUDIO = AudioConfig()
 
-# The SR stage draws from its own generator, seeded with seed + this, so upscaling a take later equals SR while
-# generating it.
+# SR's own generator is seeded with seed + this, so upscaling a take later equals SR while generating it.
 SR_SEED_OFFSET = 2**32

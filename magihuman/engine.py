@@ -85,17 +85,14 @@ class ParallelDriver(Protocol):
     def guided_pair(self, dit: DiT) -> VelocityPairFn | None: ...
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Requests and results
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Requests and results ---
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One clip to generate. The fields, their defaults and ranges are declared in `magihuman.fields` (one
-    `Field` per attribute, same name and default; a test keeps the two in step). `resolution` is the final
-    one: 256p is the base stage alone, 540p and 1080p add super-resolution on top. `seed=None` picks a random
-    seed (reported in the result); `steps`, `guidance` and `negative_prompt` None take the model's own."""
+    """One clip to generate; each field's default and range is declared in `magihuman.fields` (a test keeps the
+    two in step). `resolution` is the final one (540p / 1080p add SR); `seed` None: a random one; `steps`,
+    `guidance`, `negative_prompt` None: the model's own."""
 
     prompt: str
     portrait: str | Path | None = None
@@ -153,9 +150,7 @@ class Result:
     layout: str | None = None  # the multi-GPU layout that ran it, e.g. "4 GPUs: CP 4"; None: one device
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The engine
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The engine ---
 
 
 @dataclass
@@ -176,8 +171,7 @@ class Engine:
         self.output_root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.fault_hook: Callable[[str, int], None] | None = None  # tests inject faults per (stage, step)
-        # Several GPUs on one clip (magihuman.parallel.Driver, set by `attach`): the DiTs run on all ranks;
-        # the engine only asks it for the CFG pair forward and the layout's name.
+        # Several GPUs on one clip (magihuman.parallel.Driver, set by `attach`): the DiTs run on all ranks.
         self.parallel: ParallelDriver | None = None
         self.take_settings = TakeSettings()  # how takes longer than one call are cut (magihuman.long_take)
 
@@ -229,8 +223,7 @@ class Engine:
     # Long takes in steps (magihuman.take_state): resume, several GPU calls, continue, re-roll.
 
     def plan_take(self, request: GenerationRequest) -> TakeState | None:
-        """A long take's state before any window is made (its folder created); None when the request is a single
-        clip. With `advance_take` and `finish_take`, a take made over several calls."""
+        """A long take's state before any window is made (None: a single clip), for a take made over several calls."""
         request = self.validate(request)
         long_take = prepare_take(request, self.take_settings)
         if long_take is None:
@@ -259,8 +252,7 @@ class Engine:
         cancel: Cancel | None = None,
         on_piece: PieceFn | None = None,
     ) -> Result:
-        """Make what is left of a take (stopped, advanced, continued or re-rolled), write its mp4 and run SR
-        when its resolution asks for one."""
+        """Make what is left of a take (stopped, advanced, continued or re-rolled), its mp4 and its SR."""
         with self._lock, torch.inference_mode(), _cuda_peak(self.device) as peak:
             timer = _StageTimer(self.device)
             progress = on_progress or _ignore
@@ -292,7 +284,6 @@ class Engine:
         return self.finish_take(take_state.reroll(take, window, self.output_root, seed), on_progress, cancel)
 
     def _result(self, take: Take, timer, peak, progress: ProgressFn, cancel) -> Result:
-        """SR when the take's resolution asks for it, and the Result."""
         sr_path = sr_resolution = None
         if RESOLUTIONS[take.request.resolution].sr_model is not None:
             sr_resolution = take.request.resolution
@@ -431,9 +422,8 @@ class Engine:
         audio_prefix: torch.Tensor | None = None,
         ends: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The base stage's loop for one clip (or one window of a long take): `prefix` holds the clean latent
-        frames pinned at the start (the portrait's, or those carried from the previous window); `ends` the
-        (video, audio) pinned at the end (a re-rolled window, magihuman.take_state)."""
+        """The base loop for one clip or window: `prefix` holds the clean latent frames pinned at the start (the
+        portrait's, or the previous window's); `ends` the (video, audio) pinned at the end (a re-rolled window)."""
         dit = self.models.dits[request.base_model]
         step_report = self._step_reporter("base", progress)
         with resident(dit):
@@ -529,9 +519,8 @@ class Engine:
         return virtual_to_44k(self.models.audio_vae.decode(audio).numpy())
 
     def _write(self, video: torch.Tensor, audio: np.ndarray, path: Path, quality: str, timer, progress, cancel) -> Path:
-        """Decode `video` window by window and encode each finished piece into the mp4 on a worker thread
-        while the next window decodes (the encoder's time hides behind the decoder's). "decode" times the
-        decode loop, "mux" the encoding left after it."""
+        """Decode window by window, encoding each piece on a worker thread while the next one decodes (the
+        encoder's time hides behind the decoder's); "mux" times only the encoding left after the loop."""
         expected = decoded_frames(video.shape[2])
         crf, preset = QUALITY[quality]
         preset = "ultrafast" if self.preview else preset  # the preview's noise pictures do not compress
@@ -574,9 +563,7 @@ class Engine:
             )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Small utilities
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Small utilities ---
 
 
 def _pieces(on_piece: PieceFn | None, on_progress) -> PieceFn | None:

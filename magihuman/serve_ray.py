@@ -1,28 +1,7 @@
-"""Engine replicas on Ray Serve: each replica loads one engine (one GPU on CUDA, a CPU process otherwise) and
-streams its jobs back to whichever front-end asked; a named store actor holds what several front-ends share.
+"""Engine replicas on Ray Serve and the store actor they share (README: Deploying, "How a job runs").
 
-```
-front-end (studio.replicas) ──handle.options(stream=True)──► EngineReplica × N  (Ray Serve: routing, health,
-      │  admit / release                                     │  records, takes      restarts, autoscaling)
-      └──────────────────────────────► SharedStore (named, detached actor) ◄──┘
-```
-
-A job streams plain items: `(phase, step, total)` tuples while the engine runs, then one `Finished` (the
-Result with its take on the CPU and the mp4 files as bytes, so a front-end on another host can serve them) or
-one `Failed` (the engine's error as a category and a message: exceptions do not always survive pickling).
-Cancelling the streaming response (Stop, a closed tab) cancels the replica's asyncio task; the engine sees its
-cancel flag at the next step boundary.
-
-The store keeps the takes (so any replica can upscale any take, for an hour, across front-end restarts), the
-global job queue (admission tickets, so several front-ends share one bound), the replicas' own job records
-and the names of replicas whose engine failed to load.
-
-A replica of `--cp P` is a context-parallel group of P processes on one host: Serve places the replica in a
-STRICT_PACK placement group of P bundles (one GPU each on CUDA); the replica is rank 0 (it runs the engine, as
-rank 0 of a torchrun job does) and starts P − 1 `ContextParallelRank` actors in the other bundles, which serve
-its DiT forwards (`magihuman.parallel`). They rendezvous on a free port of the replica's node and die with it.
-
-Only imported with `--replicas` / `--ray`: the one-process studio never imports Ray.
+A job streams `(phase, step, total)` tuples, then one `Finished` (mp4s as bytes: the front-end may be on another
+host) or one `Failed` (exceptions do not always survive pickling). Only imported with `--replicas` / `--ray`.
 """
 
 from __future__ import annotations
@@ -82,8 +61,7 @@ class ReplicaSpec:
 
 @dataclass(frozen=True)
 class Finished:
-    """A job's result: `result` with its take on the CPU and file paths reduced to names; `files` maps each
-    name to the mp4 (or poster) bytes. `take_key` names the take in the store (None for an upscale)."""
+    """A job's result, its take on the CPU and its paths reduced to names; `files` maps those names to bytes."""
 
     result: Result
     files: dict[str, bytes]
@@ -100,9 +78,7 @@ class Failed:
     message: str
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. The shared store (one named actor per cluster)
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. The shared store (one named actor per cluster) ---
 
 
 class SharedStore:
@@ -120,8 +96,7 @@ class SharedStore:
 
     # --- takes ---
     def put_take(self, key: str, finished: Finished) -> None:
-        """Keep a generated take: `finished` holds the Result (its take on the CPU) and the base mp4's bytes, so
-        a front-end that restarted can show the take again and have it upscaled."""
+        """Keep a take with its base mp4's bytes, so a restarted front-end can show it and have it upscaled."""
         self._expire_takes()
         self._takes[key] = (time.time(), finished)
         while len(self._takes) > TAKE_CAPACITY:
@@ -191,8 +166,7 @@ class SharedStore:
 
     # --- fault drills ---
     def arm_fault(self, point: str) -> None:
-        """The next job on any replica exits that replica's process at `point` (one of FAULTS): a drill of
-        the front-end's retry on a real cluster, and how the tests kill a replica at an exact moment."""
+        """The next job on any replica exits its process at `point`: drills the front-end's retry (and the tests')."""
         if point not in FAULTS:
             raise ValueError(f"unknown fault point {point!r}; choose from {', '.join(FAULTS)}")
         self._fault = point
@@ -207,9 +181,7 @@ class SharedStore:
 
 
 def shared_store(timeout_s: float = STORE_LOOKUP_S):
-    """The cluster's store actor: the running one (a new front-end finds the takes an earlier one left), or a
-    new one. Detached, so it outlives the front-end that created it. Raises TimeoutError when it does not
-    answer within `timeout_s`."""
+    """The cluster's store actor, running or new; detached, so it outlives the front-end that created it."""
     store = (
         ray.remote(SharedStore)
         .options(name=STORE_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
@@ -222,14 +194,11 @@ def shared_store(timeout_s: float = STORE_LOOKUP_S):
     return store
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The replica
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The replica ---
 
 
 class EngineReplica:
-    """One engine behind Ray Serve. `generate` and `upscale` are async generators (see the module docstring);
-    one job at a time (max_ongoing_requests=1): the engine holds the whole GPU."""
+    """One engine behind Ray Serve, one job at a time (max_ongoing_requests=1): the engine holds the whole GPU."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
         self.name = _replica_name()
@@ -277,8 +246,7 @@ class EngineReplica:
             yield item
 
     async def _run(self, job: str, kind: str, work: Callable) -> AsyncIterator:
-        """Run `work(report, cancel)` on the engine thread; yield its progress, then Finished or Failed. A
-        cancelled stream sets the cancel flag and waits for the engine to stop at its step boundary."""
+        """Run `work(report, cancel)` on the engine thread; yield its progress, then Finished or Failed."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -342,8 +310,7 @@ class EngineReplica:
         os._exit(1)
 
     def _finished(self, result: Result, kind: str) -> Finished:
-        """The result with its take on the CPU and its files read into bytes (then removed here). A generated
-        take is also kept in the store with its base mp4, under a new key (the front-end's take id)."""
+        """The result with its files as bytes; a generated take is also kept in the store under a new key."""
         take = _take_to(result.take, "cpu")
         paths = [p for p in (result.video_path, result.sr_video_path) if p is not None]
         if kind == "upscale":
@@ -376,8 +343,7 @@ def _replica_name() -> str:
 
 
 def _load(spec: ReplicaSpec, root: Path) -> tuple[Engine, list]:
-    """The replica's engine through the one start-up path (`magihuman.parallel.start`), warmed up when compiled;
-    with `spec.cp > 1` also the other ranks' `serve` calls (see `_start_group`)."""
+    """The replica's engine through the one start-up path (`magihuman.parallel.start`), and its other ranks."""
     device = "cuda" if spec.gpus and torch.cuda.is_available() else "cpu"
     speed = spec.speed or SpeedFlags.default(torch.device(device))
     weights = Path(spec.weights_dir) if spec.weights_dir else None
@@ -402,8 +368,7 @@ def _load(spec: ReplicaSpec, root: Path) -> tuple[Engine, list]:
 
 @ray.remote
 class ContextParallelRank:
-    """Rank 1 … P − 1 of a replica's context-parallel group: loads the DiTs and serves rank 0's forwards until
-    rank 0 stops (then `serve` returns its rank). Owned by its replica, so it dies with it."""
+    """Rank 1 … P − 1 of a replica's context-parallel group; owned by its replica, so it dies with it."""
 
     def serve(self, rank: int, address: str, port: int, options: EngineOptions) -> int:
         _join_group(rank, options.cp, address, port)
@@ -412,9 +377,7 @@ class ContextParallelRank:
 
 
 def _start_group(options: EngineOptions, gpus: float, root: Path) -> tuple[Engine, list]:
-    """Rank 0 of a `options.cp`-process group: start the other ranks in this replica's placement group (bundle
-    r for rank r, STRICT_PACK: one host), rendezvous on a free port of this node, load as every entry point
-    does (`start`). Raises RuntimeError naming the rank that failed, or TimeoutError after GROUP_START_S."""
+    """Rank 0 of a `options.cp`-process group: start the other ranks (bundle r for rank r), rendezvous, load."""
     from ray.util import get_current_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -446,8 +409,7 @@ def _start_group(options: EngineOptions, gpus: float, root: Path) -> tuple[Engin
 
 
 def _join_group(rank: int, world: int, address: str, port: int) -> None:
-    """torchrun's environment for `magihuman.parallel` (each rank is its own Ray worker process; joining the
-    group also gives every rank rank 0's CPU dtype)."""
+    """torchrun's environment for `magihuman.parallel` (each rank is its own Ray worker process)."""
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "MASTER_ADDR": address, "MASTER_PORT": port}
     os.environ.update({name: str(value) for name, value in env.items()})
 
@@ -478,15 +440,12 @@ def _failed(exc: BaseException) -> Failed:
     return Failed("error", f"{type(exc).__name__}: {exc}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. The application
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. The application ---
 
 
 @dataclass(frozen=True)
 class Scaling:
-    """How many replicas: a fixed `min_replicas == max_replicas`, or autoscaling between them on queue
-    length (Ray Serve adds a replica when more than `target_ongoing` jobs per replica are running or waiting)."""
+    """Fixed replicas (`min_replicas == max_replicas`) or autoscaling between them on jobs per replica."""
 
     min_replicas: int = 1
     max_replicas: int = 1
@@ -508,8 +467,7 @@ class Scaling:
 
 
 def engine_app(spec: ReplicaSpec, scaling: Scaling):
-    """The Serve application: the replica deployment with its resources and scaling. A replica of `spec.cp`
-    processes gets a placement group of that many bundles on one host (the replica actor takes the first)."""
+    """The Serve application; a replica of `spec.cp` processes gets that many bundles on one host."""
     actor = {"num_cpus": 1, "num_gpus": spec.gpus}
     options = scaling.deployment_options()
     if spec.cp > 1:
@@ -520,9 +478,8 @@ def engine_app(spec: ReplicaSpec, scaling: Scaling):
 
 
 def app_builder(args: dict):
-    """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a KubeRay RayService's
-    serveConfigV2): args model, weights_dir, gpus (per process), cp (processes per replica), min_replicas,
-    max_replicas, target_ongoing_requests. The studio then joins with `--ray` and uses this application as it is."""
+    """Serve's import-path entry (`serve run magihuman.serve_ray:app_builder`, a RayService's serveConfigV2); args
+    model, weights_dir, gpus, cp, min_replicas, max_replicas, target_ongoing_requests."""
     spec = ReplicaSpec(
         model=args.get("model", "full"),
         weights_dir=args.get("weights_dir"),

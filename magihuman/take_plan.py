@@ -1,11 +1,7 @@
 """Long takes as a plan of windows: pure arithmetic, no models.
 
-The model makes at most one clip of 4m+1 frames per call (one audio latent per frame). A take of T frames is
-cut into windows; a window that continues the previous one repeats its last F = 4(K−1)+1 frames (K latent
-frames: the first is the previous window's seam frame, re-encoded, pinned like a portrait; the others its
-last latents), so that every window adds a multiple of 4 frames after its first, and frames, audio latents
-and the take's length agree exactly. A window that starts a new shot starts fresh from the portrait (no
-overlap). The last window's surplus (at most 3 frames) is trimmed from video and audio together.
+A window that continues the previous one repeats its last F = 4(K−1)+1 frames (K pinned latent frames), so
+every window adds a multiple of 4 frames and frames, audio latents and the take's length agree (README: Long takes).
 
 ```
 shot 0, T = 230, N ≤ 101, K = 1 (F = 1):
@@ -100,10 +96,8 @@ def plan_take(
     overlap_latents: int = 1,
     loudness: Sequence[float] | None = None,
 ) -> TakePlan:
-    """Windows for `shots` played one after the other. Windows are at most `window_frames` (4m+1, ≤ 249) and
-    balanced within a shot (no short last window); each shot's first window starts fresh. With `loudness`
-    (one value per frame of the take, e.g. the recording's RMS), every join moves by up to 12 frames (~0.5 s)
-    to where it is quietest, so that joins fall in pauses."""
+    """Windows for `shots` in a row, balanced within a shot (no short last window). With `loudness` (per frame,
+    e.g. the recording's RMS) every join moves up to 12 frames to where it is quietest: joins fall in pauses."""
     if not shots:
         raise ValueError("a take needs at least one shot")
     if not (window_frames - 1) % 4 == 0 or not 5 <= window_frames <= MAX_WINDOW_FRAMES:
@@ -140,9 +134,8 @@ def plan_take(
 def extend_plan(
     plan: TakePlan, shot: Shot, *, seed: int, new_shot: bool, window_frames: int = WINDOW_FRAMES
 ) -> TakePlan:
-    """`plan` continued by `shot`: its windows unchanged, except that the last one gets back the surplus frames it
-    trimmed (they are made already) when the take goes on in the same shot; then windows that continue from it
-    (or, with `new_shot`, a fresh shot from the portrait), as `plan_take` would cut them."""
+    """`plan` continued by `shot` (or a fresh one, `new_shot`); in the same shot the last window gets back the
+    surplus frames it trimmed (they are made already)."""
     if shot.frames < 1:
         raise ValueError(f"an extension needs at least one frame, not {shot.frames}")
     if new_shot:
@@ -208,9 +201,8 @@ SNAP_UNITS = 3  # a join moves by at most 3 × 4 frames = 0.48 s
 
 
 def _snap_joins(units: list[int], caps: list[int], shot_start: int, loudness: Sequence[float]) -> list[int]:
-    """Move each join (the first frame window j+1 makes: shot_start + 1 + 4·(u0 + … + uj)) by whole units to
-    the quietest nearby frames (at most half as loud as where it was), trading units between the two windows
-    it separates; the total is unchanged."""
+    """Move each join (frame shot_start + 1 + 4·(u0 + … + uj)) by whole units to the quietest nearby frames,
+    trading units between its two windows."""
     units = list(units)
     made = 0  # units of the windows before j
     for j in range(len(units) - 1):
@@ -229,14 +221,11 @@ def _snap_joins(units: list[int], caps: list[int], shot_start: int, loudness: Se
     return units
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Shots as the request's JSON field
-# ---------------------------------------------------------------------------------------------------------
+# --- Shots as the request's JSON field ---
 
 
 def parse_shots(text: str | None) -> list[Shot] | None:
-    """The request's `shots` JSON (a list of {"prompt": ..., "seconds": ...}) as shots; None when empty.
-    Raises ValueError with a message for the user."""
+    """The request's `shots` JSON as shots (None when empty); ValueError with a message for the user."""
     if text is None or not text.strip():
         return None
     try:

@@ -1,28 +1,9 @@
-"""A long take's carried state, kept on disk beside it: what every window leaves for the next one, so that a take
-can be resumed after Stop, split over several GPU calls, continued ("continue this take"), or one window re-rolled
-without redoing the others.
+"""A long take's carried state on disk (`windows/003.pt`; `rerolled/003.pt`: a re-rolled window's earlier state):
+resume after Stop, several GPU calls, continue, re-roll one window (README: Long takes).
 
-```
-take-xxxx/
-  windows/003.pt     window 3: its prompt, final base latents (video (1, 48, L, h, w), audio (1, N, 64)), the
-                     seam frame in float (1, 3, 1, H, W) and the colour distance of the frame it started from
-  rerolled/003.pt    a re-rolled window's earlier state: its end is what window 4 started from
-  base_256p.mp4, plan.json, sr_540p.mp4   once the take is finished
-```
-
-At 256p a 101-frame window keeps ~2.2 MB of video latents, 1.3 MB of seam frame and 26 KB of audio rows, written
-once and never changed (a re-roll or a continuation links them into a new take's folder). Nothing else is carried:
-a recording is decoded and encoded again from the request (the encoding draws from the take's seed, so it is the
-same), the portrait encoded again, and the mp4 is re-decoded from the stored latents (the decoder is cheap next
-to the denoising loop, and bit-exact), so no frames are kept anywhere but in the mp4.
-
-Window w draws its noise from `take_plan.window_seed(seed, w)` (window 0 of a take with a recording from the
-generator that encoded it, as a single clip does), so a resumed take equals an uninterrupted one bit for bit.
-
-Re-rolling window w (new seed) keeps every other window's frames: w starts from the state window w−1 left, as
-before, and its last K latents (and, for generated speech, its last F audio rows) are pinned to those window w+1
-started from, so the join after it still holds. The windows after it are not made again; the SR stage (540p,
-1080p) is, as it carries its own seams.
+Window files never change (a re-roll or a continuation hard-links them into a new take's folder). Nothing else
+is carried: the portrait and recording are encoded again (the latter from the take's seed, so identically) and
+the mp4 re-decoded from the latents (cheap, and bit-exact), so a resumed take equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -107,12 +88,9 @@ class StoredWindows(Sequence[WindowLatents]):
 
 @dataclass(frozen=True)
 class TakeState:
-    """A long take that is not finished: its request (seed resolved), plan and folder, and the windows still to
-    make (`todo`, ascending); every other window's state is in `folder/windows`. Picklable (paths, no tensors).
-
-    Made by `Engine.plan_take` (a new take), carried by `GenerationCancelled.take_state` (a stopped one), or by
-    `extend` and `reroll` (an edit of a finished take); `Engine.advance_take` makes some of its windows (one GPU
-    call of several), `Engine.finish_take` the rest, and writes the take."""
+    """An unfinished long take: the windows still to make (`todo`, ascending); the others' state is in
+    `folder/windows`. Picklable (paths, no tensors). From `Engine.plan_take`, a stop
+    (`GenerationCancelled.take_state`), `extend` or `reroll`; run by `Engine.advance_take` / `finish_take`."""
 
     request: GenerationRequest
     plan: TakePlan
@@ -133,9 +111,7 @@ def extend(
     prompt: str | None = None,
     new_shot: bool = False,
 ) -> TakeState:
-    """ "Continue this take": `seconds` more, in the same shot (from the last window's carried state) or, with
-    `new_shot`, as a new shot from the portrait; `prompt` for the new windows (None: the take's). The earlier
-    windows are kept as they are (linked into the new take's folder)."""
+    """ "Continue this take": `seconds` more, in the same shot or (`new_shot`) a new one from the portrait."""
     request = take.request
     if request.audio:
         raise InputError("a take that follows a recording ends with it; make a new take with a longer recording")

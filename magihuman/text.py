@@ -1,8 +1,5 @@
 """Prompt -> text embedding for the DiT with the T5Gemma encoder, as the reference computes it: default
-tokenisation, the last hidden state through fp16, at most `TEXT_ENCODER.max_tokens` rows.
-
-The attention-logit softcap is off: the reference ran transformers' old SDPA default, which ignored it
-(transformers 5.x made eager, which applies it, the default).
+tokenisation, the last hidden state through fp16, at most `TEXT_ENCODER.max_tokens` rows (docs/numerics.md).
 """
 
 from __future__ import annotations
@@ -44,8 +41,7 @@ class TextEmbedding:
 
 
 class TextEncoder(ModelWrapper):
-    """A tokenizer and a `T5GemmaEncoderModel`, with an LRU cache by prompt (locked: UI handlers run on worker
-    threads)."""
+    """A tokenizer and a `T5GemmaEncoderModel`, with an LRU cache by prompt (locked: handlers run on threads)."""
 
     def __init__(
         self,
@@ -112,8 +108,7 @@ def load_text_encoder(
     *,
     hidden_size: int | None = None,
 ) -> TextEncoder:
-    """The encoder of a local `google/t5gemma-9b-9b-ul2` (or the same layout); `CheckpointError` when it is
-    missing, does not fit, or is not `hidden_size` wide."""
+    """The encoder of a local `google/t5gemma-9b-9b-ul2`; `CheckpointError` when it is missing or does not fit."""
     folder = Path(folder)
     get_it = f"download the whole {T5GEMMA_REPO.repo_id} repository (gated: request access on its page) into it"
     if not folder.is_dir():

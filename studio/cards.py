@@ -1,11 +1,5 @@
-"""Character cards in the studio: save the current inputs as a card, pick a card (or two, for a two-speaker
-scene) to fill the portrait, the dialogue builder's character and the voice, export a card file and import one.
-
-Cards live in the browser (`gr.BrowserState`, like the takes), as `magihuman.cards` records with their media
-inlined, so a reload keeps them and the server keeps nothing of them but the files a request writes into its
-own scratch folder for the page to show. Gradio encrypts browser state with a key made at each start, so after
-a server restart the browser's cards cannot be read: card files are what lasts. Every record the browser sends
-back is checked again (`Card.from_record`).
+"""Character cards in the studio (README: Character cards): save, pick one or two, export, import. Cards live in
+the browser (`gr.BrowserState`, media inlined), so the server keeps none of them.
 """
 
 from __future__ import annotations
@@ -136,8 +130,7 @@ def save_card(name, portrait, audio, description, speaker, language, seed, rando
 
 
 def use_cards(pick, second, cards):
-    """Fill the inputs from a card: portrait, voice, the builder's character, tag and language, the seed. With a
-    second card, both characters go into the builder's description (the portrait stays the first card's)."""
+    """Fill the inputs from a card; a second card's character joins the builder's description (not its portrait)."""
     first = _find(pick, cards)
     other = _find(second, cards) if second and second != pick else None
     folder = SCRATCH.new()

@@ -1,22 +1,9 @@
 """The only place that runs engine work for the UI: the GPU functions, and the engine they run on.
 
-The studio runs in two settings with one code path:
-
-- **A machine with its own GPU (or the CPU preview)**: `spaces.GPU` returns the functions unchanged; the engine
-  loads on a background thread (`EngineSlot`) so the page is up at once.
-- **A ZeroGPU Space**: each call of a `spaces.GPU` function runs in a forked worker that holds a GPU for the
-  call, with its arguments and every yielded item pickled across (a long take is made over several calls, its
-  windows kept on disk between them). So the engine is loaded at
-  import in the main thread on "cuda" (spaces packs whatever is on "cuda" at `launch()` and copies it into each
-  worker), is a module global here (a fork inherits it, nothing pickles it), and the functions take only
-  picklable values: a `GenerationRequest`, or a `Take` on the CPU and a resolution name.
-
-The GPU functions are jobs of `studio.jobs` (progress items, then the Result); the Space's plan, budgets and
-weights are `studio.space`.
-
-1. The engine slot (start-up)
-2. The GPU functions
-3. Ahead-of-time compile on ZeroGPU
+Off ZeroGPU `spaces.GPU` returns the functions unchanged and the engine loads on a background thread. On a
+ZeroGPU Space each call runs in a forked worker holding a GPU, its arguments and yielded items pickled across.
+So the engine loads at import on "cuda" (spaces packs what is on "cuda" at `launch()` into each worker), is a
+module global (a fork inherits it, nothing pickles it), and the functions take only picklable values.
 """
 
 from __future__ import annotations
@@ -50,9 +37,7 @@ from studio.space import (
     with_space_weights,
 )
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. The engine slot
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. The engine slot (start-up) ---
 
 _slot: EngineSlot | None = None
 
@@ -66,12 +51,8 @@ def bind_slot(slot: EngineSlot) -> None:
 def start_slot(load: Callable[[StatusFn], Engine]) -> EngineSlot:
     """Start loading the engine; returns its slot (also bound for the GPU functions).
 
-    Off ZeroGPU: `load` runs on a background thread, as before. On ZeroGPU: `load` runs now, in the calling
-    thread, which must be the main thread at import before `launch()` (spaces emulates CUDA only in the thread
-    that imported it, and packs only what is on "cuda" when `launch()` runs); `load` must place the engine on
-    "cuda" without compiling (the plan's GPU memory is exported as $MAGIHUMAN_GPU_MEMORY_GB for the fp8
-    planner). Then the shared DiT layers are compiled ahead of time (section 3). A failure is kept as the
-    slot's status, as on the background path, so the page still comes up and says what went wrong.
+    On ZeroGPU `load` runs now, in the main thread at import before `launch()` (spaces emulates CUDA only in the
+    thread that imported it), placing the engine on "cuda" without compiling; a failure becomes the slot's status.
     """
     load = with_space_weights(load)
     if not ON_ZEROGPU:
@@ -113,9 +94,7 @@ def _engine() -> Engine:
     return ready_engine(_slot)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. The GPU functions
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. The GPU functions ---
 
 
 def _generate_seconds(request: GenerationRequest) -> int:
@@ -127,7 +106,6 @@ def _upscale_seconds(take: Take, resolution: str) -> int:
     return gpu_duration(resolution, request.seconds, 0, request.base_model, request.sr_steps)
 
 
-# On ZeroGPU a long take is made over several calls (studio.space.take_calls), each within MAX_CALL_S.
 SPLIT_LONG_TAKES = ON_ZEROGPU
 
 
@@ -231,9 +209,7 @@ def gpu_upscale(take: Take, resolution: str) -> Iterator[Progress | Result]:
     yield from stream(lambda report, cancel: engine.upscale(on_device, resolution, on_progress=report, cancel=cancel))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Ahead-of-time compile on ZeroGPU
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Ahead-of-time compile on ZeroGPU ---
 
 
 def package_dir() -> Path:
@@ -244,8 +220,7 @@ def package_dir() -> Path:
 
 @spaces.GPU(duration=1500)  # the longest a start-up call may ask for
 def _compile_packages() -> dict[str, str]:
-    """In a worker (which has the GPU): compile, or find in the cache folder, one package per DiT; returns
-    their paths. The engine is this module's global: nothing but strings crosses."""
+    """In a GPU worker: one compiled (or cached) package per DiT; only their paths cross back."""
     from magihuman.aot import build_package, example_inputs
 
     engine = _engine()
@@ -255,8 +230,7 @@ def _compile_packages() -> dict[str, str]:
 
 
 def compile_ahead_of_time(engine: Engine) -> float:
-    """Compile (in a GPU worker, unless every package is already in the cache folder) and give each shared
-    layer, in this process, a forward that loads its package lazily in whichever process runs it. Seconds."""
+    """Compile (unless cached) and give each shared layer a forward that loads its package lazily; seconds."""
     from magihuman.aot import apply_package, package_path
 
     start = time.perf_counter()

@@ -1,14 +1,5 @@
-"""The studio's jobs on engine replicas (Ray Serve) instead of the in-process engine: `--replicas N` starts a
-local Ray instance with N replicas, `--ray ADDRESS` (or `auto`) joins a cluster, so several front-ends share
-one pool of GPUs.
-
-`ReplicaPool` is a drop-in for the GPU functions of `studio.gpu`: `gpu_generate(request)` and
-`gpu_upscale(take, resolution)` return generators of `Progress` items, then the `Result`, which
-`studio.jobs.run_job` consumes exactly as it consumes the local ones (closing the generator cancels the job on
-its replica). Its `take_store()` gives the studio a `SharedTakes`: take ids are keys of the shared store, so
-a restarted front-end finds the takes of the last hour again. The replicas and the shared store are
-`magihuman.serve_ray`. Ray is imported only when a pool starts: the flags and options here are Ray-free, so
-the default studio never imports it.
+"""The studio's jobs on engine replicas (`magihuman.serve_ray`; README: Deploying): `ReplicaPool` stands in for
+`studio.gpu`'s GPU functions. Ray is imported only when a pool starts, so the default studio never imports it.
 """
 
 from __future__ import annotations
@@ -54,8 +45,7 @@ TAKE_KEY = re.compile(r"[0-9a-f]{32}")  # the store's keys (uuid4 hex): also the
 
 @dataclass(frozen=True)
 class ReplicaOptions:
-    """Where the replicas run and how many: a local Ray instance (`address` None) or a cluster; a fixed count
-    (`min_replicas == max_replicas`) or autoscaling on queue length; the global queue's bound."""
+    """Where the replicas run (`address` None: a local Ray instance), how many, and the global queue's bound."""
 
     address: str | None = None
     min_replicas: int = 1
@@ -78,8 +68,7 @@ class ReplicaOptions:
         return f"{count}{group}{scaling} on {where}"
 
     def local_cpus(self) -> int:
-        """A local instance's CPUs: one per process of every replica (at least the machine's cores), plus one
-        replica's worth, so that a replacement is scheduled while the CPUs of the one it replaces are freed."""
+        """One CPU per process, plus one replica's worth so a replacement schedules before the old one frees its."""
         if self.cpus is not None:
             return self.cpus
         return max(os.cpu_count() or 1, self.max_replicas * self.cp) + self.cp
@@ -145,8 +134,7 @@ def _read_config(path: str) -> dict:
 
 
 def replica_demo(build_demo, options: ReplicaOptions, flags: argparse.Namespace):
-    """The studio (`app.build_demo`) with its jobs on a replica pool (closed at exit, see `ReplicaPool.start`);
-    `flags`: the studio's engine flags (`EngineOptions.add_arguments`), which every replica loads with."""
+    """The studio with its jobs on a replica pool; every replica loads with the studio's engine `flags`."""
     if importlib.util.find_spec("ray") is None:
         raise SystemExit("--replicas / --ray need Ray: pip install -c constraints.txt -r requirements-ray.txt")
     pool = ReplicaPool(options, flags)
@@ -168,9 +156,6 @@ class ReplicaPool:
     jobs_at_once = None  # the studio's events do not queue jobs themselves: the shared store's queue does
 
     def __init__(self, options: ReplicaOptions, flags: argparse.Namespace | None = None) -> None:
-        """`flags`: the engine flags (`EngineOptions.add_arguments`: model, weights, speed steps, CFG-parallel)
-        for every replica; their device defaults (full model, compile) follow the replicas' device, known once
-        Ray says whether the cluster has GPUs. None: the defaults."""
         self.options, self.flags = options, flags or argparse.Namespace()
         self.output_root = Path(tempfile.mkdtemp(prefix="magihuman-frontend-"))
         self.layout = options.describe()
@@ -235,8 +220,7 @@ class ReplicaPool:
         return PoolEngine(preview=spec.model == "tiny", layout=self.layout)
 
     def _spec(self, gpus: float):
-        """What every replica loads, from the flags, with the defaults of the replicas' device. Raises
-        ValueError (before anything deploys) for a `--cp` the model's heads cannot be split by."""
+        """What every replica loads: the flags, with the defaults of the replicas' device (known only now)."""
         from magihuman import serve_ray
 
         flags, device = self.flags, "cuda" if gpus else "cpu"
@@ -267,8 +251,7 @@ class ReplicaPool:
         return done.result(timeout=START_TIMEOUT_S)
 
     def close(self) -> None:
-        """Stop the local Ray instance this pool started, replicas included (on a cluster the replicas stay for
-        the other front-ends: `serve delete magihuman` removes them); the front-end's files go too."""
+        """Stop the local Ray instance this pool started (a cluster's replicas stay for the other front-ends)."""
         self._handle = None
         if self._started_ray:
             import ray
@@ -333,8 +316,7 @@ class ReplicaPool:
         return SharedTakes(self)
 
     def restore(self, key: str) -> Result | None:
-        """A take the shared store still keeps (made by this or an earlier front-end): its result with the
-        base mp4 written into a new take folder here; None when the store no longer has it or is not there."""
+        """A take the shared store still keeps, its base mp4 written into a new take folder here (else None)."""
         import ray
 
         if self._store is None:
@@ -343,7 +325,6 @@ class ReplicaPool:
         return self._local_result(finished, None) if finished is not None else None
 
     def forget(self, key: str) -> None:
-        """Remove a take from the shared store (the user removed it from the history)."""
         if self._store is not None:
             self._store.drop_take.remote(key)
 
@@ -488,10 +469,8 @@ def _user_error(failed) -> gr.Error:
 
 
 class SharedTakes(TakeStore):
-    """The studio's takes on a replica pool: each take's id is its key in the shared store, so a take id from
-    the browser's history that this front-end does not know (it restarted, or another front-end made the take)
-    is looked up there and restored: its base clip, settings and latents, ready to upscale. Removing a take
-    removes it from the shared store too."""
+    """The studio's takes on a replica pool: a take id this front-end does not know (it restarted, or another
+    front-end made it) is its key in the shared store, and is restored from there."""
 
     def __init__(self, pool: ReplicaPool) -> None:
         super().__init__()
@@ -519,8 +498,7 @@ class SharedTakes(TakeStore):
 
 
 class ReplicaSlot(EngineSlot):
-    """The studio's engine slot for a pool: loading starts the pool; once ready the status line is the pool's
-    live description (replicas running, failures by name)."""
+    """The studio's engine slot for a pool: loading starts it; once ready the status is its live description."""
 
     def __init__(self, pool: ReplicaPool) -> None:
         super().__init__(pool.start)

@@ -1,17 +1,9 @@
-"""The take scorecard in the studio: scored after each take on a CPU thread, shown under the timing table,
-its score in the takes gallery (which can be ordered by it), and `/score` for an earlier or uploaded take.
+"""The take scorecard in the studio: scored after each take, shown under the timing table and in the gallery.
 
-Scoring never holds the GPU: it is its own event, chained after the take, in its own concurrency group
-(`SCORE_JOBS`), so the next GPU job starts while a take is scored. The work runs on one long-lived thread
-(`magihuman.threads.worker_thread`), not on Gradio's worker threads: the ASR, VAD and DNSMOS models and their
-CPU thread teams then exist once per process, one take is scored at a time, and a forked process (a ZeroGPU
-worker) starts its own thread instead of submitting to one that does not exist there.
-
-A take made after "Use the card" on a character card with a voice recording is also compared with that
-recording (the voice part of `magihuman.score`).
-
-The cards live on the server, keyed by take id (dropped with their take); a browser's history records only
-carry the score number, added when the gallery is listed.
+Scoring never holds the GPU: its own event in its own concurrency group (`SCORE_JOBS`), so the next GPU job
+starts meanwhile. It runs on one long-lived thread (`worker_thread`), not Gradio's: the ASR, VAD and DNSMOS
+models and their CPU thread teams exist once per process, and a forked ZeroGPU worker starts its own thread.
+Cards live on the server, keyed by take id; the browser's history records only carry the score number.
 """
 
 from __future__ import annotations
@@ -59,8 +51,7 @@ class Scorer:
     # --- scoring ----------------------------------------------------------------------------------------
 
     def card_for_take(self, take_id: str, enabled: bool = True, voice_card: Card | None = None):
-        """The card of a take just made (the event chained after /generate and /upscale) or picked: (HTML, JSON).
-        `voice_card`: the character card used for the take, whose voice recording it is compared with."""
+        """The card of a take just made or picked: (HTML, JSON); compared with `voice_card`'s recording if any."""
         if not enabled:
             return SCORING_OFF, None
         card = self._card_of(take_id, voice_card)
@@ -73,11 +64,8 @@ class Scorer:
         prompt: str | None = None,
         audio: str | None = None,
     ):
-        """Score a take: an earlier one of /generate by its take_id, or an uploaded video with its prompt (the
-        Dialogue lines are the words it should say). Returns the card as HTML and as JSON: WER or CER against
-        the prompt, the transcript and language heard, the speech span, the mouth-voice offset in frames with
-        its confidence, DNSMOS, flags, the voice similarity to `audio` when given, and the parts that were not
-        available and why.
+        """Score a take of /generate by its take_id, or an uploaded video with its prompt. Returns the card as HTML
+        and as JSON: WER or CER against the prompt's Dialogue lines, transcript, mouth-voice offset, DNSMOS, flags.
 
         Args:
             take_id: the take_id that /generate returned (the latest 32 takes are kept); or leave it empty
@@ -133,8 +121,7 @@ class Scorer:
     # --- best of N ---------------------------------------------------------------------------------------
 
     def best_of(self, take_id: str, n: int = 4, request: gr.Request = None, progress: gr.Progress = gr.Progress()):
-        """Generate more seeds of an earlier take's request (its seed + 1, + 2, ...) until there are `n` takes
-        of it (2-8), all kept. Returns their take ids; the page then scores them and lists them best first.
+        """Generate seeds + 1, + 2, ... of an earlier take's request until there are `n` takes; returns their ids.
 
         Args:
             take_id: the take_id that /generate returned
@@ -155,8 +142,7 @@ class Scorer:
         return ids
 
     def rank(self, take_ids, history, enabled: bool = True):
-        """Score the takes of a best-of-N request and put them first in the history, best first: (card HTML,
-        card JSON, history, best take id, the gallery order)."""
+        """Score a best-of-N request's takes and put them first in the history, best first."""
         ids = [i for i in take_ids if isinstance(i, str) and self.takes.get(i) is not None] if take_ids else []
         if not ids:
             raise gr.Error("Those takes are no longer on the server.")
@@ -187,8 +173,7 @@ class Scorer:
 
 
 def voice_card_used(pick, cards) -> Card | None:
-    """The character card "Use the card" just applied, when it has a voice recording (else None): the takes
-    made next in this page are compared with that recording."""
+    """The character card "Use the card" just applied, when it has a voice recording (else None)."""
     for record in clean_cards(cards):
         if record["name"] == pick:
             card = Card.from_record(record)
@@ -213,14 +198,11 @@ def gallery_listing(scorer: Scorer):
     return gallery
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The card as HTML (every text escaped: transcripts and prompts are user or model text)
-# ---------------------------------------------------------------------------------------------------------
+# --- The card as HTML (every text escaped: transcripts and prompts are user or model text) ---
 
 
 def card_html(card: Scorecard) -> str:
-    """The card's rows (`Scorecard.rows`, the terminal's too) as a table: the transcript with its differing
-    words marked, flags highlighted."""
+    """The card's rows (`Scorecard.rows`, the terminal's too) as a table, differing words and flags marked."""
     e = html.escape
     rows = []
     for name, text in card.rows():
@@ -249,9 +231,7 @@ def _marked(card: Scorecard) -> str:
     return " ".join(out)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Layout and events (app.py calls these; its own code stays as it was)
-# ---------------------------------------------------------------------------------------------------------
+# --- Layout and events (app.py calls these) ---
 
 
 def card_controls(p: SimpleNamespace) -> None:
@@ -293,11 +273,8 @@ def score_controls(p: SimpleNamespace) -> None:
 def wire_scoring(
     p: SimpleNamespace, scorer: Scorer, takes_done: list, takes_shown: list, listing: dict, gpu_job: dict
 ) -> None:
-    """Score each finished take (`takes_done`: the /generate and /upscale events) off the GPU queue, then list
-    the gallery again with its score, comparing the take's voice with the character card last used (when that
-    card has a voice); show the card of a take picked in the gallery (`takes_shown`); reorder on request;
-    `/score` for a take id or an upload (with an optional voice recording to compare with); best of N (its
-    seeds on the GPU queue, `gpu_job`, then ranked on the scoring one)."""
+    """Score each finished take (`takes_done`) off the GPU queue and list the gallery again; show the card of a
+    take picked (`takes_shown`); `/score`; best of N (seeds on the GPU queue, ranked on the scoring one)."""
     private = {"api_visibility": "private"}
     scoring = {"concurrency_limit": 1, "concurrency_id": SCORE_JOBS}
     card = {"fn": scorer.card_for_take, "inputs": [p.take_id, p.score_on], "outputs": [p.card, p.card_json]}

@@ -1,9 +1,5 @@
 """Running on a Hugging Face Space: ZeroGPU detection, the memory plan and the GPU size, the time budget of a GPU
 call and the visitor's quota, and fetching the weights into a fresh Space.
-
-1. Where we run: ZeroGPU detection, the memory plan and the GPU size
-2. Time budgets (ZeroGPU `duration`) and quotas; a long take split into calls
-3. Weights on a Space
 """
 
 from __future__ import annotations
@@ -26,9 +22,7 @@ from studio.runtime import gpu_seconds
 
 StatusFn = Callable[[str], None]
 
-# ---------------------------------------------------------------------------------------------------------
-# 1. Where we run
-# ---------------------------------------------------------------------------------------------------------
+# --- 1. Where we run ---
 
 ON_ZEROGPU: bool = bool(Config.zero_gpu)  # spaces' own reading of SPACES_ZERO_GPU ("1"/"t"/"true")
 
@@ -63,9 +57,8 @@ class ZeroGpuPlan:
 
 
 def zerogpu_plan(dits: tuple[str, ...] = DEFAULT_DITS) -> ZeroGpuPlan:
-    """The smallest ZeroGPU size the full engine fits, with the fewest fp8 DiTs on it (`memory.plan_fp8` sized
-    for that call's memory, not the emulated card's). Offload is not an option there: it pins CPU memory at
-    load, which needs CUDA in the main process. Raises if even xlarge cannot hold the set."""
+    """The smallest ZeroGPU size the full engine fits, with the fewest fp8 DiTs. No offload: it pins CPU memory
+    at load, which needs CUDA in the main process."""
     from magihuman.config import dit_presets
 
     configs = {name: dit_presets("full")[name].dit for name in dits}
@@ -83,9 +76,7 @@ PLAN: ZeroGpuPlan | None = zerogpu_plan() if ON_ZEROGPU else None
 GPU_SIZE: str | None = PLAN.size if PLAN else None  # None off ZeroGPU (spaces ignores it there)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 2. Time budgets and quotas
-# ---------------------------------------------------------------------------------------------------------
+# --- 2. Time budgets (ZeroGPU `duration`) and quotas; a long take split into calls ---
 
 # A fresh worker first copies every packed weight onto its GPU, inside the granted duration.
 # Estimate: the packed tensors stream from local disk at ≈ 4 GB/s (not measured on a Space).
@@ -131,9 +122,8 @@ def _check_quota(total: int, needs: str) -> None:
         )
 
 
-# A long take is made over several GPU calls, none asking for more than this: a worker that outruns its
-# duration is killed, a long request waits longer for a GPU, and between calls the GPU goes back to the queue.
-# The windows made so far wait on disk (magihuman.take_state) for the next call.
+# A long take's GPU calls ask for at most this: a worker that outruns its duration is killed, a long request
+# waits longer for a GPU, and between calls the GPU goes back to the queue (the windows wait on disk).
 MAX_CALL_S = 120
 # The last call decodes the stored latents of the earlier windows into the mp4 (Turbo VAE at 256p and x264):
 # assumed ≤ 0.1 s per second of take on a ZeroGPU card, ×3 for safety (not measured on a Space).
@@ -141,8 +131,7 @@ REDECODE_S_PER_S = 0.3
 
 
 def take_call_seconds(plan: TakePlan, request: GenerationRequest, made: Sequence[int], last: bool) -> int:
-    """GPU seconds of one call of a long take that makes the windows `made`; the last call also decodes every
-    window into the mp4 again and runs the SR stage on the whole take. Plus a fresh worker's weight transfer."""
+    """GPU seconds of a long take's call making the windows `made` (the last one also re-decodes and runs SR)."""
     limits = REQUEST_LIMITS
     steps = request.steps or limits.default_steps.get(request.base_model, SAMPLING.distill_steps)
     frames = sum(plan.windows[i].frames for i in made)
@@ -159,9 +148,8 @@ def take_call_seconds(plan: TakePlan, request: GenerationRequest, made: Sequence
 
 
 def take_calls(plan: TakePlan, request: GenerationRequest) -> list[int]:
-    """How many windows each GPU call of a long take makes, so that none asks for more than MAX_CALL_S: the last
-    call (which also writes the mp4 and runs SR) as few as it must hold, the others as many as fit. Raises
-    QuotaError when the calls together exceed the daily quota, or a gr.Error when even one window cannot fit."""
+    """Windows per GPU call of a long take, none over MAX_CALL_S: the last call (which also writes the mp4 and
+    runs SR) as few as it must hold, the others as many as fit."""
     windows = list(range(len(plan.windows)))
     last = [windows.pop()]
     if take_call_seconds(plan, request, last, True) > MAX_CALL_S:
@@ -196,19 +184,15 @@ def _number(value, default: int) -> int:
         return default
 
 
-# ---------------------------------------------------------------------------------------------------------
-# 3. Weights on a Space
-# ---------------------------------------------------------------------------------------------------------
+# --- 3. Weights on a Space ---
 
 
 SPACE_TIERS = ("distill", "540p")  # the weights of magihuman.build.DEFAULT_DITS
 
 
 def with_space_weights(load: Callable[[StatusFn], Engine]) -> Callable[[StatusFn], Engine]:
-    """`load`, preceded on a Hugging Face Space with a GPU (ZeroGPU included) by fetching missing weights: a
-    Space starts from its repository alone. `start_slot` applies it; a slot made otherwise should too. Into
-    $MAGIHUMAN_WEIGHTS (persistent storage: /data/weights), with $HF_TOKEN for the gated text encoder.
-    MAGIHUMAN_MODEL=tiny or MAGIHUMAN_DOWNLOAD=0 skip it."""
+    """`load`, preceded on a GPU Space by fetching missing weights (a Space starts from its repository alone)
+    into $MAGIHUMAN_WEIGHTS; MAGIHUMAN_MODEL=tiny or MAGIHUMAN_DOWNLOAD=0 skip it."""
     env = os.environ
     if not env.get("SPACE_ID") or env.get("MAGIHUMAN_MODEL") == "tiny" or env.get("MAGIHUMAN_DOWNLOAD") == "0":
         return load

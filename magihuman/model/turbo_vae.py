@@ -72,8 +72,7 @@ class TimePaddedConv3d(nn.Module):
 
 
 class ResnetBlock3d(nn.Module):
-    """norm1 -> act -> conv1 -> norm2 -> SiLU -> conv2, plus the shortcut (conv_shortcut(norm3(x)) when the
-    width changes). `act` is ReLU after an upsampler, SiLU elsewhere."""
+    """norm -> act -> conv1 -> norm -> SiLU -> conv2, plus the shortcut; `act` is ReLU after an upsampler."""
 
     def __init__(self, in_channels: int, out_channels: int, shortcut_eps: float, relu_first: bool) -> None:
         super().__init__()
@@ -268,8 +267,7 @@ class TurboVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, on_window: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Normalised latent (B, 48, T, h, w) -> video (B, 3, 4·(T-1)+1, 16h, 16w), window by window (independent
-        windows: no cache, no blending)."""
+        """Normalised latent (B, 48, T, h, w) -> video (B, 3, 4·(T-1)+1, 16h, 16w), in independent windows."""
         pieces = []
         for done, total, piece in self.decode_windows(z):
             pieces.append(piece)
@@ -279,8 +277,7 @@ class TurboVAE(nn.Module):
 
     @torch.no_grad()
     def decode_windows(self, z: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """`decode` yielding (done, total, piece) per window, so a consumer can encode a piece while the next
-        decodes; the pieces concatenate to `decode(z)`."""
+        """`decode` as (done, total, piece) per window, so a consumer can encode a piece while the next decodes."""
         frames_left = self.config.temporal_compression_ratio * (z.shape[2] - 1) + 1
         z = denormalize(z.to(self.decoder.conv_in.conv.weight.dtype))
         pad, windows = window_schedule(z.shape[2], self.config)

@@ -1,7 +1,6 @@
 """Ulysses context parallel for one DiT forward (DeepSpeed-Ulysses, as the reference's `cp_size`).
 
-The N packed tokens are split into P contiguous chunks (no padding, so no fake keys); everything row-wise runs on
-the local rows. Around each attention call two `all_to_all_single`s trade rows for heads and back:
+P contiguous chunks of the N packed tokens (no padding, so no fake keys); two all-to-alls around attention:
 
     q (n, Hq, D), k, v (n, Hkv, D)  ──pack per destination──►  (P·n, (Hq + 2·Hkv)/P, D)
         ──all_to_all──►  (N, (Hq + 2·Hkv)/P, D)  ──►  q (N, Hq/P, D), k, v (N, Hkv/P, D)
@@ -118,9 +117,8 @@ def gather_rows(x: torch.Tensor, sizes: tuple[int, ...], shard: Shard) -> torch.
 
 
 class ContextParallel:
-    """Ulysses context parallel for a DiT: shard the inputs, exchange around attention, gather the outputs.
-    `shard` is the group of the next forward (the world, or one CFG branch's group). Every process of the group
-    must call the forward with the same inputs, in the same order, on the group's device."""
+    """Ulysses context parallel for a DiT over `shard` (the world, or one CFG branch's group): every process of
+    the group must call the forward with the same inputs, in the same order, on the group's device."""
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard

@@ -1,8 +1,7 @@
 """The scorecard of one take and `score_take`, which fills it part by part.
 
-Each part (words, timing, sync, sound, and voice when a reference recording is given) needs its own optional
-package and model. A part that cannot run is recorded in `unavailable` with the reason and its fields stay None;
-the others still run. The card is a plain dataclass of JSON types, so `asdict` is its JSON.
+Each part needs its own optional package and model; one that cannot run is recorded in `unavailable` with the
+reason, and the others still run.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from magihuman.media import MEDIA_LIMITS, load_audio
 from magihuman.score.clip import MAX_TAKE_SECONDS, SAMPLE_RATE, TakeMedia, read_take
 from magihuman.score.sync import MIN_CONFIDENCE
 
-# Packages per part: (import name, pip name).
 _NEEDS = {
     "words": (("faster_whisper", "faster-whisper"), ("jiwer", "jiwer")),
     "timing": (("silero_vad", "silero-vad"),),
@@ -72,8 +70,7 @@ class Scorecard:
         return self.wer if self.wer is not None else self.cer
 
     def rows(self) -> list[tuple[str, str]]:
-        """The card as (name, plain text) rows, one list for every view: the terminal prints them, the studio
-        escapes them (and marks the `HEARD` row's differing words and the `FLAG` rows)."""
+        """The card as (name, plain text) rows, for every view (the terminal, the studio)."""
         rows = []
         if self.error_rate is not None:
             name = "WER" if self.wer is not None else "CER"
@@ -116,9 +113,7 @@ def missing_package(part: str) -> str | None:
 
 
 def score_take(video: str | Path, prompt: str = "", audio: str | Path | None = None) -> Scorecard:
-    """Score a take (an MP4 with sound) against its generation `prompt` and, when `audio` names a recording
-    (any file with sound), the take's voice against that recording's. Raises `InputError` when the take is not
-    usable or the recording has no usable sound."""
+    """Score a take (an MP4 with sound) against its `prompt` and, given `audio`, its voice against that recording."""
     take = read_take(video)
     reference = None if audio is None else load_audio(audio, sample_rate=SAMPLE_RATE, limits=REFERENCE_LIMITS)
     card = Scorecard(round(take.video_seconds, 3), round(take.audio_seconds, 3), round(take.fps, 3))
@@ -210,9 +205,8 @@ def _voice(card: Scorecard, take: TakeMedia, reference, speech) -> None:
 
 
 def overall_score(card: Scorecard) -> float | None:
-    """A 0-100 ranking number: the mean of the parts that ran, each 0-1 (1 - error rate; DNSMOS overall
-    mapped from 1-5; sync 1 at offset 0 falling to 0 at 5 frames, 0 without a face or a clear peak), minus
-    `FLAG_PENALTY` per flag. A heuristic for sorting takes, not a calibrated measure."""
+    """A 0-100 number for sorting takes (a heuristic, not a calibrated measure): the mean of the parts that ran,
+    each 0-1, minus `FLAG_PENALTY` per flag."""
     parts = []
     if card.error_rate is not None:
         parts.append(1 - min(card.error_rate, 1.0))

@@ -1,9 +1,7 @@
 """Reading a take for scoring: grey frames for the mouth and 16 kHz mono audio for the ear, in one pass.
 
-Everything is decoded in-process by PyAV inside one `with` block: no container, codec or resampler outlives
-the call, because the studio's processes fork (ZeroGPU workers) and a forked codec context is unusable.
-Frames are downscaled to at most `FRAME_WIDTH` pixels wide while decoding: the face detector and the mouth
-signal need no more, and a 60 s take then costs ~6 MB of memory instead of ~500 MB.
+No codec outlives the call (a forked codec context is unusable, and the studio forks). Frames are downscaled
+to `FRAME_WIDTH` while decoding: the face detector needs no more, and a 60 s take costs ~6 MB, not ~500 MB.
 """
 
 from __future__ import annotations
@@ -40,8 +38,7 @@ class TakeMedia:
 
 
 def read_take(path: str | Path, max_seconds: float = MAX_TAKE_SECONDS) -> TakeMedia:
-    """Decode the first video and audio tracks of `path`. Raises `InputError` for a missing, empty or huge
-    file, one FFmpeg cannot read, one without a video or an audio track, or one longer than `max_seconds`."""
+    """Decode the first video and audio tracks of `path`; `InputError` for a file that cannot be scored."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"the take {path.name} was not found")

@@ -1,9 +1,7 @@
 """Sound: DNSMOS (Microsoft's non-intrusive speech quality model) signal, background and overall, 1-5.
 
-The ONNX model comes from the `speechmos` wheel, run here with onnxruntime directly: the package's own entry
-point imports librosa (and numba) only for the P.808 score, which the card does not show. Like speechmos,
-the audio is cut into 9.01 s windows one second apart (a shorter take is repeated to fill one) and the raw
-outputs are mapped through DNSMOS's published third-order polynomials, then averaged.
+The `speechmos` wheel's ONNX model, run with onnxruntime directly (its entry point imports librosa only for the
+P.808 score). As in speechmos: 9.01 s windows 1 s apart, raw outputs mapped through the published polynomials.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """Sync: does the mouth move with the voice, and how many frames apart? A proxy, not SyncNet.
 
-1. Face: OpenCV's Haar cascade (shipped in the opencv-python-headless 4.x wheel; 5.x dropped it) on a few
-   frames spread over the take; the median box of the largest face. No face on any of them is a result.
-   (MediaPipe 0.10.14, the last wheel with its face landmark models, would need protobuf 4 and JAX, which
-   clash with this environment, so there are no landmarks: the mouth region is a fixed part of the box.)
-2. Mouth signal: the main direction of change of the mouth region's pixels over time (first principal
-   component), which for a talking face is the mouth opening and closing.
-3. Voice signal: the audio's RMS envelope over each video frame's span.
-4. Offset: the lag (±`MAX_LAG_FRAMES`) maximising |correlation| of the two signals; positive means the sound
-   comes after the mouth. Confidence: peak minus median |correlation| over the lags, as SyncNet reports it.
+The face is OpenCV's Haar cascade (4.x wheels; 5.x dropped it); MediaPipe's landmarks would need protobuf 4 and
+JAX, so the mouth is a fixed part of the box. Confidence is peak minus median |correlation|, as SyncNet reports it.
 """
 
 from __future__ import annotations

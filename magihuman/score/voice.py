@@ -1,18 +1,8 @@
 """Voice: how alike two voices sound, as the cosine similarity of speaker embeddings (a GE2E speaker encoder).
 
-The weights are Resemblyzer's pretrained encoder, the `pretrained.pt` file its wheel ships (installed with
-`--no-deps`: the package's own code imports librosa, numba and webrtcvad, none of which runs here). The network
-and the front end are ours, built to the encoder's published parameters:
-
-- 16 kHz mono, raised to -30 dBFS when quieter (never lowered), silences cut (Silero VAD, as the timing part);
-- a power mel spectrogram (not log): 25 ms Hann window, 10 ms hop, 40 Slaney-style mel bands from 0 to 8 kHz;
-- windows of 160 frames (1.6 s), 1.3 per second, the last one dropped when it would be under 75 % speech;
-- three LSTM layers of 256, a linear layer to 256 and a ReLU on the last hidden state, L2-normalised per
-  window; the utterance embedding is the normalised mean of its windows' embeddings.
-
-Embeddings are non-negative, so the similarity of two of them lies in 0-1; different speakers typically score
-around 0.5-0.75 and the same speaker above 0.8, but the scale depends on the recordings: compare takes with one
-another against one reference rather than reading one number in isolation.
+Resemblyzer's `pretrained.pt` with our own network and front end (power mel, not log), built to the encoder's
+published parameters (README: Voice similarity). Embeddings are non-negative, so similarities lie in 0-1 and the
+scale depends on the recordings: compare takes against one reference, not one number in isolation.
 """
 
 from __future__ import annotations
@@ -58,8 +48,7 @@ class SpeakerEncoder(nn.Module):
 
 
 def weights_path() -> Path | None:
-    """Where the wheel put the encoder's weights, found without importing the package (its __init__ imports
-    librosa); None when resemblyzer is not installed."""
+    """The wheel's encoder weights, found without importing the package (its __init__ imports librosa)."""
     spec = importlib.util.find_spec("resemblyzer")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -69,8 +58,7 @@ def weights_path() -> Path | None:
 
 @lru_cache(maxsize=1)
 def _encoder(pid: int) -> SpeakerEncoder:
-    """Keyed by pid: a forked process loads its own copy. Raises RuntimeError for a weights file that is not
-    this network's (a changed wheel) rather than loading it partly."""
+    """Keyed by pid: a forked process loads its own copy. A changed wheel's weights are refused, not partly loaded."""
     path = weights_path()
     if path is None:
         raise RuntimeError(f"resemblyzer's {WEIGHTS_FILE} was not found (pip install --no-deps resemblyzer)")
@@ -117,8 +105,7 @@ def _mel_to_hz(mel):
 
 
 def mel_frames(audio: np.ndarray) -> np.ndarray:
-    """(T, 40) power mel frames of (N,) float32 16 kHz audio, T = N // 160 + 1 (frames centred on each hop,
-    the signal zero-padded by half a window at both ends)."""
+    """(T, 40) power mel frames of (N,) float32 16 kHz audio, T = N // 160 + 1 (centred, zero-padded)."""
     spectrum = torch.stft(
         torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
         n_fft=WINDOW,
@@ -133,8 +120,7 @@ def mel_frames(audio: np.ndarray) -> np.ndarray:
 
 
 def speech_only(audio: np.ndarray) -> np.ndarray:
-    """The audio's speech segments (Silero VAD, with a margin) joined; all of it when the VAD is not installed
-    or hears none. Pauses would otherwise fill whole windows with silence, which has no voice to compare."""
+    """The audio's speech segments joined (else all of it): pauses would fill windows with silence, no voice."""
     if importlib.util.find_spec("silero_vad") is None:
         return audio
     from magihuman.score.timing import speech_span
@@ -154,8 +140,7 @@ def _louder(audio: np.ndarray) -> np.ndarray:
 
 
 def _window_starts(samples: int) -> tuple[list[int], int]:
-    """Start frames of the 160-frame windows covering `samples` of audio, and the samples they need (the audio
-    is zero-padded to that length)."""
+    """Start frames of the 160-frame windows covering `samples`, and the (zero-padded) samples they need."""
     frames = samples // HOP + 1
     step = round(SAMPLE_RATE / PARTIALS_PER_SECOND / HOP)  # 77 frames
     starts = list(range(0, max(frames - PARTIAL_FRAMES + step, 1), step))
@@ -167,8 +152,7 @@ def _window_starts(samples: int) -> tuple[list[int], int]:
 
 
 def voice_embedding(audio: np.ndarray) -> np.ndarray:
-    """(256,) unit-length speaker embedding of (N,) float32 16 kHz mono speech. Raises ValueError for audio
-    without sound."""
+    """(256,) unit-length speaker embedding of (N,) float32 16 kHz mono speech."""
     if not np.any(audio):
         raise ValueError("the recording is silent: there is no voice to compare")
     speech = _louder(speech_only(audio.astype(np.float32)))

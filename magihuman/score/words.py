@@ -1,12 +1,7 @@
 """Words: what the take says (faster-whisper, CPU int8) against the `Dialogue:` lines of its prompt.
 
-The error rate is WER for languages written with spaces between words and CER for Mandarin, Cantonese,
-Japanese and Korean (the prompt format spaces CJK characters apart, which are not words). Both sides are
-normalised first, as ASR benchmarks do: case, punctuation, English numbers as words ("11" = "eleven"),
-British and American spellings.
-
-The model is named by `MAGIHUMAN_ASR_MODEL`: a local CTranslate2 folder, or a faster-whisper model name that
-is downloaded once into the Hugging Face cache (default `DEFAULT_ASR_MODEL`).
+CER for CJK languages (the prompt format spaces their characters apart, which are not words), WER otherwise;
+both sides normalised first, as ASR benchmarks do.
 """
 
 from __future__ import annotations
@@ -81,8 +76,7 @@ def asr_model_name() -> str:
 
 @lru_cache(maxsize=2)
 def _load_model(name: str, pid: int):
-    """One model per name and process: keyed by pid so that a forked process loads its own (CTranslate2's
-    thread pool does not survive a fork)."""
+    """Keyed by pid: a forked process loads its own (CTranslate2's thread pool does not survive a fork)."""
     from faster_whisper import WhisperModel
 
     if not Path(name).is_dir():
@@ -104,10 +98,8 @@ def asr_model():
 
 
 def transcribe(audio: np.ndarray, language: str | None) -> Heard:
-    """Transcribe 16 kHz mono audio in `language` (a prompt-format name; None: the language heard). The
-    language is detected separately and reported, so a take in the wrong language is flagged, while the
-    words are read in the requested one, as ASR benchmarks of speech generators do. Beam search at
-    temperature 0 only: deterministic, and no retries at higher temperatures on a hard clip."""
+    """Transcribe 16 kHz mono audio in `language` (None: the one heard). The language heard is reported apart
+    (a wrong one is flagged) while the words are read in the requested one, as ASR benchmarks do."""
     model = asr_model()
     with _LOCK:
         if model.model.is_multilingual:
@@ -139,9 +131,7 @@ def language_matches(requested: str, heard_code: str) -> bool:
     return heard_code in _SAME_LANGUAGE.get(wanted, {wanted})
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Normalisation and error rates
-# ---------------------------------------------------------------------------------------------------------
+# --- Normalisation and error rates ---
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
 _ONES += "seventeen eighteen nineteen"
@@ -167,8 +157,7 @@ def english_number(n: int) -> str:
 
 
 def normalise(text: str, language: str | None) -> str:
-    """Lower case, punctuation and symbols removed, whitespace collapsed; English also spells out numbers and
-    unifies -our/-or and -ise/-ize. The same function runs on both sides, so a rule can only merge spellings."""
+    """Lower case, no punctuation; English numbers spelled out, -our/-ise unified (both sides, so rules only merge)."""
     text = unicodedata.normalize("NFKC", text).lower()
     if language in (None, "English"):
         text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
@@ -180,8 +169,7 @@ def normalise(text: str, language: str | None) -> str:
 
 
 def error_rate(expected: str, heard: str, language: str | None) -> tuple[str, float, list[dict[str, str]]]:
-    """("wer" or "cer", the rate, a word diff). The diff lists {"op", "expected", "heard"} runs, op one of
-    equal/substitute/delete/insert, for marking the differing words. An empty transcript scores 1.0."""
+    """("wer" or "cer", the rate, a diff of {"op", "expected", "heard"} runs for marking differing words)."""
     import jiwer
 
     metric = "cer" if language in CER_LANGUAGES else "wer"
