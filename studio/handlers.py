@@ -29,6 +29,7 @@ from studio.history import StoredTake, TakeStore, caption, clean_history, with_t
 from studio.live import LivePieces
 from studio.player import ComparePlayer
 from studio.runtime import EngineSlot
+from studio.slot import bind_slot, ready_engine
 from studio.snippets import cli_line, python_call
 from studio.take_actions import StoppedTakes, TakeActions
 
@@ -79,7 +80,7 @@ class Studio:
         return f"**Engine {status.state}:** {text}"
 
     def _require_engine(self) -> None:
-        gpu.ready_engine(self.slot)
+        ready_engine(self.slot)
 
     # --- generate and upscale ---------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Studio:
         def stop_requested() -> bool:
             return self.stops.get(session, False) or client_gone()
 
-        gpu.bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
+        bind_slot(self.slot)  # this studio's engine (a process may hold several demos, e.g. in tests)
         try:
             return jobs.run_job(job, report, stop_requested, lambda piece: self.live.add(request, piece))
         except gr.Error as exc:

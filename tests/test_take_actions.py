@@ -17,7 +17,7 @@ from magihuman.config import REQUEST_LIMITS
 from magihuman.engine import GenerationRequest
 from magihuman.long_take import TakeSettings
 from magihuman.take_state import TakeState
-from studio import gpu, jobs
+from studio import gpu_takes, jobs
 from studio.handlers import Studio
 from studio.runtime import EngineSlot
 from studio.take_actions import NOTHING_TO_RESUME, StoppedTakes
@@ -150,10 +150,11 @@ def test_the_api_rerolls_a_window(stub, studio, whole) -> None:
 
 
 def test_zerogpu_asks_for_the_windows_each_action_makes(whole) -> None:
-    """The calls' durations on ZeroGPU (studio.gpu): a continue asks for its new windows, a re-roll for one."""
+    """The calls' durations on ZeroGPU (studio.gpu_takes): a continue asks for its new windows, a re-roll for one."""
     take = whole[1].take
-    one = gpu._reroll_seconds(take, 0, None)
-    assert 0 < one < gpu._continue_seconds(take, 10, None, False) < gpu._continue_seconds(take, 60, None, True)
+    one = gpu_takes._reroll_seconds(take, 0, None)
+    ten, sixty = gpu_takes._continue_seconds(take, 10, None, False), gpu_takes._continue_seconds(take, 60, None, True)
+    assert 0 < one < ten < sixty
 
 
 def test_a_job_closed_by_stop_hands_its_stopped_take_up(stub) -> None:

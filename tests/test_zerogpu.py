@@ -159,7 +159,7 @@ from tests.zerogpu_stub import cpu_torch_shims
 cpu_torch_shims()
 import spaces  # SPACES_ZERO_GPU=true: CUDA is emulated in this (the main) thread from here on
 from spaces.zero.torch import patching
-from studio import gpu, space
+from studio import gpu, gpu_takes, space
 from studio.runtime import EngineSlot
 
 def loader(models):
@@ -176,12 +176,12 @@ seen = {"main thread": []}
 slot = gpu.start_slot(loader(models))
 seen.update(
     on_zerogpu=space.ON_ZEROGPU, size=space.GPU_SIZE, state=slot.status.state, status=slot.status.message,
-    ready_at_once=slot.engine is not None, bound=gpu._engine() is slot.engine,
+    ready_at_once=slot.engine is not None, bound=gpu.bound_engine() is slot.engine,
     dit_device=str(next(models.dits["distill"].parameters()).device),
     emulated_tensors=len(patching.cuda_aliases), memory_env=os.environ.get("MAGIHUMAN_GPU_MEMORY_GB"),
     wrapped=all(
         hasattr(f, "zerogpu")
-        for f in (gpu._gpu_generate, gpu._gpu_advance_take, gpu._gpu_finish_take, gpu.gpu_upscale)
+        for f in (gpu._gpu_generate, gpu_takes._gpu_advance_take, gpu_takes._gpu_finish_take, gpu.gpu_upscale)
     ),
 )
 # spaces packs what is on "cuda" when launch() runs: here, the engine

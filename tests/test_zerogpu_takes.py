@@ -7,23 +7,18 @@ from __future__ import annotations
 import json
 import pickle
 
-import av
 import numpy as np
 import pytest
 
 from magihuman.config import FPS
 from magihuman.engine import GenerationRequest, Result
 from magihuman.long_take import TakeSettings
+from magihuman.media import read_video_frames
 from magihuman.take_plan import Shot, plan_take
-from studio import gpu, space
+from studio import gpu, slot, space
 from studio.jobs import Piece, Progress
 from studio.runtime import EngineSlot
 from tests.long_take_stub import make_stub
-
-
-def _frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def test_a_long_take_is_split_into_calls_under_the_limit_and_equals_one_call(tiny_engine, tmp_path, monkeypatch):
@@ -31,7 +26,7 @@ def test_a_long_take_is_split_into_calls_under_the_limit_and_equals_one_call(tin
     engine = stub.engine
     engine.take_settings = TakeSettings(window_frames=13)
     request = GenerationRequest(prompt="A man talks.", shots=json.dumps([{"seconds": 2}]), seed=5)
-    monkeypatch.setattr(gpu, "_slot", EngineSlot.ready(engine))
+    monkeypatch.setattr(slot, "_slot", EngineSlot.ready(engine))
     monkeypatch.setattr(gpu, "SPLIT_LONG_TAKES", True)
     monkeypatch.setattr(space, "MAX_CALL_S", 25)  # ≥ 22 s per call here: a few windows per call
     calls = []
@@ -56,7 +51,7 @@ def test_a_long_take_is_split_into_calls_under_the_limit_and_equals_one_call(tin
     assert len(calls) >= 2 and [i for _, made, _ in calls for i in made] == list(range(5))
     assert all(seconds <= space.MAX_CALL_S for _, _, seconds in calls)
     whole = engine.generate(request)
-    assert np.array_equal(_frames(result.video_path), _frames(whole.video_path))
+    assert np.array_equal(read_video_frames(result.video_path), read_video_frames(whole.video_path))
     pickle.loads(pickle.dumps(result))  # the Result crosses back (its windows stay on disk)
 
 
