@@ -2,13 +2,9 @@
 
 Two halves, because a browser's history must never name a server file:
 
-- `TakeStore` (server): id -> `StoredTake` (the engine's `Take`, its base and SR mp4s, a poster frame, the
-  timings). Bounded: adding the 33rd take drops the oldest and deletes its folder.
-- history records (browser, in `gr.BrowserState`): small dicts with the take id and what the gallery shows
-  (prompt excerpt, seed, model, steps, resolution, timing). Everything else is looked up by id in the store,
-  so a record edited in the browser can at most name another id, which is as unguessable as a password.
-
-No gradio import: the handlers wire these into events; the tests use them directly.
+- `TakeStore` (server): id -> `StoredTake`; adding the 33rd take drops the oldest and deletes its folder.
+- history records (browser, in `gr.BrowserState`): the take id and the gallery caption's facts. Everything else
+  is looked up by id, so a record edited in the browser can at most name another, equally unguessable, id.
 """
 
 from __future__ import annotations
@@ -59,8 +55,7 @@ class StoredTake:
 
 
 class TakeStore:
-    """The most recent takes under unguessable ids, so later requests (upscale, select, compare) can continue
-    them. Bounded: the oldest take is dropped (and its output folder deleted) when the store is full."""
+    """The most recent takes under unguessable ids, so later requests (upscale, select, compare) can use them."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
@@ -125,11 +120,6 @@ def poster_frame(video: Path) -> Path | None:
     except (OSError, InputError, av.error.FFmpegError):
         return None
     return poster
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Browser records
-# ---------------------------------------------------------------------------------------------------------
 
 
 def record(take_id: str, stored: StoredTake) -> dict:
