@@ -64,7 +64,6 @@ class TakeStore:
         self._made = 0
 
     def add(self, result: Result, take_id: str | None = None) -> str:
-        """Keep the take under `take_id` (None: a new unguessable id); returns the id."""
         take_id = take_id or secrets.token_urlsafe(12)
         stored = StoredTake(result.take, 0, dict(result.timings), poster_frame(result.video_path))
         if result.sr_video_path is not None and result.sr_resolution is not None:
@@ -162,5 +161,4 @@ def clean_history(history) -> list[dict]:
 
 
 def with_take(history, take_id: str, stored: StoredTake) -> list[dict]:
-    """The history with this take's record first (replacing an older record of the same take)."""
     return [record(take_id, stored)] + [rec for rec in clean_history(history) if rec["id"] != take_id][: CAPACITY - 1]
