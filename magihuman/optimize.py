@@ -87,7 +87,6 @@ class SpeedFlags:
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --compile/--no-compile, --fp8, --offload and --attention (read back with `SpeedFlags.from_args`)."""
     group = parser.add_argument_group("speed steps")
     group.add_argument(
         "--compile",
