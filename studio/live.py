@@ -189,8 +189,7 @@ class LivePieces:
             self._jobs.setdefault(self._session_of(request), _Job()).finished = True
 
     def poll(self, request: gr.Request | None):
-        """(the widget's value, the timer's update) for the page's timer: `gr.skip()` for what has not changed;
-        after the job has ended, the value marked done, once, and the timer off."""
+        """(widget value, timer update): `gr.skip()` when unchanged; once the job ends, done once, timer off."""
         with self._lock:
             job = self._jobs.get(self._session_of(request))
             if job is None:
