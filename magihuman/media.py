@@ -234,9 +234,8 @@ def write_mp4(
 
 
 class Mp4Writer:
-    """`write_mp4` with the frames in pieces, so that encoding overlaps decoding; a context manager that removes
-    the partial file on an exception. With `audio_later` the audio comes by `add_audio` after the frames (a long
-    take decodes its speech at the end)."""
+    """`write_mp4` in pieces, so encoding overlaps decoding; removes the partial file on an exception.
+    `audio_later`: the audio comes by `add_audio` after the frames (a long take decodes its speech at the end)."""
 
     def __init__(
         self,
