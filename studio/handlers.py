@@ -150,7 +150,6 @@ class Studio:
         return f"**{stored.label()}**, {stored.take.request.mode}\n```\n{table}\n```"
 
     def remember(self, take_id: str, history) -> list[dict]:
-        """The browser's history with this take first (after /generate or /upscale in the page)."""
         stored = self.takes.get(take_id)
         return with_take(history, take_id, stored) if stored is not None else clean_history(history)
 
@@ -222,10 +221,8 @@ GENERATE_DOC = "\n".join(
 
 
 def _field_function(body: Callable, name: str, doc: str) -> Callable:
-    """A function taking one argument per request field (the required ones without a default),
-    then the gr.Request and the gr.Progress; it calls `body(values, request, progress)`. Gradio reads its
-    signature for the API's parameter names and defaults, its docstring for their descriptions (the API page,
-    the MCP tool)."""
+    """A function taking one argument per request field, then gr.Request and gr.Progress, that calls
+    `body(values, request, progress)`. Gradio reads its signature and docstring for the API page and MCP tool."""
     parameters = [
         inspect.Parameter(
             f.name,
