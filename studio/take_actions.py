@@ -86,8 +86,7 @@ class TakeActions:
 
     def resume(self, request: gr.Request = None, progress: gr.Progress = gr.Progress()):
         """Finish the long take this client stopped (with Stop), from the windows it had made: the same take
-        an uninterrupted run makes. Returns what /generate returns.
-        """
+        an uninterrupted run makes. Returns what /generate returns."""
         studio = self.studio
         gpu_resume = self._gpu_function("gpu_resume")
         state = studio.stopped.pop(request)
