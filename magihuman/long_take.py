@@ -12,9 +12,8 @@ generated speech: one decode of the stitched audio latents, muxed after the vide
 SR (540p/1080p, now or later from the Take): the same windows, prefixes from the SR stream
 ```
 
-Memory stays bounded by one window of frames: the mp4 is written as each window decodes; what is kept per
-window (its latents and seam frame, for the next window, SR, `upscale`, resume, re-roll and continuation) is
-written beside the take (magihuman.take_state), not held in memory.
+Memory stays bounded by one window of frames: the mp4 is written as each window decodes, and what each window
+keeps is written beside the take (magihuman.take_state), not held in memory.
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ from magihuman.text import NEGATIVE_PROMPT
 from magihuman.threads import worker_thread
 
 ProgressFn = Callable[[str, int, int], None]
-# A window just made, as a playable mp4 of its own (path, window index, window count): the studio plays the
-# first windows while the others render.
+# (path, window index, window count) of a window's own mp4: the studio plays it while the others render.
 PieceFn = Callable[[Path, int, int], None]
 # Decoding stops one second past the cap, so a longer recording is told apart (and refused) cheaply.
 LONG_TAKE_AUDIO = replace(MEDIA_LIMITS, max_audio_seconds=MAX_TAKE_SECONDS + 1)
@@ -67,8 +65,7 @@ class LongTake:
 
 
 def prepare(request, settings: TakeSettings) -> LongTake | None:
-    """The plan of a (validated) request that needs more than one model call; None for a single clip, which
-    the engine makes exactly as before. Decodes the recording (up to 2 minutes) to learn its length."""
+    """The plan of a request that needs more than one model call; None for a single clip."""
     shots = parse_shots(request.shots)
     seconds = request.seconds
     if shots is None and request.audio is None:  # `validate` gave the seconds
@@ -78,7 +75,7 @@ def prepare(request, settings: TakeSettings) -> LongTake | None:
     wave = None
     if request.audio is not None:
         wave = load_audio(request.audio, sample_rate=AUDIO.virtual_sample_rate, limits=LONG_TAKE_AUDIO)
-        available = len(wave) // AUDIO.samples_per_latent  # whole frames of the recording
+        available = len(wave) // AUDIO.samples_per_latent
         if shots is None and seconds is None:
             if available > MAX_TAKE_SECONDS * FPS:
                 raise InputError(_too_long(request.audio))
@@ -167,11 +164,6 @@ def encode_recording(audio_vae, wave: np.ndarray, generator: torch.Generator | N
     return total / weights[None, :, None]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Running a plan
-# ---------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class _Carry:
     """What window w hands to window w+1: its latents and audio, and its decoded seam frame (float pixels)."""
@@ -184,8 +176,7 @@ class _Carry:
 def advance(
     engine, state: TakeState, count: int, timer, progress: ProgressFn, cancel, on_piece: PieceFn | None = None
 ) -> TakeState:
-    """Make the next `count` windows of `state` and store them beside the take, without writing the mp4 (one GPU
-    call of a take split into several); returns the state that goes on from there."""
+    """Make and store the next `count` windows of `state`, without the mp4 (one GPU call of a split take)."""
     if not 1 <= count <= len(state.todo):
         raise ValueError(f"{count} windows asked for; {len(state.todo)} are left to make")
     _run(engine, state, state.todo[:count], None, timer, progress, cancel, on_piece=on_piece)
@@ -201,11 +192,8 @@ def finish(
     wave: np.ndarray | None = None,
     on_piece: PieceFn | None = None,
 ) -> dict:
-    """Make what is left of `state` and write the take to `base_256p.mp4` window by window (the windows made
-    earlier are decoded again from their stored latents). `wave`: the recording, if the caller has decoded it.
-    Returns the fields of its `Take` (the engine builds it, and runs SR on it when the resolution asks for one).
-    `on_piece`: each window made now is also written to an mp4 of its own (its kept frames and sound) and handed
-    over as soon as it is done."""
+    """Make what is left of `state` and write the whole take to `base_256p.mp4` (earlier windows decoded again
+    from their stored latents); returns the fields of its `Take`."""
     plan, folder = state.plan, state.folder
     path = folder / "base_256p.mp4"
     image, output_audio = _run(engine, state, state.todo, path, timer, progress, cancel, wave, on_piece)
@@ -229,8 +217,8 @@ def finish(
 def _run(
     engine, state: TakeState, render, path: Path | None, timer, progress: ProgressFn, cancel, wave=None, on_piece=None
 ):
-    """Make the windows `render` (in order), each stored as it finishes; with `path`, also write every window's
-    kept frames to it (made now or decoded from its stored latents). Returns (portrait, output audio)."""
+    """Make the windows `render`, each stored as it finishes; with `path`, also write every window's kept frames.
+    Returns (portrait, output audio)."""
     request, plan, folder, device = state.request, state.plan, state.folder, engine.device
     portrait = request.aspect == "portrait"
     base_res = RESOLUTIONS["256p"]
@@ -265,7 +253,7 @@ def _run(
     if base_model == "base" and render:
         negative = engine._encode_text(request.negative_prompt or NEGATIVE_PROMPT)
     todo, last = set(render), max(render, default=-1)
-    generated_audio: list[torch.Tensor] = []  # rows of the stitched audio stream, window by window
+    generated_audio: list[torch.Tensor] = []
     carry: _Carry | None = None
     opened = _writer(engine, path, output_audio, request.quality) if path is not None else nullcontext()
     try:
@@ -417,8 +405,7 @@ def _prefix(
 
 
 def plan_table(take) -> str:
-    """A long take's plan as a small text table (the studio's details): kept frames, shot, seed and the
-    carried frame's colour distance from the portrait per window."""
+    """A long take's plan as a small text table (the studio's details)."""
     plan = take.plan
     lines = [
         f"long take: {plan.frames} frames ({plan.seconds:.2f} s) in {len(plan.windows)} windows",
@@ -452,9 +439,8 @@ def _write_window(
     cancel,
     own_writer: Mp4Writer | None = None,
 ) -> torch.Tensor | None:
-    """Decode one window and encode its kept frames on the mux thread (with a writer, and into the window's own
-    mp4 with `own_writer`) while the next piece decodes; returns the seam frame in float (no 8-bit round trip
-    before it is re-encoded)."""
+    """Decode one window and encode its kept frames on the mux thread while the next piece decodes; returns the
+    seam frame in float (no 8-bit round trip before it is re-encoded)."""
     keep_from, keep_to = window.overlap, window.overlap + window.keep
     encoder = worker_thread("mux")
     writers = [w for w in (writer, own_writer) if w is not None]
@@ -493,8 +479,7 @@ def _write_window(
 
 
 def _piece_writer(engine, folder: Path, window: Window, recording, latent_audio, quality: str) -> Mp4Writer:
-    """The writer of one window's own mp4: its kept frames with their slice of the recording (51.2 kHz, padded),
-    or, for generated speech (decoded for the take only at the end), its own kept audio rows decoded for it."""
+    """The writer of one window's own mp4; generated speech is decoded for it alone (the take's comes at the end)."""
     if recording is not None:
         per = AUDIO.samples_per_latent
         own = recording[window.first_new * per : (window.first_new + window.keep) * per]

@@ -50,9 +50,6 @@ def _existing_file(path: str | Path, max_bytes: int, what: str) -> Path:
     return path
 
 
-# --- 1. Portraits (TI2V reference image) -----------------------------------------------------------------
-
-
 def load_portrait(path: str | Path, limits: MediaLimits = MEDIA_LIMITS) -> Image.Image:
     """An uploaded still image as an upright RGB picture (EXIF orientation applied, transparency on white)."""
     path = _existing_file(path, limits.max_image_bytes, "image")
@@ -126,12 +123,9 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB → (1, 3, 1, H, W) float32 in [−1, 1], x/255·2 − 1 in float32 like diffusers (bit for bit)."""
     if img.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {img.mode!r} (load it with load_portrait)")
-    unit = np.asarray(img).astype(np.float32) / 255.0  # (H, W, 3)
+    unit = np.asarray(img).astype(np.float32) / 255.0
     chw = torch.from_numpy(unit).permute(2, 0, 1)
     return (2.0 * chw - 1.0)[None, :, None].contiguous()
-
-
-# --- 2. Audio input (A2V) --------------------------------------------------------------------------------
 
 
 def load_audio(
@@ -213,9 +207,6 @@ def _check_usable(wave: np.ndarray, name: str, sample_rate: int, limits: MediaLi
         )
 
 
-# --- 3. Audio output -------------------------------------------------------------------------------------
-
-
 def virtual_to_44k(wave: np.ndarray) -> np.ndarray:
     """(N, C) at the virtual 51.2 kHz → (⌊N·441/512⌋, C) float32 at 44.1 kHz by FFT, like the reference
     (not a polyphase filter), unclamped as upstream writes it."""
@@ -223,9 +214,6 @@ def virtual_to_44k(wave: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (samples, channels) audio, got shape {wave.shape}")
     length = wave.shape[0] * OUTPUT_SAMPLE_RATE // VIRTUAL_SAMPLE_RATE
     return signal.resample(wave, length, axis=0).astype(np.float32, copy=False)
-
-
-# --- 4. Muxing -------------------------------------------------------------------------------------------
 
 
 def write_mp4(
@@ -246,9 +234,8 @@ def write_mp4(
 
 
 class Mp4Writer:
-    """`write_mp4` with the frames in pieces, so that encoding overlaps decoding; a context manager that removes
-    the partial file on an exception. With `audio_later` the audio comes by `add_audio` after the frames (a long
-    take decodes its speech at the end)."""
+    """`write_mp4` in pieces, so encoding overlaps decoding; removes the partial file on an exception.
+    `audio_later`: the audio comes by `add_audio` after the frames (a long take decodes its speech at the end)."""
 
     def __init__(
         self,
@@ -266,7 +253,7 @@ class Mp4Writer:
         self.audio_later = audio_later and audio is None
         self.fps, self.sample_rate, self.options = fps, sample_rate, {"crf": str(crf), "preset": preset}
         self.frames_written = 0
-        self._audio_sent = 0  # samples handed to the AAC encoder so far
+        self._audio_sent = 0
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
         self._sound: av.AudioStream | None = None
@@ -386,9 +373,6 @@ def _mux_audio(
     frame.pts = start
     frame.time_base = Fraction(1, stream.rate)
     container.mux(stream.encode(frame))
-
-
-# --- 5. Reading clips back -------------------------------------------------------------------------------
 
 
 def read_video_frames(path: str | Path, max_frames: int | None = None, pixel_format: str = "rgb24") -> np.ndarray:

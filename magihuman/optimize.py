@@ -34,9 +34,6 @@ if TYPE_CHECKING:  # engine imports the samplers and media stack; only its types
     from magihuman.engine import Engine, Models
 
 
-# --- 1. Flags --------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SpeedFlags:
     """Which speed steps to apply. `attention=None` keeps the backend chosen at load (the fastest available)."""
@@ -90,7 +87,6 @@ class SpeedFlags:
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --compile/--no-compile, --fp8, --offload and --attention (read back with `SpeedFlags.from_args`)."""
     group = parser.add_argument_group("speed steps")
     group.add_argument(
         "--compile",
@@ -127,8 +123,6 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool | None) -> bool |
         return False
     raise ValueError(f"${name} must be 1/0, true/false, yes/no or on/off, not {value!r}")
 
-
-# --- 2. Regional compile ---------------------------------------------------------------------------------
 
 # Distinct layer graphs share one code object (TransformerLayer.forward), and dynamo's recompile limit counts
 # per code object: (sandwich gelu, shared swiglu, sandwich swiglu) x (global, frame-local) = 6 graphs, close to
@@ -216,8 +210,6 @@ def _raise_recompile_limit(limit: int) -> None:
     setattr(config, name, max(getattr(config, name), limit))
 
 
-# --- 3. Applying the flags to an engine's models, and warm-up --------------------------------------------
-
 WARM_UP_PROMPT = "A person looks into the camera and says hello."
 
 
@@ -225,7 +217,7 @@ def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, o
     """Apply the DiT steps of `flags` to one model; returns one short phrase per step applied."""
     device = torch.device(device)
     applied = []
-    model.set_attention_backend(select_backend(device, flags.attention))  # None: the fastest available
+    model.set_attention_backend(select_backend(device, flags.attention))
     if flags.attention is not None:
         applied.append(f"attention {model.attention_backend}")
     if flags.fp8:
@@ -248,9 +240,8 @@ def optimize_dit(model: DiT, flags: SpeedFlags, device: torch.device | str, *, o
 def apply_speed_flags(
     models: Models, flags: SpeedFlags, device: torch.device | str, fp8: Collection[str] | None = None
 ) -> list[str]:
-    """Apply `flags` to a loaded engine's models in place; returns one status line per step taken. `fp8`: the
-    DiTs to quantise ("auto" resolved by `magihuman.memory.plan_fp8`). Offload keeps the first base model
-    resident: with fp8 the peak is about 34 GB (a 48 GB card)."""
+    """Apply `flags` to a loaded engine's models in place; returns one status line per step taken. Offload keeps
+    the first base model resident: with fp8 the peak is about 34 GB (a 48 GB card)."""
     device = torch.device(device)
     keep = next((name for name in ("distill", "base") if name in models.dits), None)
     if fp8 is None:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from magihuman.config import REQUEST_LIMITS, TEXT_ENCODER
 from magihuman.take_plan import MAX_TAKE_SECONDS
 
-# --- 1. Languages ----------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Language:
@@ -55,8 +53,6 @@ def get_language(name: str) -> Language:
             return lang
     raise ValueError(f"unknown language {name!r}; choose one of {', '.join(LANGUAGE_NAMES)}")
 
-
-# --- 2. Text clean-up and CJK spacing --------------------------------------------------------------------
 
 # Invisible format characters that only confuse the tokenizer: zero-width space, LRM/RLM, bidi embeddings,
 # overrides and isolates, word joiner, BOM, soft hyphen. The zero-width joiner stays (emoji sequences).
@@ -120,8 +116,6 @@ def _needs_space(prev: str, char: str) -> bool:
     return unicodedata.category(char)[0] not in ("M", "C")
 
 
-# --- 3. Assembling and splitting prompts -----------------------------------------------------------------
-
 NO_BACKGROUND = "No prominent background sound"
 DEFAULT_SPEAKER = "Speaker"
 
@@ -139,9 +133,8 @@ class DialogueLine:
 
 
 def build_prompt(description: str, lines: list[DialogueLine], background: str | None) -> str:
-    """A prompt in the official format. A line the description does not already quote is quoted by an appended
-    sentence (`The woman says: "..."`), so each line appears exactly twice. Nothing is escaped: this is model
-    text, not HTML."""
+    """A prompt in the official format; an unquoted line gets an appended `The woman says: "..."` so each line
+    appears exactly twice. Nothing is escaped: this is model text, not HTML."""
     body = space_cjk(description).translate(_DOUBLE_QUOTES)
     tagged: list[tuple[str, Language, str]] = []
     for line in lines:
@@ -189,7 +182,7 @@ def _subject(speaker: str) -> str:
     if first in ("a", "an", "the"):
         return speaker[0].upper() + speaker[1:]
     if all(not w[:1].islower() for w in words) and first not in _COMMON_NOUNS:
-        return speaker  # a name
+        return speaker
     return "The " + speaker[0].lower() + speaker[1:]
 
 
@@ -198,8 +191,7 @@ _HEADER = re.compile(r"^\s*(Dialogue|Background Sound)\s*:\s*$", re.MULTILINE)
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[DialogueLine], str | None]:
-    """(description, lines, background) that `build_prompt` rebuilds the prompt from. Lenient: rows that do not
-    match are ignored, languages are not validated."""
+    """(description, lines, background) for `build_prompt`. Lenient: rows that do not match are ignored."""
     parts = _HEADER.split(prompt)  # [body, name, content, name, content, ...]
     description = parts[0].strip()
     lines: list[DialogueLine] = []
@@ -217,8 +209,6 @@ def parse_prompt(prompt: str) -> tuple[str, list[DialogueLine], str | None]:
     return description, lines, background
 
 
-# --- 4. Length warnings ----------------------------------------------------------------------------------
-
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters (any script)
 _VOWEL_GROUP = re.compile(r"[aeiouyàâäáãåæéèêëíìîïóòôöõøœúùûüÿ]+")
 _SENTENCE_PAUSE = re.compile(r"[.!?…]+(?=\s)|[。！？]+")
@@ -228,8 +218,7 @@ WARNING_SLACK_S = 0.5  # the rates are rough: only warn when the overshoot is cl
 
 
 def estimate_speech_seconds(text: str, language: str) -> float:
-    """Rough seconds to say `text` comfortably: CJK characters, vowel groups and digits over the language's rate,
-    plus pauses at breaks."""
+    """Rough seconds to say `text` comfortably, pauses at breaks included."""
     lang = get_language(language)
     text = clean_text(text)
     units = 0
@@ -280,9 +269,6 @@ def prompt_length_warning(prompt: str, count_tokens: Callable[[str], int] | None
                 "the end (the Dialogue and Background Sound blocks) is cut: shorten the description."
             )
     return None
-
-
-# --- 5. Example prompts ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,7 @@
 
 Flow convention: x_σ = (1 − σ)·x0 + σ·ε, and the DiT returns v ≈ ε − x0. Scalars are float32 on the CPU, computed
 so that the golden trajectories match bit for bit on any machine (docs/numerics.md, "The sampler's scalars").
-The loops take the DiT (`velocity`), the noise source (drawn in the reference order, so recorded noise can be
-replayed), `on_step` and `cancel` as arguments.
+Noise is drawn in the reference order, so recorded noise can be replayed.
 """
 
 from __future__ import annotations
@@ -29,9 +28,6 @@ ZSNR_BETA_START = 0.00085
 ZSNR_BETA_END = 0.012
 
 
-# --- 1. Sigma grid ---------------------------------------------------------------------------------------
-
-
 def _linspace64(start: float, stop: float, num: int) -> Tensor:
     """numpy's float64 linspace (start + i·step, last = stop): torch.linspace can differ in the last bit."""
     if num == 1:
@@ -43,8 +39,7 @@ def _linspace64(start: float, stop: float, num: int) -> Tensor:
 
 
 def sigma_schedule(steps: int, shift: float = SAMPLING.shift) -> tuple[Tensor, Tensor]:
-    """Sigmas (N + 1,) float32 from ≈0.9998 to a final 0, and timesteps (N,) int64 = ⌊σ·1000⌋ (for the
-    video-guidance switch). Every stage uses this grid."""
+    """Sigmas (N + 1,) float32 from ≈0.9998 to a final 0, and timesteps (N,) int64 = ⌊σ·1000⌋."""
     if steps < 1:
         raise ValueError(f"need at least one sampling step, got {steps}")
     sigma_max = torch.tensor(SAMPLING.sigma_max, dtype=torch.float32).item()
@@ -53,9 +48,6 @@ def sigma_schedule(steps: int, shift: float = SAMPLING.shift) -> tuple[Tensor, T
     timesteps = (grid * SAMPLING.num_train_timesteps).to(torch.int64)
     sigmas = torch.cat([grid, grid.new_zeros(1)]).to(torch.float32)
     return sigmas, timesteps
-
-
-# --- 2. Flow UniPC solver --------------------------------------------------------------------------------
 
 
 def _ln(x: Tensor) -> Tensor:
@@ -90,9 +82,7 @@ def _solve_corrector_system(r: Tensor, b1: Tensor, b2: Tensor) -> tuple[Tensor, 
 
 class FlowUniPC:
     """Flow-matching UniPC (x0-prediction, "bh2", order 2, lower order at the last step, corrector after the
-    first step), bit-identical to the reference's Wan2.1-style scheduler. One instance per latent and run;
-    call `step` once per sigma interval. `last_corrected`, `last_x0_pred`, `last_order`: the last step's
-    diagnostics."""
+    first step), bit-identical to the reference's Wan2.1-style scheduler. One instance per latent and run."""
 
     solver_order = 2
 
@@ -176,9 +166,6 @@ class FlowUniPC:
         return x_t - alpha_t * phi * correction
 
 
-# --- 3. Distilled step and guidance ----------------------------------------------------------------------
-
-
 def renoise_step(sample: Tensor, velocity: Tensor, noise: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
     """The distilled model's step: x0 = x − σ·v, re-noised to σ_next with fresh noise."""
     return sigma_next * noise + (1 - sigma_next) * (sample - sigma * velocity)
@@ -193,9 +180,6 @@ def video_guidance_scale(timestep: int | Tensor, high: float = SAMPLING.video_gu
     if int(timestep) > SAMPLING.guidance_switch_timestep:
         return high
     return min(high, SAMPLING.video_guidance_low)
-
-
-# --- 4. Super-resolution preparation ---------------------------------------------------------------------
 
 
 def zsnr_signal_table(num_train_timesteps: int = SAMPLING.num_train_timesteps) -> Tensor:
@@ -229,9 +213,6 @@ def sr_audio_input(noise: Tensor, base_audio: Tensor, noise_scale: float = SAMPL
     return noise * noise_scale + base_audio * (1 - noise_scale)
 
 
-# --- 5. Loop plumbing: noise, frame-0 overwrite, progress and cancellation -------------------------------
-
-
 @dataclass(frozen=True)
 class StepEvent:
     stage: str
@@ -250,8 +231,7 @@ def gaussian_noise(generator: torch.Generator, device: torch.device | str | None
 
 
 def overwrite_first_frame(video: Tensor, image_latent: Tensor | None) -> Tensor:
-    """Frames 0..K−1 := a clean prefix (1, C, K, H, W): the image latent (K = 1) or a long take's carried
-    frames."""
+    """Frames 0..K−1 := a clean prefix: the image latent (K = 1) or a long take's carried frames."""
     if image_latent is None:
         return video
     expected = (*video.shape[:2], image_latent.shape[2], *video.shape[3:])
@@ -317,9 +297,6 @@ def _initial_latents(
     return video, audio
 
 
-# --- 6. Denoising loops, one per stage -------------------------------------------------------------------
-
-
 @torch.no_grad()
 def denoise_distill(
     velocity: VelocityFn,
@@ -339,14 +316,13 @@ def denoise_distill(
     cancel: Cancel | None = None,
     stage: str = "distill",
 ) -> tuple[Tensor, Tensor]:
-    """Distilled model: one conditional DiT call and one re-noising step per sigma. video_shape (1, 48, T, H, W),
-    audio (1, A, 64), text (L, C). Per step it draws video- then audio-shaped noise (also at σ_next = 0).
+    """Distilled model: one conditional DiT call and one re-noising step per sigma. Per step it draws video- then
+    audio-shaped noise (also at σ_next = 0).
 
     A given audio latent is held fixed, so the DiT hears the user's speech at every step; the reference
     re-noises it here, which looks like an oversight (its input drifts from the speech the video follows). The
-    audio noise is still drawn, to keep the reference order. `image_latent` (K frames) and `audio_prefix` are
-    held clean; `video_end`/`audio_end` hold the last latent frames and audio rows (a re-rolled window ends
-    where the next one starts)."""
+    audio noise is still drawn, to keep the reference order. `video_end`/`audio_end` are held clean too (a
+    re-rolled window ends where the next one starts)."""
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
     sigmas, _ = sigma_schedule(steps, shift)
     for i in _step_clock(stage, steps, on_step, cancel, video.device):
@@ -385,9 +361,8 @@ def denoise_base(
     velocity_pair: VelocityPairFn | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Base model: UniPC with classifier-free guidance against the negative text (`video_guidance_scale`; audio
-    5.0). `guidance` replaces both 5.0s. A given `audio_latent` is fed unchanged. `velocity_pair` computes a
-    step's two DiT calls at once (CFG-parallel on two GPU groups). Prefixes and ends as in
-    `denoise_distill`."""
+    5.0). `guidance` replaces both 5.0s. `velocity_pair` computes a step's two DiT calls at once (CFG-parallel on
+    two GPU groups). Prefixes and ends as in `denoise_distill`."""
     video, audio = _initial_latents(noise, video_shape, audio_shape, audio_latent)
     sigmas, timesteps = sigma_schedule(steps, shift)
     video_solver = FlowUniPC(sigmas)

@@ -1,7 +1,5 @@
-"""What the studio's events do: build a request from the controls, run it on the GPU (studio.gpu), keep the
-take, and answer with the player's value, the files, the seed used and the timings.
+"""What the studio's events do: validate, call `studio.gpu` and shape the answer (no model logic here).
 
-Handlers only validate, call `studio.gpu` and shape the answer: no model logic, no engine call of their own.
 `Studio.generate` takes one argument per request field (magihuman.fields), named and defaulted as declared
 there, so the `/generate` API and the MCP tool take any subset of them by keyword.
 """
@@ -55,8 +53,7 @@ ANNOTATIONS = {
 
 
 class Studio:
-    """The state the handlers share: the engine slot, the takes, and the per-session Stop flags.
-    `gpu_functions` has the GPU functions (gpu_generate, gpu_upscale): studio.gpu (the in-process engine), or a
+    """The state the handlers share. `gpu_functions`: studio.gpu (in-process engine) or a
     studio.replicas.ReplicaPool (engine replicas on Ray Serve)."""
 
     def __init__(self, slot: EngineSlot, gpu_functions=gpu) -> None:
@@ -70,8 +67,6 @@ class Studio:
         self.actions = TakeActions(self)
         self.generate = _field_function(self._generate, "generate", GENERATE_DOC)
 
-    # --- engine status ----------------------------------------------------------------------------------
-
     def status_markdown(self) -> str:
         status = self.slot.status
         text = html.escape(status.message)
@@ -81,8 +76,6 @@ class Studio:
 
     def _require_engine(self) -> None:
         ready_engine(self.slot)
-
-    # --- generate and upscale ---------------------------------------------------------------------------
 
     def _generate(self, values: dict[str, Any], request: gr.Request, progress: gr.Progress):
         self.live.begin(request)
@@ -157,16 +150,12 @@ class Studio:
             table += "\n\n" + plan_table(stored.take)
         return f"**{stored.label()}**, {stored.take.request.mode}\n```\n{table}\n```"
 
-    # --- history ----------------------------------------------------------------------------------------
-
     def remember(self, take_id: str, history) -> list[dict]:
-        """The browser's history with this take first (after /generate or /upscale in the page)."""
         stored = self.takes.get(take_id)
         return with_take(history, take_id, stored) if stored is not None else clean_history(history)
 
     def gallery(self, history):
-        """(gallery items, take choices for the compare pickers, the history without takes the server no
-        longer has). Runs on page load, so a reloaded page shows the takes it made."""
+        """Runs on page load, so a reloaded page shows the takes it made (and drops those the server lost)."""
         kept = [rec for rec in clean_history(history) if self.takes.get(rec["id"]) is not None]
         items = [(str(self.takes.get(rec["id"]).poster), caption(rec)) for rec in kept]
         choices = [(caption(rec)[:70], rec["id"]) for rec in kept]
@@ -180,8 +169,7 @@ class Studio:
         )
 
     def select(self, history, event: gr.SelectData):
-        """A gallery click: the take into the player and the outputs, its settings (seed included, so "Random
-        seed" is unticked) into the inputs."""
+        """A gallery click: the take into the player, its settings (seed included) into the inputs."""
         kept = clean_history(history)
         index = event.index if isinstance(event.index, int) else -1
         if not 0 <= index < len(kept):
@@ -195,7 +183,6 @@ class Studio:
         return (*self._answer(take_id, stored, best), *settings.values(), False)  # False: keep the take's seed
 
     def compare(self, first: str | None, second: str | None):
-        """Two takes side by side: each one's highest-resolution video, the first one heard."""
         a, b = self.takes.get(first), self.takes.get(second)
         if a is None or b is None:
             raise gr.Error("Pick two takes from the history to compare.")
@@ -203,20 +190,16 @@ class Studio:
         return ComparePlayer.value_for(a_video, b_video, f"{b.label()} · {b_res}", left_label=f"{a.label()} · {a_res}")
 
     def remove(self, take_id: str | None, history):
-        """Forget a take: out of the history, and its files off the server."""
         if not take_id or self.takes.get(take_id) is None:
             raise gr.Error("Select a take in the history first.")
         self.takes.remove(take_id)
         return [rec for rec in clean_history(history) if rec["id"] != take_id], ComparePlayer.value_for(None), ""
 
     def code_for_take(self, take_id: str) -> tuple[str, str]:
-        """Copy-as-code for a take: the call and the CLI line that make it again (its seed included)."""
         stored = self.takes.get(take_id)
         if stored is None:
             return "", ""
         return code_for(*request_to_values(stored.take.request).values())
-
-    # --- helpers for the inputs -------------------------------------------------------------------------
 
     def prompt_warning(self, prompt: str) -> str:
         """The prompt's length against the request limit and the text encoder's token cap (when loaded)."""
@@ -239,10 +222,8 @@ GENERATE_DOC = "\n".join(
 
 
 def _field_function(body: Callable, name: str, doc: str) -> Callable:
-    """A function taking one argument per request field (the required ones without a default),
-    then the gr.Request and the gr.Progress; it calls `body(values, request, progress)`. Gradio reads its
-    signature for the API's parameter names and defaults, its docstring for their descriptions (the API page,
-    the MCP tool)."""
+    """A function taking one argument per request field, then gr.Request and gr.Progress, that calls
+    `body(values, request, progress)`. Gradio reads its signature and docstring for the API page and MCP tool."""
     parameters = [
         inspect.Parameter(
             f.name,
@@ -293,7 +274,6 @@ def request_from_values(values: dict[str, Any]) -> GenerationRequest:
 
 
 def request_to_values(request: GenerationRequest) -> dict[str, Any]:
-    """The control values that make `request` again (files only where they still exist)."""
     values = {f.name: getattr(request, f.name) for f in FIELDS}
     for name in FILE_FIELDS:
         path = values[name]
@@ -334,10 +314,8 @@ def _session(request: gr.Request | None) -> str:
 def _client_gone() -> Callable[[], bool]:
     """Whether the browser tab or API client that started the running event has gone, or has cancelled it.
 
-    Gradio 6.31 marks a running event `alive = False` when its event stream closes (tab closed, script
-    killed), and forgets it when a client cancels it (gradio_client's `job.cancel()`), but in neither case
-    stops a function that is already running: the job asks this after every step and stops.
-    Always False outside a queued event.
+    Gradio 6.31 marks a running event `alive = False` when its stream closes, and forgets it when a client
+    cancels it, but in neither case stops a function that is already running: the job asks this every step.
     """
     from gradio.context import LocalContext
 
@@ -347,11 +325,6 @@ def _client_gone() -> Callable[[], bool]:
     if event is None:
         return lambda: False
     return lambda: not getattr(event, "alive", True) or event_id not in events
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The dialogue builder, the audio hint and copy-as-code
-# ---------------------------------------------------------------------------------------------------------
 
 
 def dialogue_to_prompt(description: str, speaker: str, language: str, line: str, background: str, seconds: float):
@@ -368,7 +341,6 @@ def dialogue_to_prompt(description: str, speaker: str, language: str, line: str,
 
 
 def prompt_to_dialogue(prompt: str):
-    """Fill the builder from a pasted prompt in the official format (its first dialogue line)."""
     description, lines, background = parse_prompt(prompt or "")
     if not lines:
         raise gr.Error('The prompt has no Dialogue: block with a <speaker, Language>: "line" row to read.')
@@ -402,6 +374,5 @@ def phase_label(phase: str) -> str:
 
 
 def code_for(*values) -> tuple[str, str]:
-    """Copy-as-code for the controls' current values: the gradio_client call and the CLI line."""
     settings = dict(zip([f.name for f in FIELDS], values, strict=True))
     return python_call(settings), cli_line(settings)

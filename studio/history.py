@@ -2,13 +2,9 @@
 
 Two halves, because a browser's history must never name a server file:
 
-- `TakeStore` (server): id -> `StoredTake` (the engine's `Take`, its base and SR mp4s, a poster frame, the
-  timings). Bounded: adding the 33rd take drops the oldest and deletes its folder.
-- history records (browser, in `gr.BrowserState`): small dicts with the take id and what the gallery shows
-  (prompt excerpt, seed, model, steps, resolution, timing). Everything else is looked up by id in the store,
-  so a record edited in the browser can at most name another id, which is as unguessable as a password.
-
-No gradio import: the handlers wire these into events; the tests use them directly.
+- `TakeStore` (server): id -> `StoredTake`; adding the 33rd take drops the oldest and deletes its folder.
+- history records (browser, in `gr.BrowserState`): the take id and the gallery caption's facts. Everything else
+  is looked up by id, so a record edited in the browser can at most name another, equally unguessable, id.
 """
 
 from __future__ import annotations
@@ -59,8 +55,7 @@ class StoredTake:
 
 
 class TakeStore:
-    """The most recent takes under unguessable ids, so later requests (upscale, select, compare) can continue
-    them. Bounded: the oldest take is dropped (and its output folder deleted) when the store is full."""
+    """The most recent takes under unguessable ids, so later requests (upscale, select, compare) can use them."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
@@ -69,7 +64,6 @@ class TakeStore:
         self._made = 0
 
     def add(self, result: Result, take_id: str | None = None) -> str:
-        """Keep the take under `take_id` (None: a new unguessable id); returns the id."""
         take_id = take_id or secrets.token_urlsafe(12)
         stored = StoredTake(result.take, 0, dict(result.timings), poster_frame(result.video_path))
         if result.sr_video_path is not None and result.sr_resolution is not None:
@@ -127,11 +121,6 @@ def poster_frame(video: Path) -> Path | None:
     return poster
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Browser records
-# ---------------------------------------------------------------------------------------------------------
-
-
 def record(take_id: str, stored: StoredTake) -> dict:
     """What the browser keeps of a take: its id and the gallery caption's facts (no paths)."""
     r = stored.take.request
@@ -172,5 +161,4 @@ def clean_history(history) -> list[dict]:
 
 
 def with_take(history, take_id: str, stored: StoredTake) -> list[dict]:
-    """The history with this take's record first (replacing an older record of the same take)."""
     return [record(take_id, stored)] + [rec for rec in clean_history(history) if rec["id"] != take_id][: CAPACITY - 1]

@@ -1,11 +1,7 @@
 """Running one engine job for the UI: progress, streaming, cancellation and the errors a user sees.
 
-A job is a generator (`stream`): the engine runs on a long-lived job thread and the generator yields
-`Progress` items, then the `Result` with every tensor on the CPU (picklable, so a ZeroGPU worker can hand it
-back). `run_job` consumes one in the handler's process: it reports progress, asks `should_stop()` after every
-item and closes the job when it turns true; closing it cancels the engine within one denoising step. The engine's
-own errors become `gr.Error` with its message inside the job, so they cross a process boundary intact (spaces
-turns any other exception into "ZeroGPU worker error: <ClassName>").
+Everything a job yields is picklable (a ZeroGPU worker hands it back), and engine errors become `gr.Error`
+inside the job so their message crosses the process boundary (spaces shows only the class name otherwise).
 """
 
 from __future__ import annotations
@@ -29,8 +25,7 @@ from magihuman.threads import worker_thread
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress item of a GPU job (picklable): `step` of `total` done in `phase` (the engine's phase names:
-    text, image, audio, base, sr, decode, mux)."""
+    """`step` of `total` done in the engine's `phase`."""
 
     phase: str
     step: int
@@ -39,8 +34,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class Piece:
-    """A long take's finished window as a playable mp4 of its own (picklable: its path), for the studio to play
-    while the next windows render. Not in lockstep: the engine goes on at once."""
+    """A long take's finished window as its own mp4, to play while the next windows render."""
 
     path: str
     index: int
@@ -48,8 +42,7 @@ class Piece:
 
 
 class JobReport:
-    """What a job's work reports through: called as `report(phase, step, total)` for progress (lockstep), and
-    `report.piece(path, index, count)` for a finished window's mp4."""
+    """`report(phase, step, total)` for progress (lockstep), `report.piece(path, index, count)` for a window."""
 
     def __init__(self, progress: Callable[[str, int, int], None], piece: Callable[[str, int, int], None]) -> None:
         self._progress, self._piece = progress, piece
@@ -83,10 +76,8 @@ def run_job(
     should_stop: Callable[[], bool],
     on_piece: Callable[[Piece], None] | None = None,
 ) -> Result:
-    """Consume a GPU job in the handler's process: `on_progress(phase, step, total)` per new item, `on_piece`
-    per finished window of a long take. When `should_stop()` (asked at every item, so at least every
-    HEARTBEAT_S) turns true (Stop pressed, client gone) the job is closed, which stops the engine within one
-    denoising step, and the "Stopped" gr.Error is raised. Returns the Result."""
+    """Consume a GPU job in the handler's process. `should_stop()` is asked at every item (so at least every
+    HEARTBEAT_S); when true the job is closed, stopping the engine within one denoising step."""
     token = _STOP_PROBE.set((os.getpid(), should_stop))
     last = None
     try:
@@ -109,8 +100,7 @@ def run_job(
 
 
 class StopFlag:
-    """The engine's cancel flag (a `magihuman.errors.Cancel`): set when the job is closed, or when the
-    same-process handler's should_stop() says so."""
+    """The engine's cancel flag (a `magihuman.errors.Cancel`), also set by a same-process should_stop()."""
 
     def __init__(self, probe: Callable[[], bool] | None) -> None:
         self._event, self._probe = threading.Event(), probe
@@ -125,13 +115,11 @@ class StopFlag:
 
 
 def stream(work: Callable[[JobReport, StopFlag], Result]) -> Iterator[Progress | Piece | Result]:
-    """Run `work(report, cancel)` on the job thread and yield its progress, then its result moved to the CPU.
+    """Run `work(report, cancel)` on the job thread; yield its progress, then its result on the CPU.
 
-    Lockstep: after each progress report the engine waits until this generator is resumed past that item, and
-    spaces checks its stop flag between the two, so once a close is asked for no further step
-    starts. While a step runs, the last item is repeated every `HEARTBEAT_S`, so that the handler's Stop check
-    and spaces' stop flag are looked at during long steps too. Closing this generator sets the cancel flag and
-    waits for the engine to stop at its step boundary. Errors are re-raised as gr.Error with the user's message.
+    Lockstep: after each report the engine waits until this generator is resumed past the item, and spaces
+    checks its stop flag between the two, so no step starts once a close is asked for. Heartbeats repeat the
+    last item so the Stop checks also run during long steps.
     """
     items: queue.SimpleQueue = queue.SimpleQueue()
     resumed: queue.SimpleQueue = queue.SimpleQueue()  # one token per item the consumer moved past
@@ -158,7 +146,7 @@ def stream(work: Callable[[JobReport, StopFlag], Result]) -> Iterator[Progress |
         finally:
             items.put(None)
 
-    job = worker_thread("gpu-job").submit(copy_context().run, run)  # one long-lived thread (magihuman.threads)
+    job = worker_thread("gpu-job").submit(copy_context().run, run)
     last = Progress("start", 0, 1)
     try:
         while True:
@@ -196,7 +184,7 @@ def stream(work: Callable[[JobReport, StopFlag], Result]) -> Iterator[Progress |
 
 
 def user_error(exc: BaseException) -> BaseException:
-    """The gr.Error the user sees for an engine exception (made in the worker, so the message crosses)."""
+    """The gr.Error the user sees for an engine exception."""
     if isinstance(exc, gr.Error | GeneratorExit | KeyboardInterrupt | SystemExit):
         return exc
     if isinstance(exc, GenerationCancelled):
@@ -223,7 +211,6 @@ def user_error(exc: BaseException) -> BaseException:
 
 
 def take_to(take: Take, device: torch.device | str) -> Take:
-    """The take with its tensors (text, video, audio) on `device`."""
     moved = {
         f.name: getattr(take, f.name).to(device)
         for f in fields(take)
@@ -233,8 +220,7 @@ def take_to(take: Take, device: torch.device | str) -> Take:
 
 
 def on_cpu(result: Result) -> Result:
-    """The result with its take's tensors on the CPU: a ZeroGPU worker may not hand CUDA tensors back. (A long
-    take's TakeState holds no tensors: its windows are on disk.)"""
+    """The result on the CPU: a ZeroGPU worker may not hand CUDA tensors back (a TakeState holds none)."""
     if not isinstance(result, Result):
         return result
     return replace(result, take=take_to(result.take, "cpu"))

@@ -1,12 +1,8 @@
 """Seeing a long take while it renders: each finished window's own mp4 plays in the page, in order, while the
 next windows are still being made.
 
-The engine hands every finished window over as a `studio.jobs.Piece` (a path), through the same job stream as
-the progress, so it also crosses from a ZeroGPU worker. `LivePieces` keeps the latest take's pieces per browser
-session; while a job runs, a `gr.Timer` asks for them twice a second and shows them in `LiveTake`, a `gr.HTML`
-widget whose one `<video>` plays the pieces back to back (when one ends, the next one starts if it is there; if
-not, it starts as soon as it arrives). The compare player is left alone: it gets the whole take at the end, as
-for any clip. A single clip has no pieces, and the widget stays hidden.
+Pieces (`studio.jobs.Piece`) travel in the job stream with the progress, so they also cross from a ZeroGPU
+worker; a `gr.Timer` polls them while a job runs. The compare player gets the whole take at the end, as usual.
 
 As in `studio.player`, the template is static and the value reaches the page only through DOM properties
 (`video.src` for same-origin file URLs, `textContent`): nothing from a value is parsed as HTML.
@@ -112,8 +108,7 @@ watch("value", load);
 
 
 class LiveValue(GradioModel):
-    """The widget's value: the finished windows' mp4s in order, how many windows the take has, and whether
-    it is done. Empty `pieces`: hidden."""
+    """The widget's value; empty `pieces`: hidden."""
 
     pieces: list[FileData] = []
     count: int = 0
@@ -169,8 +164,7 @@ class _Job:
 
 
 class LivePieces:
-    """The pieces of each session's latest generate job (thread-safe: the job's handler adds, the page's timer
-    reads). `session_of(request)` names a request's session, as the handlers do."""
+    """The pieces of each session's latest generate job (thread-safe: the job's handler adds, the timer reads)."""
 
     def __init__(self, session_of: Callable[[gr.Request | None], str]) -> None:
         self._session_of = session_of
@@ -191,13 +185,11 @@ class LivePieces:
             self._jobs.setdefault(self._session_of(request), _Job()).pieces.append(piece)
 
     def finish(self, request: gr.Request | None) -> None:
-        """The session's job has ended (done, failed, stopped, or cancelled before it ran)."""
         with self._lock:
             self._jobs.setdefault(self._session_of(request), _Job()).finished = True
 
     def poll(self, request: gr.Request | None):
-        """(the widget's value, the timer's update) for the page's timer: `gr.skip()` for what has not changed;
-        after the job has ended, the value marked done, once, and the timer off."""
+        """(widget value, timer update): `gr.skip()` when unchanged; once the job ends, done once, timer off."""
         with self._lock:
             job = self._jobs.get(self._session_of(request))
             if job is None:
@@ -213,14 +205,12 @@ class LivePieces:
 
 
 def layout(p) -> None:
-    """The widget and its timer, above the compare player (`p.live`, `p.live_timer`)."""
     p.live = LiveTake(label="Live take")
     p.live_timer = gr.Timer(POLL_S, active=False)
 
 
 def wire(p, studio) -> None:
-    """Before Generate's own event (so that it runs first): clear the widget and start the timer, which polls
-    `studio.live` until the job has ended."""
+    """Before Generate's own event (so that it runs first): clear the widget and start the timer."""
     private = {"api_visibility": "private"}
 
     def begin(request: gr.Request):

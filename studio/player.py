@@ -1,24 +1,14 @@
 """A synced two-video player (a take and its upscale, or two takes): `ComparePlayer`, a `gr.HTML` subclass.
 
-Two `<video>` elements share one play/pause button, one scrub bar and one time readout. The right video
-follows the left one: play, pause and every seek of the left video (scrub bar, keyboard, script; playing or
-paused) are applied to both, and while playing a frame loop nudges its
-playback rate (drift > 0.02 s) or re-seeks it (drift > 0.3 s). Only the left video is heard, so the two
-soundtracks never echo. An A/B wipe view overlays them, the right video clipped (CSS `clip-path`) to the right
-of a draggable divider. With no right video the left one plays alone under the same controls. The markup,
-style and script are `player.html`, `player.css` and `player.js` beside this module.
+The right video follows the left one (drift > 0.02 s nudges its rate, > 0.3 s re-seeks it); only the left is
+heard, so the soundtracks never echo. Markup, style and script are `player.html`, `player.css`, `player.js`.
 
-How files reach the browser: the value carries Gradio `FileData` objects built from local paths (never URLs).
-After `postprocess`, Gradio's own output pipeline (`processing_utils.move_files_to_cache`) copies each file
-into the app's cache, enforcing `allowed_paths` / `blocked_paths`, and fills in its URL
-(`/gradio_api/file=...`, made absolute by the frontend). The JS plays only same-origin URLs on that route.
+Files travel as `FileData` from local paths (never URLs): Gradio's output pipeline copies them into its cache,
+enforcing `allowed_paths` / `blocked_paths`, and fills in the URL.
 
-Why the template is static: Gradio 6 renders `html_template` by running Handlebars and then evaluating the
-result as a JS template literal, so `${...}` inside even a Handlebars-escaped `{{value.label}}` executes, and
-`${value.label}` inserts raw HTML. No value field ever enters the template here: the JS sets sources and
-labels through DOM properties (`video.src`, `textContent`), so labels are shown as text, never parsed. A
-static template also renders to the same string on every update, which Gradio skips, so the live `<video>`
-elements and the state the JS sets on them survive value changes.
+Why the template is static: Gradio 6 evaluates `html_template` as a JS template literal after Handlebars, so
+`${...}` in a value would execute. The JS sets sources and labels through DOM properties instead, and a static
+template renders the same string on every update, which Gradio skips, so the live `<video>` state survives.
 """
 
 from __future__ import annotations
@@ -35,7 +25,6 @@ LEFT_LABEL = "Base 256p"
 RIGHT_LABEL = "Super-resolution"
 LABEL_MAX_CHARS = 40
 
-# The widget's markup, style and behaviour live next to this module as plain files.
 _HERE = Path(__file__).resolve().parent
 TEMPLATE = (_HERE / "player.html").read_text()
 CSS = (_HERE / "player.css").read_text()
@@ -43,12 +32,8 @@ JS = (_HERE / "player.js").read_text()
 
 
 class CompareValue(GradioModel):
-    """The player's value: the `left` video (the clock, and the one heard), the optional `right` video that
-    follows it, and a caption for each. For a take and its upscale, left is the base and right the SR video;
-    for two takes, left is take A and right take B.
-
-    `left` and `right` are Gradio `FileData` (a local `path`; Gradio fills `url` when it serves the file).
-    """
+    """The player's value: the `left` video (the clock, and the one heard), the optional `right` that follows
+    it, and a caption for each."""
 
     left: FileData | None = None
     right: FileData | None = None
@@ -57,11 +42,7 @@ class CompareValue(GradioModel):
 
 
 def _clean_label(label: Any, default: str) -> str:
-    """Plain one-line text of at most LABEL_MAX_CHARS characters; None or blank gives `default`.
-
-    Labels are displayed as text (`textContent`), so markup characters are kept as they are and shown
-    literally; only control characters and line breaks are flattened to spaces.
-    """
+    """One line of at most LABEL_MAX_CHARS; markup stays as is, since labels are shown via `textContent`."""
     if label is None:
         return default
     text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(label)).split())
@@ -71,11 +52,7 @@ def _clean_label(label: Any, default: str) -> str:
 
 
 def _local_file(item: Any, role: str) -> FileData | None:
-    """A FileData for a local video file, from a path or a FileData (whose `url` is dropped).
-
-    Only the path is kept, so the URL the browser gets is always the one Gradio makes when it serves
-    the file from its cache; remote URLs are refused.
-    """
+    """A FileData for a local file; any `url` is dropped so the browser only gets the one Gradio makes."""
     if item is None:
         return None
     if isinstance(item, FileData):
@@ -97,15 +74,8 @@ def _local_file(item: Any, role: str) -> FileData | None:
 class ComparePlayer(gr.HTML):
     """Two videos (a take and its upscale, or two takes) played in sync under one set of controls.
 
-    Value (set from Python, e.g. returned by an event handler): None for an empty player, or a dict
-    `{"left": path | FileData | None, "right": path | FileData | None, "left_label": str, "right_label": str}`;
-    build it with `ComparePlayer.value_for(left_path, right_path, right_label, left_label=...)`. The left video
-    is the one heard; the right one may be None (the left then plays alone). Paths must be local files in a
-    folder Gradio may serve (the working directory, the temp directory or `allowed_paths`).
-
-    Stable hooks for tests and CSS: the component's `elem_id` (default `compare-player`), and the classes
-    `.cp-video-left`, `.cp-video-right`, `.cp-play`, `.cp-seek`, `.cp-time`, `.cp-mute`, `.cp-mode`,
-    `.cp-divider`.
+    Value: None or `ComparePlayer.value_for(...)`; paths must be in a folder Gradio may serve. Stable hooks for
+    tests and CSS: `elem_id` (default `compare-player`) and the `.cp-*` classes in `player.html`.
     """
 
     data_model = CompareValue
@@ -129,10 +99,7 @@ class ComparePlayer(gr.HTML):
         *,
         left_label: str = LEFT_LABEL,
     ) -> dict[str, Any]:
-        """The player value for local video files: FileData dicts that Gradio serves when the value is shown.
-
-        Raises FileNotFoundError for a missing file, ValueError for a URL or for a right video without a left.
-        """
+        """The player value for local video files (FileData dicts that Gradio serves)."""
         value = {"left": left_path, "right": right_path, "left_label": left_label, "right_label": right_label}
         return ComparePlayer._checked(value)
 
@@ -157,11 +124,9 @@ class ComparePlayer(gr.HTML):
         return checked.model_dump()
 
     def postprocess(self, value: dict[str, Any] | CompareValue | None) -> dict[str, Any]:  # type: ignore[override]
-        """Checks and normalises the value; Gradio then caches the files and fills in their URLs."""
         return self._checked(value)
 
     def preprocess(self, payload: CompareValue | None) -> dict[str, Any] | None:  # type: ignore[override]
-        """As an input (rarely useful): the same dict shape, with the cached files' local paths."""
         if payload is None:
             return None
         return {

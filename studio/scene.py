@@ -1,8 +1,6 @@
-"""A scene of several shots from the dialogue builder: "Add shot" turns the builder's current line (character and
-scene, speaker, language, what they say, background) and a length into one shot of the `shots` field
-(magihuman.take_plan.parse_shots: a JSON list of {"prompt", "seconds"}), so the field stays the one place the
-scene lives (the API, the CLI and copy-as-code see the same value). The summary under the buttons is read back
-from the field, so a pasted or edited scene is listed too.
+"""A scene of several shots from the dialogue builder: "Add shot" appends the builder's current line to the
+`shots` field, so the field stays the one place the scene lives (the API, the CLI and copy-as-code see it). The
+summary is read back from the field, so a pasted or edited scene is listed too.
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ DEFAULT_SHOT_SECONDS = 5
 
 
 def add_shot(shots: str | None, prompt: str | None, description, speaker, language, line, background, seconds):
-    """(the shots with this line's shot appended, the main prompt, the builder's warning, the summary). The
-    main prompt gets the first shot's prompt when it is empty (a request needs one)."""
+    """The main prompt gets the first shot's prompt when it is empty (a request needs one)."""
     seconds = float(seconds or 0)
     if not 1 <= seconds <= MAX_TAKE_SECONDS:
         raise gr.Error(f"A shot lasts 1 to {MAX_TAKE_SECONDS} seconds, not {seconds:g}.")
@@ -61,7 +58,6 @@ def summary(shots: str | None) -> str:
 
 
 def layout(p: SimpleNamespace) -> None:
-    """Inside the dialogue builder: the shot length, Add shot / Clear shots and the scene's summary."""
     with gr.Row():
         p.shot_seconds = gr.Number(
             DEFAULT_SHOT_SECONDS, label="Shot length (s)", minimum=1, maximum=MAX_TAKE_SECONDS, elem_id="shot-seconds"

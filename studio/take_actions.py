@@ -1,13 +1,10 @@
 """What the studio does with a long take's kept windows (magihuman.take_state): **Resume** a take stopped with
 Stop, **Continue this take** by some seconds (optionally a new prompt or a new shot), and **Re-roll window N**
 with another seed. Each runs through the same job path as Generate (studio.gpu, studio.jobs: progress, Stop, the
-live pieces) and adds a new take to the history; the API has them as /resume, /continue_take and
-/reroll_window, answering as /generate does.
+live pieces) and adds a new take to the history.
 
-A stopped take's state reaches the handler on the "Stopped" gr.Error (`take_state`, studio.jobs.user_error) and
-is kept per browser session in `StoppedTakes`: one per session (a newer stopped take replaces it), the latest
-SESSIONS_KEPT sessions overall; a state that is replaced, evicted or cleared has its folder deleted, so a take
-nobody resumes leaves no files.
+A stopped take's state reaches the handler on the "Stopped" gr.Error (studio.jobs.user_error). A state that is
+replaced, evicted or cleared has its folder deleted, so a take nobody resumes leaves no files.
 """
 
 from __future__ import annotations
@@ -36,8 +33,7 @@ NOTHING_TO_RESUME = "No stopped take to resume: Stop a long take while it render
 
 
 class StoppedTakes:
-    """The latest stopped long take of each session (thread-safe). `session_of(request)` names a request's
-    session, as the handlers do."""
+    """The latest stopped long take of each session (thread-safe)."""
 
     def __init__(self, session_of: Callable[[gr.Request | None], str], capacity: int = SESSIONS_KEPT) -> None:
         self._session_of, self.capacity = session_of, capacity
@@ -45,8 +41,7 @@ class StoppedTakes:
         self._lock = threading.Lock()
 
     def keep(self, request: gr.Request | None, state: TakeState | None) -> None:
-        """Keep `state` (None: nothing) as the session's stopped take; the one it replaces, or the oldest
-        session's when over capacity, is deleted."""
+        """Keep `state` as the session's stopped take; the one it replaces, or evicts, is deleted."""
         if state is None:
             return
         session = self._session_of(request)
@@ -86,15 +81,12 @@ def describe(state: TakeState | None) -> str:
 
 
 class TakeActions:
-    """The handlers of the three actions, on a `studio.handlers.Studio` (its takes, Stop flags, live view)."""
-
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
 
     def resume(self, request: gr.Request = None, progress: gr.Progress = gr.Progress()):
         """Finish the long take this client stopped (with Stop), from the windows it had made: the same take
-        an uninterrupted run makes. Returns what /generate returns.
-        """
+        an uninterrupted run makes. Returns what /generate returns."""
         studio = self.studio
         gpu_resume = self._gpu_function("gpu_resume")
         state = studio.stopped.pop(request)
@@ -212,13 +204,7 @@ def _whole(value, what: str) -> int:
     return int(number)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The page
-# ---------------------------------------------------------------------------------------------------------
-
-
 def layout(p: SimpleNamespace) -> None:
-    """Under the takes: Resume, Continue this take and Re-roll window N (for the take in the player)."""
     with gr.Accordion("Long take: resume, continue, re-roll", open=False, elem_id="take-actions"):
         p.resume_note = gr.Markdown(elem_id="resume-note")
         p.resume = gr.Button("Resume the stopped take", elem_id="resume")
@@ -236,8 +222,7 @@ def layout(p: SimpleNamespace) -> None:
 
 
 def wire(p: SimpleNamespace, studio: Studio, generate, answer: list, remember: dict, listing: dict, gpu_job: dict):
-    """The three events (named API endpoints) and the Resume line (after Generate's event `generate`, each
-    action and Stop); returns the events Stop cancels."""
+    """The three API events and the Resume line; returns the events Stop cancels."""
     actions = studio.actions
     private = {"api_visibility": "private"}
 
