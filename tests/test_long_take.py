@@ -23,7 +23,7 @@ from magihuman.config import AUDIO
 from magihuman.engine import GenerationRequest
 from magihuman.errors import InputError
 from magihuman.long_take import LONG_TAKE_AUDIO, TakeSettings, encode_recording, plan_table, prepare
-from magihuman.media import load_audio
+from magihuman.media import load_audio, read_video_frames
 from tests.files import portrait, tone, wav, write_audio
 from tests.long_take_stub import PixelDecoder, ProjectingAudioVAE, Stub, make_stub
 from tests.probe import probe_media
@@ -45,8 +45,7 @@ def files(tmp_path_factory):
 
 
 def _frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return read_video_frames(path)
 
 
 def _sound(path) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,7 @@ from magihuman.take_state import window_path
 from tests.files import portrait, tone, write_audio
 from tests.long_take_stub import Stub, make_stub
 from tests.probe import probe_media
+from tests.test_long_take import _frames, _sound
 
 SCENE = json.dumps([{"prompt": "A man talks.", "seconds": 2}])  # 50 frames: 5 windows of ≤ 13 frames
 
@@ -33,16 +33,6 @@ def stub(tiny_engine, tmp_path) -> Stub:
 @pytest.fixture(scope="module")
 def face(tmp_path_factory):
     return portrait(tmp_path_factory.mktemp("state-inputs") / "face.png")
-
-
-def _frames(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-def _sound(path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
 
 
 def _same_latents(a, b) -> bool:
