@@ -56,6 +56,8 @@ class TakeSettings:
     window_frames: int = WINDOW_FRAMES
     overlap_latents: int = 1
     colour_strength: float = 0.5  # how far the carried frame's colour moves toward the portrait's (magihuman.colour)
+    # Every M-th window of a shot pinned to the portrait again: a visible cut that undoes any drift; 0: never.
+    reset_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def _long_take(request, shots: list[Shot], wave: np.ndarray | None, settings: Ta
         window_frames=settings.window_frames,
         overlap_latents=settings.overlap_latents,
         loudness=loudness,
+        reset_every=settings.reset_every,
     )
     if wave is None:  # generated speech: each window says its own sentences (a recording carries its own words)
         plan = _split_dialogue(plan, request.prompt)
@@ -267,7 +270,7 @@ def _run(
                     with timer("text"):
                         text = engine._encode_text(prompt)
                     prefix, drift = image_latent, None
-                    if window.overlap:
+                    if window.overlap and not window.reset:
                         prefix, drift = _prefix(engine, carry, window, (lat_h, lat_w), reference, strength)
                     audio_latent = audio_shape = audio_prefix = None
                     if audio_all is not None:
@@ -363,7 +366,7 @@ def super_resolve(engine, take, resolution: str, timer, progress: ProgressFn, ca
         for window, latents in zip(take.plan.windows, take.windows, strict=True):
             report = _window_progress(progress, window, len(take.plan.windows))
             prefix = image_latent
-            if window.overlap:
+            if window.overlap and not window.reset:
                 prefix, _ = _prefix(engine, carry, window, hw, reference, engine.take_settings.colour_strength)
             generator = torch.Generator(device=device).manual_seed(window.seed + SR_SEED_OFFSET)
             audio = latents.audio.to(device)

@@ -47,6 +47,7 @@ class Window:
     keep: int  # frames it adds to the take: [start + overlap, start + overlap + keep)
     seed: int
     prompt: str | None = None  # None: the take's prompt
+    reset: bool = False  # pinned to the portrait, not to the previous window (TakeSettings.reset_every): a cut
 
     @property
     def latents(self) -> int:
@@ -95,11 +96,15 @@ def plan_take(
     window_frames: int = WINDOW_FRAMES,
     overlap_latents: int = 1,
     loudness: Sequence[float] | None = None,
+    reset_every: int = 0,
 ) -> TakePlan:
     """Windows for `shots` in a row, balanced within a shot (no short last window). With `loudness` (per frame,
-    e.g. the recording's RMS) every join moves up to 12 frames to where it is quietest: joins fall in pauses."""
+    e.g. the recording's RMS) every join moves up to 12 frames to where it is quietest: joins fall in pauses.
+    `reset_every` M > 0: every M-th window of a shot starts again from the portrait (same frames, a cut)."""
     if not shots:
         raise ValueError("a take needs at least one shot")
+    if reset_every < 0 or (reset_every and overlap_latents != 1):
+        raise ValueError(f"reset_every must be 0 or, with overlap_latents 1, a window count; got {reset_every}")
     if not (window_frames - 1) % 4 == 0 or not 5 <= window_frames <= MAX_WINDOW_FRAMES:
         raise ValueError(f"window_frames must be 4m+1 in 5..{MAX_WINDOW_FRAMES}, got {window_frames}")
     units_max = (window_frames - 1) // 4  # 4-frame units after frame 0 of a fresh window
@@ -121,7 +126,10 @@ def plan_take(
             else:
                 prev = windows[-1]
                 start, frames, pinned = prev.start + prev.frames - overlap, overlap + 4 * units, overlap
-            windows.append(Window(len(windows), shot_index, start, frames, pinned, frames - pinned, 0, shot.prompt))
+            reset = reset_every > 0 and j > 0 and j % reset_every == 0
+            windows.append(
+                Window(len(windows), shot_index, start, frames, pinned, frames - pinned, 0, shot.prompt, reset)
+            )
         # The shot's last window may run past its end by up to 3 frames: trim them.
         last = windows[-1]
         surplus = last.start + last.frames - (shot_start + shot.frames)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from magihuman.__main__ import _generate_arguments, request_from_args
-from magihuman.config import AUDIO
+from magihuman.config import AUDIO, RESOLUTIONS
 from magihuman.engine import GenerationRequest
 from magihuman.errors import InputError
 from magihuman.long_take import LONG_TAKE_AUDIO, TakeSettings, encode_recording, plan_table, prepare
@@ -158,6 +158,32 @@ def test_a_3_shot_scene_lasts_the_sum_of_its_shots_and_each_shot_starts_from_the
     assert all(d > 0 for d in drift if d is not None)
     assert plan_table(result.take).splitlines()[0] == f"long take: 113 frames (4.52 s) in {len(plan.windows)} windows"
     assert [k.prompt for k in result.take.windows] == [(shots[w.shot].get("prompt") or "A man.") for w in plan.windows]
+
+
+def test_a_reset_window_is_pinned_to_the_portrait_and_the_take_keeps_its_length(stub, files) -> None:
+    """TakeSettings.reset_every = 2: windows 2, 4, ... start from the portrait again (a cut within the shot), the
+    others from the carried frame; the frame count is the plan's, in base and SR."""
+    stub.engine.take_settings = TakeSettings(window_frames=13, reset_every=2)
+    request = GenerationRequest(
+        prompt="A man talks.", portrait=files["portrait"], shots='[{"seconds": 2}]', resolution="540p", seed=6
+    )
+    result = stub.engine.generate(request)
+    plan = result.take.plan
+    assert [w.reset for w in plan.windows] == [i > 0 and i % 2 == 0 for i in range(len(plan.windows))]
+    count, sr_steps = len(plan.windows), request.sr_steps
+    base, sr = stub.dit.calls[: 8 * count], stub.dit.calls[8 * count :]
+    assert len(sr) == sr_steps * count
+    for calls, steps, size in ((base, 8, (256, 448)), (sr, sr_steps, RESOLUTIONS["540p"].pixel_size(False))):
+        image = stub.engine._encode_image(result.take.portrait, size)
+        for w in plan.windows:
+            pinned = [
+                torch.equal(video[:, :, :1], image) for video, _ in calls[w.index * steps : (w.index + 1) * steps]
+            ]
+            assert all(pinned) == (w.index == 0 or w.reset) and any(pinned) == all(pinned), (size, w)
+    drift = json.loads((result.take.folder / "plan.json").read_text())["colour_distance"]
+    assert [d is None for d in drift] == [w.overlap == 0 or w.reset for w in plan.windows]
+    assert probe_media(result.video_path).video.frames == plan.frames == 50
+    assert probe_media(result.sr_video_path).video.frames == 50
 
 
 def test_same_seed_same_take_and_progress_per_window(stub) -> None:

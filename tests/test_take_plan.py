@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -120,6 +121,19 @@ def test_one_window_plan_is_one_clip() -> None:
     assert len(plan.windows) == 1
     (w,) = plan.windows
     assert (w.start, w.frames, w.overlap, w.keep, w.seed) == (0, 101, 0, 101, 5)
+
+
+def test_a_reset_every_m_windows_changes_only_which_windows_start_from_the_portrait() -> None:
+    shots = [Shot(700), Shot(300)]
+    plain = plan_take(shots, seed=4, window_frames=49)
+    reset = plan_take(shots, seed=4, window_frames=49, reset_every=3)
+    assert [dataclasses.replace(w, reset=False) for w in reset.windows] == list(plain.windows)
+    for shot in (0, 1):
+        in_shot = [w for w in reset.windows if w.shot == shot]
+        assert [w.reset for w in in_shot] == [j > 0 and j % 3 == 0 for j in range(len(in_shot))]
+    assert sum(w.reset for w in reset.windows) >= 3 and all(w.overlap for w in reset.windows if w.reset)
+    with pytest.raises(ValueError, match="reset_every"):
+        plan_take(shots, seed=4, window_frames=49, overlap_latents=2, reset_every=3)
 
 
 def test_bad_plans_are_refused() -> None:
