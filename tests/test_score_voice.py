@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +21,7 @@ from studio.cards import save_card
 from studio.handlers import Studio
 from studio.runtime import EngineSlot
 from studio.scorecard import Scorer, card_html, voice_card_used
-from tests.scoring import portrait_take
+from tests.scoring import espeak_wav, portrait_take
 
 LINES = (
     "The harbour master counted eleven boats before the morning fog rolled in.",
@@ -38,10 +37,7 @@ def recordings(tmp_path_factory):
     made = {}
     for voice in (VOICE, OTHER_VOICE):
         for index, line in enumerate(LINES):
-            path = folder / f"{voice.replace('+', '-')}-{index}.wav"
-            command = ["espeak-ng", "-v", voice, "-s", "140", "-w", str(path), line]
-            subprocess.run(command, check=True, timeout=60)
-            made[voice, index] = path
+            made[voice, index] = espeak_wav(line, voice, folder / f"{voice.replace('+', '-')}-{index}.wav")
     return made
 
 
