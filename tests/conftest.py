@@ -34,3 +34,18 @@ def tiny_engine(tmp_path_factory):
     from magihuman.build import load_engine
 
     return load_engine("tiny", output_root=tmp_path_factory.mktemp("outputs"))
+
+
+@pytest.fixture(scope="module")
+def studio_url(tiny_engine):
+    """The studio on the session's engine, served for one browser test module (skipped without Chromium)."""
+    import app as studio_app
+    from studio.runtime import EngineSlot
+    from tests.browser import require_chromium
+    from tests.studio import launched
+
+    require_chromium()
+    demo = studio_app.build_demo(EngineSlot.ready(tiny_engine))
+    demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
+    with launched(demo) as url:
+        yield url

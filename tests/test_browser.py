@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-import app as studio_app
-from studio.runtime import EngineSlot
-from tests.browser import ARTIFACTS, browser_page, require_chromium, video_states, wait_videos_ready
+from tests.browser import ARTIFACTS, browser_page, video_states, wait_videos_ready
 from tests.files import portrait
-from tests.studio import launched
 
 WAIT_MS = 10_000
 GENERATE_MS = 180_000  # the tiny engine on two CPU cores: 256p + 540p of a 1-second clip
 LEFT = "document.querySelector('#compare-player .cp-video-left')"
-
-
-@pytest.fixture(scope="module")
-def studio_url(tiny_engine):
-    require_chromium()
-    demo = studio_app.build_demo(EngineSlot.ready(tiny_engine))
-    demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
-    with launched(demo) as url:
-        yield url
 
 
 def _field(page, elem_id: str):

@@ -11,27 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import app as studio_app
-from studio.runtime import EngineSlot
-from tests.browser import ARTIFACTS, browser_page, require_chromium
+from tests.browser import ARTIFACTS, browser_page
 from tests.files import write_audio
 from tests.scoring import RATE, speak
-from tests.studio import launched
 
 TAKE_SECONDS = 12
 WAIT_MS = 10_000
 TAKE_MS = 240_000  # the whole 3-window take on two loaded CPU cores
 LIVE = "document.querySelector('#live-take .lt-root')"
 LIVE_VIDEO = "document.querySelector('#live-take .lt-video')"
-
-
-@pytest.fixture(scope="module")
-def studio_url(tiny_engine):
-    require_chromium()
-    demo = studio_app.build_demo(EngineSlot.ready(tiny_engine))
-    demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
-    with launched(demo) as url:
-        yield url
 
 
 def _recording(folder, seconds: float):

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-import app as studio_app
-from studio.runtime import EngineSlot
-from tests.browser import browser_page, require_chromium
-from tests.studio import launched
+from tests.browser import browser_page
 
 WAIT_MS = 10_000
 GENERATE_MS = 180_000  # the tiny engine on two CPU cores, then the card
 CAPTIONS = "() => [...document.querySelectorAll('#takes img')].map((img) => img.closest('button').innerText)"
-
-
-@pytest.fixture(scope="module")
-def studio_url(tiny_engine):
-    require_chromium()
-    demo = studio_app.build_demo(EngineSlot.ready(tiny_engine))
-    demo.queue(max_size=studio_app.MAX_QUEUE, default_concurrency_limit=1)
-    with launched(demo) as url:
-        yield url
 
 
 def _scores(page) -> list[float]:
