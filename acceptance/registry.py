@@ -2,7 +2,7 @@
 
 Expected seconds are for one H100/H200 from a cold process (compiles included) and, where a check also runs
 there, for a 2-core CPU. The default budget (480 s) covers the first eight; `zerogpu` and `startup` run when
-the earlier checks finish early, or on their own with `--only`.
+the earlier checks finish early, or on their own with `--only`; so does `long_take`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from acceptance.environment import check_environment
 from acceptance.full_size import check_fp8_quality, check_pipeline, check_startup
 from acceptance.golden import check_golden
 from acceptance.kernels import check_compiled, check_flex_window, check_fp8_linear, check_offload
+from acceptance.long_take import check_long_take
 from acceptance.runner import Check
 from acceptance.zerogpu import check_zerogpu
 
@@ -66,5 +67,13 @@ CHECKS: tuple[Check, ...] = (
         150,
         needs_cuda=True,
         cpu_skip_reason="the full-size model",
+    ),
+    Check(
+        "long_take",
+        "60-second take window by window at 256p and 540p: real-time factor against the goals (random weights)",
+        check_long_take,
+        420,
+        needs_cuda=True,
+        cpu_skip_reason="the full-size model (`python -m magihuman.bench --model tiny --long-take 60` smoke-tests it)",
     ),
 )
