@@ -40,6 +40,15 @@ def _assert_in_sync(page) -> dict:
     return state
 
 
+def _scored_takes_listed(page, count: int) -> None:
+    page.wait_for_function(
+        "(n) => [...document.querySelectorAll('#takes img')].filter("
+        "(img) => img.closest('button').innerText.includes(' score ')).length === n",
+        arg=count,
+        timeout=GENERATE_MS,
+    )
+
+
 def _takes_listed(page, count: int) -> None:
     page.wait_for_function(f"() => document.querySelectorAll('#takes img').length === {count}", timeout=GENERATE_MS)
 
@@ -72,6 +81,7 @@ def test_portrait_dialogue_generate_and_synced_players(studio_url, tmp_path) -> 
         page.locator("#generate").click()
         wait_videos_ready(page, both=True, timeout_ms=GENERATE_MS)
         assert page.locator("#seed-used input").input_value() != ""
+        _scored_takes_listed(page, 1)  # the events that follow a take (card, gallery) are done: nothing re-renders
 
         _play_a_little_and_pause(page)
         assert _assert_in_sync(page)["left"]["time"] > 0.1
